@@ -1,0 +1,106 @@
+"""The container's entry point.
+
+    python -m container_src train [--preset NAME] [--config FILE] [--key value ...]
+    train [--key value ...]          # the same, from the image's PATH (SageMaker runs `docker run IMAGE train`)
+
+SageMaker always passes `train`, so a `mode` hyperparameter overrides the mode on the command line. Any error is
+logged, written to ``output/failure`` (SageMaker's FailureReason) and ends the process with a non-zero status:
+2 for a problem with the configuration or the inputs, 143 when stopped by SIGTERM, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from container_src.config import ConfigError, Resolved, TrainConfig, parse_cli, resolve
+from container_src.paths import ContainerPaths
+
+logger = logging.getLogger("container_src")
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SIGTERM = 0, 1, 2, 143
+
+
+def _train(resolved: Resolved, paths: ContainerPaths) -> Any:
+    from container_src.train import run_train
+
+    return run_train(resolved, paths)
+
+
+MODES: dict[str, Callable[[Resolved, ContainerPaths], Any]] = {"train": _train}
+
+
+def _usage() -> str:
+    from dataclasses import fields
+
+    from container_src.config import list_presets
+
+    lines = [__doc__ or "", f"modes: {', '.join(MODES)}", f"presets: {', '.join(list_presets())}", "keys:"]
+    lines += [f"  --{f.name} (default {f.default!r})" for f in fields(TrainConfig)]
+    return "\n".join(lines) + "\n"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+    )
+    # Progress bars write a new line per update when stdout is not a terminal, which floods CloudWatch; the
+    # [metric] lines carry the progress instead.
+    if not sys.stdout.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _write_failure(paths: ContainerPaths, mode: str, exc: BaseException) -> None:
+    reason = f"{mode} failed: {exc}" if isinstance(exc, ConfigError) else f"{mode} failed: {type(exc).__name__}: {exc}"
+    try:
+        paths.failure_file.parent.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(" ".join(reason.split())[:1024] + "\n")
+    except OSError as write_error:
+        logger.error("could not write %s: %s", paths.failure_file, write_error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage())
+        return EXIT_OK
+    _setup_logging()
+    paths = ContainerPaths.from_env()
+    mode = argv.pop(0) if argv and not argv[0].startswith("-") else "train"
+    paths.failure_file.unlink(missing_ok=True)  # a stale reason from an earlier run would mislead
+    try:
+        hyperparameters = paths.read_hyperparameters()
+        cli = parse_cli(argv)
+        resolved = resolve(hyperparameters, cli)
+        if "mode" in hyperparameters or "mode" in cli:
+            mode = resolved.mode
+        if mode not in MODES:
+            raise ConfigError(f"mode={mode!r}: unknown mode; available: {', '.join(MODES)}")
+        resolved.mode = mode
+        logger.info("mode %s, base dir %s", mode, paths.base)
+        MODES[mode](resolved, paths)
+        return EXIT_OK
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        _write_failure(paths, mode, exc)
+        return EXIT_CONFIG
+    except BaseException as exc:
+        from container_src.train import Interrupted
+
+        if isinstance(exc, Interrupted):
+            logger.error("%s", exc)
+            _write_failure(paths, mode, exc)
+            return EXIT_SIGTERM
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            _write_failure(paths, mode, exc)
+            raise
+        logger.exception("%s failed", mode)
+        _write_failure(paths, mode, exc)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""The `train` mode's typed configuration, and how its sources are merged.
+
+Sources, lowest to highest precedence: the dataclass defaults (the seed plan), a preset (``--preset NAME`` or a
+``preset`` key, files in ``presets/``) or ``--config FILE`` (JSON), then SageMaker's ``hyperparameters.json`` (all
+strings), then ``--key value`` flags. Every value is converted to its field's type; an unknown key, a bad value or an
+impossible combination raises :class:`ConfigError` naming the key, before any model is loaded.
+
+Secrets never enter the config: keys that look like one are refused with a pointer to ``WANDB_SECRET_ID``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+ARCHITECTURES = ("topk", "batchtopk")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
+META_KEYS = ("mode", "preset", "config")
+_SECRET_MARKERS = ("api_key", "apikey", "secret", "token", "password")
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train` needs. Field names follow SAE-Lens where SAE-Lens has one."""
+
+    model_name: str = "roneneldan/TinyStories-33M"
+    """HF model id, loaded with TransformerLens's `from_pretrained` (from channel `model` when present)."""
+    hook_name: str = "blocks.2.mlp.hook_post"
+    """TransformerLens hook to train on. Its width (d_in) is read from the model, never configured."""
+    architecture: str = "topk"
+    """`topk` or `batchtopk`."""
+    expansion_factor: int = 8
+    """d_sae = expansion_factor × d_in, unless d_sae is given."""
+    d_sae: int | None = None
+    """Explicit dictionary size; overrides expansion_factor."""
+    k: int = 64
+    """Active latents per token (per token on average for batchtopk)."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    lr_warm_up_fraction: float = 0.05
+    """Share of the training steps spent warming the learning rate up from zero."""
+    lr_decay_fraction: float = 0.2
+    """Share of the training steps, at the end, over which the learning rate decays to zero."""
+    training_tokens: int = 204_800_000
+    """Tokens to train on: 50,000 steps of 4096 in the seed plan."""
+    train_batch_size_tokens: int = 4096
+    """Tokens per optimiser step."""
+    context_size: int = 512
+    """Tokens per sequence fed to the model. Must not exceed the model's context."""
+    n_batches_in_buffer: int = 16
+    """Model batches held in the shuffling activation buffer."""
+    store_batch_size_prompts: int = 16
+    """Sequences per model forward pass when filling the buffer."""
+    n_checkpoints: int = 5
+    """Periodic checkpoints over the run (the final SAE is saved separately)."""
+    seed: int = 42
+    """Seed for weights, data mixing and shuffling."""
+    prompt_ratio: float = 0.1
+    """Share of documents drawn from the prompts channel (cycled); the rest are TinyStories."""
+    tinystories_path: str = "roneneldan/TinyStories"
+    """Hub dataset streamed when channel `tinystories` is absent."""
+    tinystories_split: str = "train"
+    """Split of the hub dataset to stream."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast where the GPU supports it, else fp32), `fp32` or `bf16`."""
+    device: str = "auto"
+    """`auto` (cuda when available), `cpu`, `cuda` or `cuda:N`."""
+    compile_sae: bool = False
+    """torch.compile the SAE."""
+    compile_llm: bool = False
+    """torch.compile the language model."""
+    dead_feature_window: int = 1000
+    """Steps without firing after which a latent counts as dead."""
+    feature_sampling_window: int = 2000
+    """Steps between resets of the firing-frequency statistics."""
+    log_every: int = 50
+    """Steps between metric lines, W&B points and the curves' points."""
+    eval_batches: int = 10
+    """Batches of `store_batch_size_prompts` sequences used for the final evaluation."""
+    log_to_wandb: bool = True
+    """Log to W&B; offline (files under the output dir) when no key is available."""
+    wandb_project: str = "sae_tinystories"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user); the key's default when empty."""
+    run_name: str | None = None
+    """Run name for W&B and the checkpoints; derived from the config when empty."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r}: {why}")
+
+        need(self.architecture in ARCHITECTURES, "architecture", f"must be one of {', '.join(ARCHITECTURES)}")
+        need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        need(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        need(self.expansion_factor >= 1, "expansion_factor", "must be at least 1")
+        need(self.d_sae is None or self.d_sae >= 1, "d_sae", "must be at least 1")
+        need(self.k >= 1, "k", "must be at least 1")
+        need(self.d_sae is None or self.k <= self.d_sae, "k", f"must not exceed d_sae={self.d_sae}")
+        need(self.lr > 0, "lr", "must be positive")
+        need(0 <= self.lr_warm_up_fraction <= 1, "lr_warm_up_fraction", "must be between 0 and 1")
+        need(0 <= self.lr_decay_fraction <= 1, "lr_decay_fraction", "must be between 0 and 1")
+        need(
+            self.lr_warm_up_fraction + self.lr_decay_fraction <= 1,
+            "lr_decay_fraction",
+            f"warm-up ({self.lr_warm_up_fraction}) and decay together exceed the whole run",
+        )
+        need(self.train_batch_size_tokens >= 1, "train_batch_size_tokens", "must be at least 1")
+        need(
+            self.training_tokens >= self.train_batch_size_tokens,
+            "training_tokens",
+            f"must be at least one batch (train_batch_size_tokens={self.train_batch_size_tokens})",
+        )
+        need(self.context_size >= 2, "context_size", "must be at least 2")
+        need(self.store_batch_size_prompts >= 1, "store_batch_size_prompts", "must be at least 1")
+        need(
+            self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
+            "n_batches_in_buffer",
+            f"n_batches_in_buffer × context_size ({self.n_batches_in_buffer} × {self.context_size}) must be at "
+            f"least train_batch_size_tokens ({self.train_batch_size_tokens})",
+        )
+        need(self.n_checkpoints >= 0, "n_checkpoints", "must not be negative")
+        need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): TinyStories is the negative control")
+        need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
+        need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
+        need(self.log_every >= 1, "log_every", "must be at least 1")
+        need(self.eval_batches >= 1, "eval_batches", "must be at least 1")
+        need(
+            self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
+        )
+
+    @property
+    def training_steps(self) -> int:
+        return self.training_tokens // self.train_batch_size_tokens
+
+    @property
+    def lr_warm_up_steps(self) -> int:
+        return int(self.training_steps * self.lr_warm_up_fraction)
+
+    @property
+    def lr_decay_steps(self) -> int:
+        return int(self.training_steps * self.lr_decay_fraction)
+
+    def sae_width(self, d_in: int) -> int:
+        """d_sae for a hook of width d_in; refuses a k the dictionary cannot hold."""
+        d_sae = self.d_sae or self.expansion_factor * d_in
+        if self.k > d_sae:
+            raise ConfigError(f"k={self.k}: must not exceed d_sae={d_sae}")
+        return d_sae
+
+
+@dataclass
+class Resolved:
+    """A merged config with the source of every value, as written to resolved_config.json."""
+
+    config: TrainConfig
+    sources: dict[str, str] = field(default_factory=dict)
+    mode: str = "train"
+
+    def to_json(self, derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        values = dataclasses.asdict(self.config)
+        return {
+            "mode": self.mode,
+            "values": values,
+            "sources": {k: self.sources.get(k, "default") for k in values},
+            "derived": dict(derived or {}),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Type conversion
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def convert(key: str, raw: Any) -> Any:
+    """Convert ``raw`` (a string from hyperparameters or a flag, or a JSON value) to the type of field ``key``."""
+    types_by_key = _field_types()
+    if key not in types_by_key:
+        raise ConfigError(_unknown_key_message(key))
+    base, optional = _unwrap_optional(types_by_key[key])
+    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"))):
+        return None
+    try:
+        return _convert_scalar(base, raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}={raw!r}: expected {base.__name__}{' or none' if optional else ''} ({exc})") from None
+
+
+def _convert_scalar(base: type, raw: Any) -> Any:
+    if base is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("not a boolean (true/false)")
+    if base is int:
+        if isinstance(raw, bool):
+            raise TypeError("a boolean is not an integer")
+        if isinstance(raw, int):
+            return raw
+        number = float(str(raw).replace("_", "")) if not isinstance(raw, float) else raw
+        if not number.is_integer():
+            raise ValueError("not a whole number")
+        return int(number)
+    if base is float:
+        if isinstance(raw, bool):
+            raise TypeError("a boolean is not a number")
+        return float(str(raw).replace("_", "")) if isinstance(raw, str) else float(raw)
+    if base is str:
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            raise TypeError(f"got {type(raw).__name__}")
+        return str(raw)
+    raise TypeError(f"unsupported field type {base}")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Values set in Python (tests, presets loaded by hand) get the same checks as strings from SageMaker."""
+    for key, tp in _field_types().items():
+        value = getattr(cfg, key)
+        base, optional = _unwrap_optional(tp)
+        if value is None and optional:
+            continue
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(cfg, key, float(value))
+            continue
+        if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}={value!r}: expected {base.__name__}, got {type(value).__name__}")
+
+
+def _unknown_key_message(key: str) -> str:
+    lowered = key.lower()
+    if any(marker in lowered for marker in _SECRET_MARKERS):
+        return (
+            f"{key}: secrets never go in the configuration or hyperparameters. "
+            "Set WANDB_API_KEY in the environment locally, or WANDB_SECRET_ID (a Secrets Manager id) for a job."
+        )
+    import difflib
+
+    names = [f.name for f in fields(TrainConfig)]
+    close = difflib.get_close_matches(key, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(names)}."
+    return f"unknown configuration key {key!r}.{hint}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object of key: value pairs")
+    return data
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"preset={name!r}: no such preset. Available: {', '.join(list_presets())}")
+    return _read_json_object(path, "preset")
+
+
+def parse_cli(argv: list[str]) -> dict[str, str]:
+    """``--key value`` and ``--key=value`` pairs; dashes in keys become underscores."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}: options look like --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value")
+            value = argv[i + 1]
+            i += 1
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def resolve(
+    hyperparameters: Mapping[str, Any] | None = None,
+    cli: Mapping[str, str] | None = None,
+) -> Resolved:
+    """Merge defaults < preset/--config < hyperparameters < CLI into a checked :class:`TrainConfig`."""
+    hyperparameters = dict(hyperparameters or {})
+    cli = dict(cli or {})
+    layers: list[tuple[str, dict[str, Any]]] = []
+
+    preset = cli.get("preset", hyperparameters.get("preset"))
+    config_file = cli.get("config", hyperparameters.get("config"))
+    if preset:
+        layers.append((f"preset:{preset}", load_preset(str(preset))))
+    if config_file:
+        layers.append((f"config:{config_file}", _read_json_object(Path(str(config_file)), "config file")))
+    layers.append(("hyperparameters", hyperparameters))
+    layers.append(("cli", cli))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    mode = "train"
+    for source, layer in layers:
+        for key, raw in layer.items():
+            if key in META_KEYS:
+                if key == "mode":
+                    mode = str(raw)
+                continue
+            values[key] = convert(key, raw)
+            sources[key] = source
+    return Resolved(config=TrainConfig(**values), sources=sources, mode=mode)
+
+
+def wandb_key(env: Mapping[str, str] | None = None) -> str | None:
+    """The W&B key: ``WANDB_API_KEY`` locally, or the Secrets Manager secret named by ``WANDB_SECRET_ID`` in a job.
+
+    The value is returned to the caller only; it is never logged or written.
+    """
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return env["WANDB_API_KEY"]
+    secret_id = env.get("WANDB_SECRET_ID")
+    if not secret_id:
+        return None
+    import boto3
+
+    try:
+        response = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    except Exception as exc:  # any AWS failure means the same thing to the user
+        raise ConfigError(
+            f"WANDB_SECRET_ID={secret_id}: could not read the secret ({type(exc).__name__}). "
+            "Check the id, the region and that the job role may call secretsmanager:GetSecretValue."
+        ) from None
+    secret = response.get("SecretString") or ""
+    # A secret stored as JSON ({"WANDB_API_KEY": "..."}) or as the bare key both work.
+    if secret.lstrip().startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):
+            secret = json.loads(secret).get("WANDB_API_KEY", "")
+    if not secret:
+        raise ConfigError(f"WANDB_SECRET_ID={secret_id}: the secret is empty")
+    return secret

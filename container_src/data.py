@@ -1,0 +1,139 @@
+"""The training stream: TinyStories (the negative control) interleaved with the user's prompts.
+
+Every row has ``text`` (what SAE-Lens tokenizes) and ``source`` (``tinystories`` or ``prompts``). Prompts are drawn
+with probability ``prompt_ratio`` per document and cycled; the stream ends when TinyStories is exhausted, and SAE-Lens
+then starts it again. The order is a function of ``seed`` alone, which is what lets a resumed run fast-forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from container_src.config import ConfigError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
+
+logger = logging.getLogger(__name__)
+
+_DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".txt": "text"}
+
+
+def _find_saved_dataset(channel: Path) -> Path | None:
+    """The ``save_to_disk`` folder in a channel: the channel itself or its only sub-folder."""
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if any((channel / m).exists() for m in markers):
+        return channel
+    subdirs = [p for p in channel.iterdir() if p.is_dir() and any((p / m).exists() for m in markers)]
+    return subdirs[0] if len(subdirs) == 1 else None
+
+
+def _load_local(channel: Path, name: str) -> Dataset:
+    """A dataset from a channel: a ``save_to_disk`` folder (Dataset or DatasetDict) or plain data files."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    saved = _find_saved_dataset(channel)
+    try:
+        if saved is not None:
+            ds = load_from_disk(str(saved))
+            if isinstance(ds, DatasetDict):
+                if "train" not in ds:
+                    raise ConfigError(f"channel {name}: the saved DatasetDict has no 'train' split ({list(ds)})")
+                ds = ds["train"]
+            return ds
+        files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
+        builders = {_DATA_FILE_BUILDERS[p.suffix] for p in files}
+        if len(builders) != 1:
+            found = sorted({p.suffix for p in files}) or "no data files"
+            raise ConfigError(
+                f"channel {name}: expected a datasets save_to_disk folder or files of one format "
+                f"({', '.join(_DATA_FILE_BUILDERS)}); found {found} in {channel}"
+            )
+        loaded = load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
+        assert isinstance(loaded, Dataset)  # split= without streaming= always gives one Dataset
+        return loaded
+    except ConfigError:
+        raise
+    except Exception as exc:  # datasets raises many types for unreadable data; all mean the same to the user
+        raise ConfigError(f"channel {name}: could not read a dataset from {channel}: {exc}") from None
+
+
+def load_prompts(channel: Path) -> Dataset:
+    """The prompts channel as rows of ``text``: its ``text`` column, else question, blank line, response.
+
+    Work stays in memory: a channel is input, and datasets would otherwise write cache files into it.
+    """
+    ds = _load_local(channel, "prompts")
+    columns = set(ds.column_names)
+    if "text" in columns:
+        ds = ds.map(
+            lambda row: {"text": (row["text"] or "").strip()}, remove_columns=ds.column_names, keep_in_memory=True
+        )
+    elif {"question", "response"} <= columns:
+        ds = ds.map(
+            lambda row: {"text": f"{(row['question'] or '').strip()}\n\n{(row['response'] or '').strip()}".strip()},
+            remove_columns=ds.column_names,
+            keep_in_memory=True,
+        )
+    else:
+        raise ConfigError(
+            f"channel prompts: no text column. Expected `text`, or `question` and `response`; "
+            f"found {', '.join(sorted(columns)) or 'no columns'}"
+        )
+    n_rows = len(ds)
+    ds = ds.filter(lambda row: bool(row["text"]), keep_in_memory=True)
+    if len(ds) == 0:
+        raise ConfigError(f"channel prompts: {n_rows} rows but none has any text")
+    if len(ds) < n_rows:
+        logger.warning("channel prompts: skipped %d of %d rows with empty text", n_rows - len(ds), n_rows)
+    logger.info("channel prompts: %d prompts", len(ds))
+    return ds
+
+
+def load_stories(channel: Path | None, hub_path: str, split: str) -> IterableDataset:
+    """TinyStories as a stream of ``text``: from channel ``tinystories`` when given, else streamed from the hub."""
+    from datasets import IterableDataset, load_dataset
+
+    if channel is not None:
+        local = _load_local(channel, "tinystories")
+        if len(local) == 0:
+            raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
+        stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories)"
+    else:
+        try:
+            stream = load_dataset(hub_path, split=split, streaming=True)
+            assert isinstance(stream, IterableDataset)  # split= with streaming= always gives one stream
+        except Exception as exc:  # offline, missing split, private repo...
+            raise ConfigError(
+                f"tinystories_path={hub_path!r}: could not stream split {split!r} from the hub ({exc}). "
+                "Without network access, pass a local copy as channel `tinystories`."
+            ) from None
+        where = f"hub {hub_path}:{split}"
+    first = next(iter(stream), None)
+    if first is None:
+        raise ConfigError(f"{where}: the dataset is empty")
+    if "text" not in first:
+        raise ConfigError(f"{where}: no `text` column (found {', '.join(sorted(first))})")
+    logger.info("stories from %s", where)
+    return stream.select_columns(["text"])
+
+
+def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio: float, seed: int) -> IterableDataset:
+    """Interleave documents: a prompt with probability ``prompt_ratio``, else a story; prompts cycle."""
+    from datasets import Features, Value, interleave_datasets
+
+    features = Features({"text": Value("string"), "source": Value("string")})
+
+    def tagged(stream: IterableDataset, source: str) -> IterableDataset:
+        return stream.map(lambda row: {"text": row["text"], "source": source}, features=features)
+
+    if prompts is None or prompt_ratio == 0:
+        return tagged(stories, "tinystories")
+    return interleave_datasets(
+        [tagged(stories, "tinystories"), tagged(prompts.shuffle(seed=seed).to_iterable_dataset(), "prompts")],
+        probabilities=[1 - prompt_ratio, prompt_ratio],
+        seed=seed,
+        stopping_strategy="all_exhausted",
+    )

@@ -1,0 +1,101 @@
+"""Loading the language model, choosing device and precision, and reading d_in at the hook."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from container_src.config import ConfigError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the run computes; decided once from the hardware and the config."""
+
+    device: str
+    device_name: str
+    autocast: bool
+    """bf16 autocast for the SAE step and the model's forward pass."""
+
+    @property
+    def precision(self) -> str:
+        return "bf16-autocast" if self.autocast else "fp32"
+
+
+def pick_runtime(device: str, precision: str) -> Runtime:
+    """Resolve ``device``/``precision`` of the config against the hardware; bf16 only where the GPU supports it."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}: no CUDA device is visible; use device=auto or cpu")
+        name = torch.cuda.get_device_name(torch.device(device))
+        bf16_ok = torch.cuda.is_bf16_supported()
+    else:
+        name, bf16_ok = "cpu", False
+    if precision == "bf16" and not bf16_ok:
+        raise ConfigError(f"precision='bf16': {name} has no bf16 support; use precision=auto or fp32")
+    autocast = precision == "bf16" or (precision == "auto" and bf16_ok)
+    return Runtime(device=device, device_name=name, autocast=autocast)
+
+
+def load_model(model_name: str, device: str) -> HookedTransformer:
+    """The model through SAE-Lens's own loader (TransformerLens ``from_pretrained_no_processing``).
+
+    The same call serves the hub and a hub-cache channel; the caller sets the HF environment before import.
+    """
+    from sae_lens.load_model import load_model as sae_lens_load_model
+
+    try:
+        model = sae_lens_load_model("HookedTransformer", model_name, device=device)
+    except OSError as exc:
+        raise ConfigError(
+            f"model_name={model_name!r}: could not load ({exc}). Without network access, pass the weights as "
+            "channel `model` in Hugging Face hub-cache layout."
+        ) from None
+    return model  # type: ignore[return-value]
+
+
+def check_hook(model: HookedTransformer, hook_name: str) -> None:
+    """Fail with the valid hook names of the same kind when the model has no ``hook_name``."""
+    if hook_name in model.hook_dict:
+        return
+    names = list(model.hook_dict)
+    kind = re.sub(r"\.\d+\.", ".{N}.", hook_name)
+    same_kind = [n for n in names if re.sub(r"\.\d+\.", ".{N}.", n) == kind]
+    if same_kind:
+        listing = f"hooks of that kind in this model: {', '.join(same_kind)}"
+    else:
+        close = difflib.get_close_matches(hook_name, names, n=6, cutoff=0.5)
+        layer0 = [n for n in names if n.startswith("blocks.0.")]
+        listing = "closest hooks: " + ", ".join(close or layer0)
+    raise ConfigError(f"hook_name={hook_name!r}: the model has no such hook; {listing}")
+
+
+def hook_width(model: HookedTransformer, hook_name: str) -> int:
+    """d_in: the width of the activations at ``hook_name``, measured with one short forward pass."""
+    import torch
+    from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
+
+    check_hook(model, hook_name)
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            tokens, names_filter=[hook_name], stop_at_layer=extract_stop_at_layer_from_tlens_hook_name(hook_name)
+        )
+    acts = cache[hook_name]
+    # Attention heads (z, q, k, v) are [batch, pos, head, d_head]; SAE-Lens flattens the trailing dimensions.
+    width = 1
+    for dim in acts.shape[2:]:
+        width *= dim
+    return width

@@ -1,0 +1,98 @@
+"""The SageMaker container contract: where inputs are read and outputs written.
+
+Everything hangs off ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), read when a run starts:
+
+    input/config/hyperparameters.json   all values are strings
+    input/data/<channel>/               prompts, model, tinystories, sae
+    model/                              final SAE and records; uploaded as model.tar.gz
+    checkpoints/                        resumable state; synced with S3 for spot restarts
+    output/failure                      one paragraph on why a run failed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from container_src.config import ConfigError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+CHANNELS = ("prompts", "model", "tinystories", "sae")
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    base: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ContainerPaths:
+        env = os.environ if env is None else env
+        return cls(Path(env.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR))
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.base / "input" / "config" / "hyperparameters.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.base / "checkpoints"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    def channel(self, name: str) -> Path | None:
+        """The channel's directory, or None when the job was given no such channel."""
+        path = self.base / "input" / "data" / name
+        if not path.exists():
+            return None
+        if not path.is_dir():
+            raise ConfigError(f"channel {name}: {path} is not a directory")
+        if not any(path.iterdir()):
+            raise ConfigError(f"channel {name}: {path} is empty; remove the channel or put the data in it")
+        return path
+
+    def read_hyperparameters(self) -> dict[str, str]:
+        """SageMaker's hyperparameters.json, or {} when there is none (a local run driven by flags)."""
+        path = self.hyperparameters_file
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text() or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object of hyperparameter: value pairs")
+        return data
+
+
+def hub_cache_env(model_channel: Path, model_name: str) -> dict[str, str]:
+    """Environment that makes the HF libraries load ``model_name`` from a hub-cache channel with the hub off.
+
+    The channel may be an ``$HF_HOME`` (holding ``hub/models--…``) or a hub cache itself (holding ``models--…``).
+    """
+    hub = model_channel / "hub" if (model_channel / "hub").is_dir() else model_channel
+    entry = "models--" + model_name.replace("/", "--")
+    present = sorted(p.name for p in hub.glob("models--*"))
+    if not present:
+        raise ConfigError(
+            f"channel model: {model_channel} is not a Hugging Face hub-cache layout "
+            f"(expected {entry}/ with refs/ and snapshots/, directly or under hub/)"
+        )
+    if entry not in present:
+        raise ConfigError(
+            f"channel model: no entry for model_name={model_name!r} (looked for {entry}); "
+            f"the channel holds {', '.join(present)}"
+        )
+    return {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -1,0 +1,140 @@
+"""Shared fixtures: a tiny random GPT-Neo in a fake HF hub cache, a tiny story set, and SageMaker trees.
+
+The hub cannot be reached in tests, so the model is served from a hub-cache folder with the hub off: the real
+``from_pretrained`` call runs against it. The environment is set before any HF library is imported, because those
+libraries read it once at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_PROMPTS = ROOT / "data" / "sample_prompts"
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="sae-tests-"))
+HF_HOME = _SESSION_DIR / "hf"
+
+# A tiny run: 64 steps of 256 tokens on the tiny model (d_in = 4 × 64 = 256 at mlp.hook_post).
+TINY_RUN = {"preset": "smoke", "training_tokens": "16384", "log_to_wandb": "false"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.update(
+        {
+            "HF_HOME": str(HF_HOME),
+            "HF_HUB_CACHE": str(HF_HOME / "hub"),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "WANDB_MODE": "offline",
+            "TQDM_DISABLE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    for var in ("WANDB_API_KEY", "WANDB_SECRET_ID", "SAGEMAKER_BASE_DIR"):
+        os.environ.pop(var, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_assets() -> dict[str, Path]:
+    """The tiny model (as an $HF_HOME) and a 400-story TinyStories stand-in, built once per session."""
+    from container_src.synthetic import make_stories, write_model_cache, write_story_dataset
+
+    stories = make_stories(400)
+    write_model_cache(HF_HOME, corpus=stories)
+    story_dir = write_story_dataset(_SESSION_DIR / "tinystories", n=400)
+    return {"hf_home": HF_HOME, "stories": story_dir}
+
+
+@pytest.fixture
+def opt_ml(tmp_path: Path, tiny_assets: dict[str, Path]) -> Path:
+    """A SageMaker /opt/ml tree with channels model, tinystories and prompts (the shipped sample)."""
+    channels = tmp_path / "opt_ml" / "input" / "data"
+    channels.mkdir(parents=True)
+    (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
+    (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
+    shutil.copytree(SAMPLE_PROMPTS, channels / "prompts")
+    return tmp_path / "opt_ml"
+
+
+def write_hyperparameters(base: Path, values: dict[str, str]) -> None:
+    path = base / "input" / "config" / "hyperparameters.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    """In-process runs set W&B/HF variables and a SIGTERM handler; give every test a clean slate."""
+    env = dict(os.environ)
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def container_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "container_src", *args]
+
+
+def run_container(base: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    """Run the entry point in a fresh process, as the image would."""
+    full_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), **(env or {})}
+    return subprocess.run(
+        container_cmd(*args), cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[dict[str, str]]:
+    """A real moto server on loopback; yields the environment that points boto3 at it."""
+    import socket
+    import time
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+    yield {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    proc.terminate()
+    proc.wait(timeout=10)

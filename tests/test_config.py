@@ -1,0 +1,123 @@
+"""Configuration: types from SageMaker's strings, precedence, presets and refusals that name the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from container_src.config import ConfigError, TrainConfig, list_presets, parse_cli, resolve, wandb_key
+
+
+def test_hyperparameter_strings_become_field_types() -> None:
+    resolved = resolve(
+        {
+            "k": "32",
+            "lr": "3e-4",
+            "training_tokens": "2.048e8",
+            "compile_sae": "False",
+            "d_sae": "none",
+            "wandb_entity": "null",
+            "prompt_ratio": "0.25",
+            "run_name": "censorship-1",
+        }
+    )
+    cfg = resolved.config
+    assert (cfg.k, cfg.lr, cfg.training_tokens) == (32, 3e-4, 204_800_000)
+    assert cfg.compile_sae is False and cfg.d_sae is None and cfg.wandb_entity is None
+    assert cfg.prompt_ratio == 0.25 and cfg.run_name == "censorship-1"
+    assert isinstance(cfg.k, int) and isinstance(cfg.lr, float)
+
+
+def test_precedence_defaults_preset_config_hyperparameters_cli(tmp_path: Path) -> None:
+    config_file = tmp_path / "mine.json"
+    config_file.write_text(json.dumps({"k": 16, "seed": 7, "lr": 0.002}))
+    resolved = resolve(
+        {"preset": "smoke", "config": str(config_file), "seed": "8", "lr": "0.003"},
+        {"lr": "0.004"},
+    )
+    cfg, sources = resolved.config, resolved.sources
+    assert cfg.context_size == 64 and sources["context_size"] == "preset:smoke"
+    assert cfg.k == 16 and sources["k"] == f"config:{config_file}"
+    assert cfg.seed == 8 and sources["seed"] == "hyperparameters"
+    assert cfg.lr == 0.004 and sources["lr"] == "cli"
+    assert cfg.hook_name == "blocks.2.mlp.hook_post"
+    assert resolved.to_json()["sources"]["hook_name"] == "default"
+
+
+def test_seed_preset_is_the_corrected_plan() -> None:
+    cfg = resolve({"preset": "tinystories-33m"}).config
+    assert cfg.hook_name == "blocks.2.mlp.hook_post"
+    assert cfg.sae_width(3072) == 24576  # d_in of hook_post is 4 × 768
+    assert (cfg.k, cfg.lr, cfg.training_steps, cfg.train_batch_size_tokens) == (64, 1e-4, 50_000, 4096)
+    assert (cfg.lr_warm_up_steps, cfg.lr_decay_steps) == (2_500, 10_000)
+    assert (cfg.context_size, cfg.n_batches_in_buffer, cfg.n_checkpoints, cfg.seed) == (512, 16, 5, 42)
+    assert cfg.wandb_project == "sae_tinystories" and cfg.architecture == "topk"
+    assert {"smoke", "tinystories-33m"} <= set(list_presets())
+
+
+def test_d_sae_overrides_expansion() -> None:
+    assert TrainConfig(d_sae=1000, k=10).sae_width(3072) == 1000
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "names"),
+    [
+        ({"hook_layer": "2"}, ["hook_layer", "hook_name"]),
+        ({"k": "many"}, ["k=", "int"]),
+        ({"lr": "fast"}, ["lr=", "float"]),
+        ({"compile_sae": "maybe"}, ["compile_sae", "true/false"]),
+        ({"k": "2.5"}, ["k=", "whole number"]),
+        ({"architecture": "jumprelu"}, ["architecture", "topk, batchtopk"]),
+        ({"lr_warm_up_fraction": "0.5", "lr_decay_fraction": "0.6"}, ["lr_decay_fraction", "exceed"]),
+        ({"n_batches_in_buffer": "2", "context_size": "128"}, ["n_batches_in_buffer", "train_batch_size_tokens"]),
+        ({"d_sae": "16", "k": "32"}, ["k=32", "d_sae=16"]),
+        ({"prompt_ratio": "1"}, ["prompt_ratio", "negative control"]),
+        ({"training_tokens": "100"}, ["training_tokens", "one batch"]),
+        ({"precision": "fp16"}, ["precision", "auto, fp32, bf16"]),
+        ({"device": "tpu"}, ["device"]),
+        ({"preset": "huge"}, ["preset='huge'", "smoke", "tinystories-33m"]),
+        ({"wandb_api_key": "abc"}, ["wandb_api_key", "WANDB_SECRET_ID"]),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(hyperparameters: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve(hyperparameters)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_secret_values_never_echoed() -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve({"wandb_api_key": "planted-secret-1234"})
+    assert "planted-secret-1234" not in str(err.value)
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(cli={"config": str(tmp_path / "missing.json")})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        resolve(cli={"config": str(bad)})
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        resolve(cli={"config": str(bad)})
+
+
+def test_parse_cli() -> None:
+    assert parse_cli(["--k", "8", "--lr=0.1", "--hook-name", "blocks.0.hook_resid_post"]) == {
+        "k": "8",
+        "lr": "0.1",
+        "hook_name": "blocks.0.hook_resid_post",
+    }
+    with pytest.raises(ConfigError, match="--k needs a value"):
+        parse_cli(["--k"])
+    with pytest.raises(ConfigError, match="unexpected argument 'eight'"):
+        parse_cli(["--k", "8", "eight"])
+
+
+def test_wandb_key_from_environment_only() -> None:
+    assert wandb_key({}) is None
+    assert wandb_key({"WANDB_API_KEY": "local-key"}) == "local-key"

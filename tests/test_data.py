@@ -1,0 +1,116 @@
+"""The training stream: reading channels, building prompt text, and mixing at prompt_ratio."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from container_src.config import ConfigError
+from container_src.data import load_prompts, load_stories, mixed_stream
+from container_src.synthetic import make_stories
+from tests.conftest import SAMPLE_PROMPTS
+
+
+@pytest.fixture(scope="module")
+def many_stories() -> Dataset:
+    return Dataset.from_dict({"text": make_stories(6000, seed=1)})
+
+
+def _prompts(n: int = 95) -> Dataset:
+    return Dataset.from_dict({"text": [f"prompt number {i}" for i in range(n)]})
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_mixing_ratio_within_tolerance(many_stories: Dataset, ratio: float) -> None:
+    rows = list(islice(mixed_stream(many_stories.to_iterable_dataset(), _prompts(), ratio, seed=42), 5000))
+    share = sum(r["source"] == "prompts" for r in rows) / len(rows)
+    # binomial standard deviation at n=5000 is under 0.0065; allow three of them
+    assert abs(share - ratio) < 0.02, share
+    assert all(r["text"] for r in rows)
+
+
+def test_prompts_cycle_and_order_is_seeded(many_stories: Dataset) -> None:
+    def first(seed: int) -> list[str]:
+        stream = mixed_stream(many_stories.to_iterable_dataset(), _prompts(20), 0.5, seed=seed)
+        return [r["text"] for r in islice(stream, 400)]
+
+    run_a, run_b, other = first(42), first(42), first(43)
+    assert run_a == run_b
+    assert run_a != other
+    prompt_rows = [t for t in run_a if t.startswith("prompt number")]
+    assert len(prompt_rows) > 100  # 20 prompts, drawn about 200 times: they cycle
+    assert len(set(prompt_rows)) == 20
+
+
+def test_ratio_zero_is_stories_only(many_stories: Dataset) -> None:
+    rows = list(islice(mixed_stream(many_stories.to_iterable_dataset(), None, 0.0, seed=1), 50))
+    assert {r["source"] for r in rows} == {"tinystories"}
+
+
+def test_sample_prompts_load_with_text() -> None:
+    before = sorted(p.name for p in SAMPLE_PROMPTS.iterdir())
+    ds = load_prompts(SAMPLE_PROMPTS)
+    assert sorted(p.name for p in SAMPLE_PROMPTS.iterdir()) == before  # the channel is never written to
+    assert len(ds) == 95
+    assert ds.column_names == ["text"]
+    assert "\n\n" in ds[0]["text"]
+
+
+def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:
+    Dataset.from_dict(
+        {"question": ["Q1?", "Q2?", "  "], "response": ["A1.", "", ""], "category": ["refusal"] * 3}
+    ).save_to_disk(str(tmp_path / "p"))
+    ds = load_prompts(tmp_path / "p")
+    assert ds["text"] == ["Q1?\n\nA1.", "Q2?"]  # the row with neither is skipped
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        (Dataset.from_dict({"question": ["Q?"], "answer": ["A"]}), "no text column"),
+        (Dataset.from_dict({"text": ["", "  "]}), "none has any text"),
+        (DatasetDict({"test": Dataset.from_dict({"text": ["x"]})}), "no 'train' split"),
+    ],
+)
+def test_malformed_prompts_name_the_channel(tmp_path: Path, dataset: Dataset | DatasetDict, message: str) -> None:
+    dataset.save_to_disk(str(tmp_path / "p"))
+    with pytest.raises(ConfigError) as err:
+        load_prompts(tmp_path / "p")
+    assert "channel prompts" in str(err.value) and message in str(err.value)
+
+
+def test_unreadable_channel_names_the_channel(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "notes.md").write_text("not a dataset")
+    with pytest.raises(ConfigError, match="channel prompts: expected a datasets save_to_disk folder"):
+        load_prompts(tmp_path / "p")
+    (tmp_path / "p" / "state.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="channel prompts: could not read a dataset"):
+        load_prompts(tmp_path / "p")
+
+
+def test_stories_from_jsonl_files(tmp_path: Path) -> None:
+    channel = tmp_path / "tinystories"
+    channel.mkdir()
+    (channel / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_stories(5)))
+    rows = list(load_stories(channel, "unused/hub-id", "train"))
+    assert len(rows) == 5 and rows[0]["text"].startswith("Once upon a time")
+
+
+def test_stories_without_text_column(tmp_path: Path) -> None:
+    Dataset.from_dict({"story": ["x"]}).save_to_disk(str(tmp_path / "s"))
+    with pytest.raises(ConfigError, match="no `text` column"):
+        load_stories(tmp_path / "s", "unused", "train")
+    Dataset.from_dict({"text": []}).save_to_disk(str(tmp_path / "e"))
+    with pytest.raises(ConfigError, match=r"channel tinystories: .* is empty"):
+        load_stories(tmp_path / "e", "unused", "train")
+
+
+def test_hub_stories_offline_says_what_to_do() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_stories(None, "roneneldan/TinyStories", "train")
+    assert "channel `tinystories`" in str(err.value)

@@ -1,0 +1,154 @@
+"""`train` mode end to end on the tiny model: real SAE-Lens training in a temporary /opt/ml tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from container_src.__main__ import main
+from tests.conftest import ROOT, TINY_RUN, container_cmd, run_container, write_hyperparameters
+
+pytestmark = pytest.mark.slow
+
+METRIC_LINE = re.compile(r"\[metric\] step=(\d+) tokens=(\d+) .*?explained_variance=([-+.0-9eE]+|nan)")
+
+
+def _files_under(base: Path) -> list[Path]:
+    return [p for p in base.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, str]) -> None:
+    import boto3
+    from sae_lens import SAE
+
+    from container_src.model import hook_width, load_model
+
+    planted = "wandb-planted-key-0123456789abcdef"
+    secrets = boto3.client(
+        "secretsmanager",
+        endpoint_url=moto_server["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    secrets.create_secret(Name="wandb-e2e", SecretString=json.dumps({"WANDB_API_KEY": planted}))
+    # SageMaker passes every hyperparameter as a string
+    write_hyperparameters(opt_ml, {**TINY_RUN, "k": "8", "seed": "3", "log_to_wandb": "true"})
+
+    result = run_container(opt_ml, "train", env={**moto_server, "WANDB_SECRET_ID": "wandb-e2e"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert not (opt_ml / "output" / "failure").exists()
+
+    model_dir = opt_ml / "model"
+    sae = SAE.load_from_disk(str(model_dir))
+    width = hook_width(load_model("roneneldan/TinyStories-33M", "cpu"), "blocks.2.mlp.hook_post")
+    assert sae.cfg.d_in == width == 256
+    assert sae.cfg.d_sae == 4 * width  # the smoke preset's expansion factor
+    assert sae.cfg.metadata.hook_name == "blocks.2.mlp.hook_post"
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["tokens_trained"] == 16384 and metrics["training_steps"] == 64
+    assert "centred on the mean" in metrics["explained_variance_definition"]
+    assert 0.3 < metrics["explained_variance"] <= 1
+    assert metrics["mse"] > 0 and 0 < metrics["l0"] <= 8
+    assert 0 <= metrics["dead_feature_fraction"] <= 1
+    assert {"ce_loss_score", "ce_loss_with_sae", "ce_loss_without_sae", "wall_time_s"} <= set(metrics)
+
+    resolved = json.loads((model_dir / "resolved_config.json").read_text())
+    assert resolved["values"]["k"] == 8 and resolved["sources"]["k"] == "hyperparameters"
+    assert resolved["sources"]["context_size"] == "preset:smoke"
+    assert resolved["derived"]["d_in"] == 256 and resolved["derived"]["wandb_mode"] == "offline"
+
+    pngs = sorted(p.name for p in (model_dir / "plots").glob("*.png"))
+    assert pngs == ["dead_features.png", "explained_variance.png", "l0.png", "learning_rate.png", "loss.png"]
+    for png in (model_dir / "plots").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+    steps = [int(m.group(1)) for m in METRIC_LINE.finditer(result.stdout)]
+    assert steps == list(range(4, 65, 4))  # every log_every=4 steps, the last step included
+    assert re.search(r"\[metric\] final=1 .*explained_variance=", result.stdout)
+    assert list((opt_ml / "output" / "data" / "wandb").rglob("offline-run-*")), "W&B did not run offline"
+
+    # the key reached W&B through the environment only
+    assert planted not in result.stdout + result.stderr
+    leaks = [p for p in _files_under(opt_ml) if planted.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(opt_ml: Path) -> None:
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536"})  # 256 steps
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        container_cmd("train"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = METRIC_LINE.search(line)
+        if match and int(match.group(1)) >= 40:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=120) == 143, "".join(lines[-30:])
+
+    failure = (opt_ml / "output" / "failure").read_text()
+    assert "SIGTERM" in "".join(lines) and "checkpoint saved" in failure
+    assert not (opt_ml / "model" / "cfg.json").exists()
+    (run_dir,) = (opt_ml / "checkpoints").iterdir()
+    saved = [p for p in run_dir.iterdir() if (p / "checkpoint_complete.json").exists()]
+    interrupted = max(saved, key=lambda p: int(p.name))
+    for name in ("sae_weights.safetensors", "trainer_state.pt", "activations_store_state.safetensors"):
+        assert (interrupted / name).is_file(), name
+    stopped_at = json.loads((interrupted / "checkpoint_complete.json").read_text())
+    assert 40 <= stopped_at["step"] < 256 and stopped_at["tokens"] == 256 * stopped_at["step"]
+
+    result = run_container(opt_ml, "train")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert f"resuming from {interrupted}" in result.stdout
+    resumed_steps = [int(m.group(1)) for m in METRIC_LINE.finditer(result.stdout)]
+    assert resumed_steps[0] > stopped_at["step"], "the rerun started over instead of resuming"
+    metrics = json.loads((opt_ml / "model" / "metrics.json").read_text())
+    assert metrics["tokens_trained"] == 65536 and metrics["resumed_from_tokens"] == stopped_at["tokens"]
+    logged = [json.loads(line)["step"] for line in (opt_ml / "model" / "training_log.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == 256
+    assert not (opt_ml / "output" / "failure").exists()
+
+
+def _run_in_process(base: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    return main(["train", *args])
+
+
+def test_batchtopk_trains(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_lens import SAE
+
+    write_hyperparameters(opt_ml, {**TINY_RUN, "architecture": "batchtopk", "training_tokens": "4096"})
+    assert _run_in_process(opt_ml, monkeypatch) == 0
+    sae = SAE.load_from_disk(str(opt_ml / "model"))
+    # SAE-Lens saves a trained BatchTopK SAE as JumpReLU, with the learned threshold
+    assert sae.cfg.architecture() == "jumprelu" and sae.cfg.d_in == 256
+
+
+def test_failure_after_training_leaves_no_sae(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import container_src.evaluate
+
+    earlier = opt_ml / "model" / "notes.txt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("from an earlier run")
+
+    def explode(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(container_src.evaluate, "evaluate", explode)
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
+    assert _run_in_process(opt_ml, monkeypatch) == 1
+    assert "evaluation exploded" in (opt_ml / "output" / "failure").read_text()
+    assert sorted(p.name for p in (opt_ml / "model").iterdir()) == ["notes.txt"]
+    assert earlier.read_text() == "from an earlier run"
