@@ -1,0 +1,164 @@
+"""The entry point on bad input: a non-zero exit, a failure file that names the problem, no SAE in model/.
+
+Problems with the configuration or the channels must be found before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+import container_src.model
+from container_src.__main__ import EXIT_CONFIG, main
+from tests.conftest import ROOT, TINY_RUN, write_hyperparameters
+
+
+def _no_prompts(base: Path) -> None:
+    shutil.rmtree(base / "input" / "data" / "prompts")
+
+
+def _prompts_without_text(base: Path) -> None:
+    _no_prompts(base)
+    Dataset.from_dict({"prompt": ["q"], "answer": ["a"]}).save_to_disk(str(base / "input" / "data" / "prompts"))
+
+
+def _empty_prompts(base: Path) -> None:
+    _no_prompts(base)
+    Dataset.from_dict({"text": []}).save_to_disk(str(base / "input" / "data" / "prompts"))
+
+
+def _empty_stories_channel(base: Path) -> None:
+    stories = base / "input" / "data" / "tinystories"
+    stories.unlink()
+    stories.mkdir()
+
+
+def _model_channel_without_the_model(base: Path) -> None:
+    model = base / "input" / "data" / "model"
+    model.unlink()
+    (model / "hub" / "models--someone--else" / "refs").mkdir(parents=True)
+
+
+def _hyperparameters_not_json(base: Path) -> None:
+    (base / "input" / "config" / "hyperparameters.json").write_text("{'k': 8")
+
+
+CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]] = [
+    ("unknown key", {"hook_layer": "2"}, None, ["hook_layer", "hook_name"]),
+    ("wrong type", {"k": "eight"}, None, ["k='eight'", "int"]),
+    ("impossible combination", {"lr_warm_up_fraction": "0.9", "lr_decay_fraction": "0.2"}, None, ["exceed"]),
+    ("secret as hyperparameter", {"wandb_api_key": "x" * 40}, None, ["WANDB_SECRET_ID"]),
+    ("unknown mode", {"mode": "fly"}, None, ["mode='fly'", "train"]),
+    ("hyperparameters not JSON", {}, _hyperparameters_not_json, ["hyperparameters.json", "not valid JSON"]),
+    ("prompt_ratio without prompts", {}, _no_prompts, ["prompt_ratio=0.1", "prompts channel", "prompt_ratio=0"]),
+    ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
+    ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
+    ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty"]),
+    ("model channel lacks the model", {}, _model_channel_without_the_model, ["channel model", "models--someone--else"]),
+]
+
+
+@pytest.mark.parametrize(("hyperparameters", "breakage", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_before_the_model_loads(
+    opt_ml: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hyperparameters: dict[str, str],
+    breakage: Callable[[Path], None] | None,
+    expected: list[str],
+) -> None:
+    write_hyperparameters(opt_ml, {**TINY_RUN, **hyperparameters})
+    if breakage:
+        breakage(opt_ml)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    model_loads: list[str] = []
+    monkeypatch.setattr(container_src.model, "load_model", lambda name, device: model_loads.append(name))
+
+    assert main(["train"]) == EXIT_CONFIG
+    failure = (opt_ml / "output" / "failure").read_text()
+    for text in expected:
+        assert text in failure
+    assert not (opt_ml / "model").exists()
+    assert model_loads == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"hook_name": "blocks.6.mlp.hook_post"},
+            ["blocks.6.mlp.hook_post", "blocks.0.mlp.hook_post", "blocks.3.mlp.hook_post"],
+        ),
+        ({"context_size": "1024", "n_batches_in_buffer": "8"}, ["context_size=1024", "512"]),
+        ({"d_sae": "none", "expansion_factor": "1", "k": "300"}, ["k=300", "d_sae=256"]),
+    ],
+    ids=["hook the model lacks", "context longer than the model's", "k above the derived d_sae"],
+)
+def test_problems_only_the_model_reveals(
+    opt_ml: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], expected: list[str]
+) -> None:
+    write_hyperparameters(opt_ml, {**TINY_RUN, **overrides})
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    assert main(["train"]) == EXIT_CONFIG
+    failure = (opt_ml / "output" / "failure").read_text()
+    for text in expected:
+        assert text in failure
+    assert not (opt_ml / "model").exists()
+
+
+def test_mode_hyperparameter_overrides_argv(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SageMaker always runs `train`; the hyperparameter decides."""
+    write_hyperparameters(opt_ml, {"mode": "viz-later"})
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    assert main(["train"]) == EXIT_CONFIG
+    assert "mode='viz-later'" in (opt_ml / "output" / "failure").read_text()
+
+
+def test_a_stale_failure_file_is_cleared(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = opt_ml / "output" / "failure"
+    failure.parent.mkdir(parents=True)
+    failure.write_text("an old reason")
+    write_hyperparameters(opt_ml, {"k": "x"})
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    assert main(["train"]) == EXIT_CONFIG
+    assert "an old reason" not in failure.read_text()
+
+
+def test_failure_reason_fits_sagemaker(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_hyperparameters(opt_ml, {"x" * 3000: "1"})
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    assert main(["train"]) == EXIT_CONFIG
+    reason = (opt_ml / "output" / "failure").read_text()
+    assert len(reason) <= 1025 and "\n" not in reason.rstrip("\n")
+
+
+def test_help_lists_keys_and_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "--hook_name" in out
+        and "tinystories-33m" in out
+        and json.dumps("blocks.2.mlp.hook_post") in out.replace("'", '"')
+    )
+
+
+def test_train_shim_runs_the_entry_point(opt_ml: Path) -> None:
+    """The image's `train` program (docker/train) dispatches to the same entry point."""
+    write_hyperparameters(opt_ml, {"k": "eight"})
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(opt_ml),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        [str(ROOT / "docker" / "train")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+    assert "k='eight'" in (opt_ml / "output" / "failure").read_text()
