@@ -29,6 +29,9 @@ ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
 # Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
 META_KEYS = ("mode", "preset", "config")
+# SageMaker itself adds hyperparameters in some set-ups (script-mode SDK settings, the tuner's objective); they are
+# not ours to interpret and must not fail a job.
+_PLATFORM_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 _SECRET_MARKERS = ("api_key", "apikey", "secret", "token", "password")
 
 
@@ -182,11 +185,14 @@ class Resolved:
     config: TrainConfig
     sources: dict[str, str] = field(default_factory=dict)
     mode: str = "train"
+    layers: list[str] = field(default_factory=list)
+    """The sources that were present, lowest precedence first."""
 
     def to_json(self, derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
         values = dataclasses.asdict(self.config)
         return {
             "mode": self.mode,
+            "layers": ["default", *self.layers],
             "values": values,
             "sources": {k: self.sources.get(k, "default") for k in values},
             "derived": dict(derived or {}),
@@ -215,12 +221,23 @@ def convert(key: str, raw: Any) -> Any:
     if key not in types_by_key:
         raise ConfigError(_unknown_key_message(key))
     base, optional = _unwrap_optional(types_by_key[key])
+    raw = _unquote(raw)
     if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"))):
         return None
     try:
         return _convert_scalar(base, raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}={raw!r}: expected {base.__name__}{' or none' if optional else ''} ({exc})") from None
+
+
+def _unquote(raw: Any) -> Any:
+    """Some SageMaker clients JSON-encode every hyperparameter, so "64" can arrive as '"64"'; take the inner string."""
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        with contextlib.suppress(json.JSONDecodeError):
+            inner = json.loads(raw)
+            if isinstance(inner, str):
+                return inner
+    return raw
 
 
 def _convert_scalar(base: type, raw: Any) -> Any:
@@ -351,13 +368,17 @@ def resolve(
     mode = "train"
     for source, layer in layers:
         for key, raw in layer.items():
+            if key.startswith(_PLATFORM_KEY_PREFIXES):
+                logger.info("ignoring platform hyperparameter %s", key)
+                continue
             if key in META_KEYS:
                 if key == "mode":
-                    mode = str(raw)
+                    mode = str(_unquote(raw))
                 continue
             values[key] = convert(key, raw)
             sources[key] = source
-    return Resolved(config=TrainConfig(**values), sources=sources, mode=mode)
+    present = [source for source, layer in layers if layer]
+    return Resolved(config=TrainConfig(**values), sources=sources, mode=mode, layers=present)
 
 
 def wandb_key(env: Mapping[str, str] | None = None) -> str | None:
@@ -386,5 +407,5 @@ def wandb_key(env: Mapping[str, str] | None = None) -> str | None:
         with contextlib.suppress(json.JSONDecodeError):
             secret = json.loads(secret).get("WANDB_API_KEY", "")
     if not secret:
-        raise ConfigError(f"WANDB_SECRET_ID={secret_id}: the secret is empty")
+        raise ConfigError(f"WANDB_SECRET_ID={secret_id}: the secret is empty, or JSON without a WANDB_API_KEY field")
     return secret

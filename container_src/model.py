@@ -39,8 +39,11 @@ def pick_runtime(device: str, precision: str) -> Runtime:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device!r}: no CUDA device is visible; use device=auto or cpu")
-        name = torch.cuda.get_device_name(torch.device(device))
-        bf16_ok = torch.cuda.is_bf16_supported()
+        props = torch.cuda.get_device_properties(torch.device(device))
+        name = props.name
+        # Native bf16 needs compute capability 8.0 (A100, A10G, L4, H100). A T4 (7.5) only emulates it, which
+        # torch.cuda.is_bf16_supported() counts as support by default: the check is done by hand.
+        bf16_ok = props.major >= 8
     else:
         name, bf16_ok = "cpu", False
     if precision == "bf16" and not bf16_ok:

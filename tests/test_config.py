@@ -30,6 +30,16 @@ def test_hyperparameter_strings_become_field_types() -> None:
     assert isinstance(cfg.k, int) and isinstance(cfg.lr, float)
 
 
+def test_json_quoted_values_and_platform_keys() -> None:
+    """Some SageMaker clients JSON-encode each value and add their own sagemaker_* keys."""
+    resolved = resolve(
+        {"hook_name": '"blocks.1.mlp.hook_post"', "k": '"16"', "sagemaker_region": '"eu-west-1"', "mode": '"train"'}
+    )
+    assert resolved.config.hook_name == "blocks.1.mlp.hook_post" and resolved.config.k == 16
+    assert resolved.mode == "train"
+    assert "sagemaker_region" not in resolved.to_json()["values"]
+
+
 def test_precedence_defaults_preset_config_hyperparameters_cli(tmp_path: Path) -> None:
     config_file = tmp_path / "mine.json"
     config_file.write_text(json.dumps({"k": 16, "seed": 7, "lr": 0.002}))
@@ -44,6 +54,13 @@ def test_precedence_defaults_preset_config_hyperparameters_cli(tmp_path: Path) -
     assert cfg.lr == 0.004 and sources["lr"] == "cli"
     assert cfg.hook_name == "blocks.2.mlp.hook_post"
     assert resolved.to_json()["sources"]["hook_name"] == "default"
+    assert resolved.to_json()["layers"] == [
+        "default",
+        "preset:smoke",
+        f"config:{config_file}",
+        "hyperparameters",
+        "cli",
+    ]
 
 
 def test_seed_preset_is_the_corrected_plan() -> None:
@@ -121,3 +138,24 @@ def test_parse_cli() -> None:
 def test_wandb_key_from_environment_only() -> None:
     assert wandb_key({}) is None
     assert wandb_key({"WANDB_API_KEY": "local-key"}) == "local-key"
+
+
+def test_wandb_key_from_secrets_manager(moto_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job gets only WANDB_SECRET_ID; the key is read from Secrets Manager (a moto server on loopback)."""
+    import boto3
+
+    for name, value in moto_server.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("secretsmanager")
+    client.create_secret(Name="wandb-bare", SecretString="bare-key-value")
+    client.create_secret(Name="wandb-json", SecretString=json.dumps({"WANDB_API_KEY": "json-key-value"}))
+    client.create_secret(Name="wandb-empty", SecretString=json.dumps({"other": "x"}))
+
+    assert wandb_key({"WANDB_SECRET_ID": "wandb-bare"}) == "bare-key-value"
+    assert wandb_key({"WANDB_SECRET_ID": "wandb-json"}) == "json-key-value"
+    # a local key wins over a secret id
+    assert wandb_key({"WANDB_API_KEY": "local", "WANDB_SECRET_ID": "wandb-json"}) == "local"
+    with pytest.raises(ConfigError, match="WANDB_SECRET_ID=wandb-empty: the secret is empty"):
+        wandb_key({"WANDB_SECRET_ID": "wandb-empty"})
+    with pytest.raises(ConfigError, match=r"WANDB_SECRET_ID=missing: could not read the secret \(ResourceNotFound"):
+        wandb_key({"WANDB_SECRET_ID": "missing"})

@@ -48,6 +48,27 @@ def test_cpu_runtime_is_fp32_and_refuses_bf16() -> None:
         pick_runtime("cuda", "auto")
 
 
+@pytest.mark.parametrize(
+    ("gpu", "major", "precision", "autocast"),
+    [("Tesla T4", 7, "auto", False), ("NVIDIA A10G", 8, "auto", True), ("NVIDIA H100", 9, "fp32", False)],
+)
+def test_gpu_precision_follows_the_card(
+    monkeypatch: pytest.MonkeyPatch, gpu: str, major: int, precision: str, autocast: bool
+) -> None:
+    """No GPU runs here: torch.cuda is stubbed to report the card (name and compute capability)."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(name=gpu, major=major))
+    runtime = pick_runtime("auto", precision)
+    assert (runtime.device, runtime.device_name, runtime.autocast) == ("cuda", gpu, autocast)
+    if major < 8:
+        with pytest.raises(ConfigError, match=f"precision='bf16': {gpu} has no bf16 support"):
+            pick_runtime("cuda", "bf16")
+
+
 def test_hub_cache_channel_layouts(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
     env = hub_cache_env(tiny_assets["hf_home"], "roneneldan/TinyStories-33M")
     assert env["HF_HUB_CACHE"] == str(tiny_assets["hf_home"] / "hub") and env["HF_HUB_OFFLINE"] == "1"
