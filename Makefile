@@ -33,7 +33,7 @@ smoke: install
 	rm -rf $(SMOKE)/checkpoints $(SMOKE)/model $(SMOKE)/output
 	@if [ ! -d $(SMOKE)/input/data/model ]; then $(PY) -m container_src.synthetic --out $(SMOKE)/input/data; fi
 	@if [ ! -d $(SMOKE)/input/data/prompts ]; then cp -r data/sample_prompts $(SMOKE)/input/data/prompts; fi
-	SAGEMAKER_BASE_DIR=$(SMOKE) $(PY) -m container_src train --preset smoke
+	SAGEMAKER_BASE_DIR=$(SMOKE) WANDB_MODE=offline $(PY) -m container_src train --preset smoke
 	@echo "SAE, metrics.json, resolved_config.json and plots/ are in $(SMOKE)/model"
 
 relock:

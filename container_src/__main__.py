@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from container_src.config import ConfigError, Resolved, TrainConfig, parse_cli, resolve
+from container_src.config import ConfigError, Resolved, TrainConfig, parse_cli, pick_mode, resolve
 from container_src.paths import ContainerPaths
 
 logger = logging.getLogger("container_src")
@@ -74,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hyperparameters = paths.read_hyperparameters()
         cli = parse_cli(argv)
-        resolved = resolve(hyperparameters, cli)
-        if "mode" in hyperparameters or "mode" in cli:
-            mode = resolved.mode
+        mode = pick_mode(mode, hyperparameters, cli)
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: unknown mode; available: {', '.join(MODES)}")
-        resolved.mode = mode
         logger.info("mode %s, base dir %s", mode, paths.base)
+        if mode == "train" and (archive := paths.archive_previous_model()):
+            logger.warning("moved what an earlier run left in %s to %s", paths.model_dir, archive)
+        resolved = resolve(hyperparameters, cli)
+        resolved.mode = mode
         MODES[mode](resolved, paths)
         return EXIT_OK
     except ConfigError as exc:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import types
 import typing
@@ -32,7 +33,7 @@ META_KEYS = ("mode", "preset", "config")
 # SageMaker itself adds hyperparameters in some set-ups (script-mode SDK settings, the tuner's objective); they are
 # not ours to interpret and must not fail a job.
 _PLATFORM_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
-_SECRET_MARKERS = ("api_key", "apikey", "secret", "token", "password")
+_SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "auth_token", "access_token", "hf_token", "wandb_key")
 
 
 class ConfigError(ValueError):
@@ -126,7 +127,7 @@ class TrainConfig:
         need(self.d_sae is None or self.d_sae >= 1, "d_sae", "must be at least 1")
         need(self.k >= 1, "k", "must be at least 1")
         need(self.d_sae is None or self.k <= self.d_sae, "k", f"must not exceed d_sae={self.d_sae}")
-        need(self.lr > 0, "lr", "must be positive")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
         need(0 <= self.lr_warm_up_fraction <= 1, "lr_warm_up_fraction", "must be between 0 and 1")
         need(0 <= self.lr_decay_fraction <= 1, "lr_decay_fraction", "must be between 0 and 1")
         need(
@@ -148,7 +149,14 @@ class TrainConfig:
             f"n_batches_in_buffer × context_size ({self.n_batches_in_buffer} × {self.context_size}) must be at "
             f"least train_batch_size_tokens ({self.train_batch_size_tokens})",
         )
+        need(
+            self.training_tokens % self.train_batch_size_tokens == 0,
+            "training_tokens",
+            f"must be a whole number of batches of train_batch_size_tokens={self.train_batch_size_tokens} "
+            f"(for example {self.training_steps * self.train_batch_size_tokens or self.train_batch_size_tokens})",
+        )
         need(self.n_checkpoints >= 0, "n_checkpoints", "must not be negative")
+        need(0 <= self.seed < 2**32, "seed", "must be between 0 and 2**32 - 1")
         need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): TinyStories is the negative control")
         need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
@@ -286,7 +294,7 @@ def _check_types(cfg: TrainConfig) -> None:
 
 def _unknown_key_message(key: str) -> str:
     lowered = key.lower()
-    if any(marker in lowered for marker in _SECRET_MARKERS):
+    if lowered in ("key", "token") or any(marker in lowered for marker in _SECRET_MARKERS):
         return (
             f"{key}: secrets never go in the configuration or hyperparameters. "
             "Set WANDB_API_KEY in the environment locally, or WANDB_SECRET_ID (a Secrets Manager id) for a job."
@@ -354,8 +362,8 @@ def resolve(
     cli = dict(cli or {})
     layers: list[tuple[str, dict[str, Any]]] = []
 
-    preset = cli.get("preset", hyperparameters.get("preset"))
-    config_file = cli.get("config", hyperparameters.get("config"))
+    preset = _unquote(cli.get("preset", hyperparameters.get("preset")))
+    config_file = _unquote(cli.get("config", hyperparameters.get("config")))
     if preset:
         layers.append((f"preset:{preset}", load_preset(str(preset))))
     if config_file:
@@ -365,20 +373,22 @@ def resolve(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    mode = "train"
     for source, layer in layers:
         for key, raw in layer.items():
             if key.startswith(_PLATFORM_KEY_PREFIXES):
                 logger.info("ignoring platform hyperparameter %s", key)
                 continue
             if key in META_KEYS:
-                if key == "mode":
-                    mode = str(_unquote(raw))
                 continue
             values[key] = convert(key, raw)
             sources[key] = source
     present = [source for source, layer in layers if layer]
-    return Resolved(config=TrainConfig(**values), sources=sources, mode=mode, layers=present)
+    return Resolved(config=TrainConfig(**values), sources=sources, layers=present)
+
+
+def pick_mode(argv_mode: str, hyperparameters: Mapping[str, Any], cli: Mapping[str, str]) -> str:
+    """``--mode`` beats a ``mode`` hyperparameter, which beats the command line's MODE (SageMaker always says train)."""
+    return str(_unquote(cli.get("mode") or hyperparameters.get("mode") or argv_mode))
 
 
 def wandb_key(env: Mapping[str, str] | None = None) -> str | None:

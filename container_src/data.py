@@ -7,6 +7,7 @@ then starts it again. The order is a function of ``seed`` alone, which is what l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".txt": "text"}
+# Plain .txt is left out on purpose: TinyStories' text files hold one story over many lines, and a line-per-row
+# reading would silently train on fragments.
+_DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json"}
 
 
 def _find_saved_dataset(channel: Path) -> Path | None:
@@ -30,7 +33,13 @@ def _find_saved_dataset(channel: Path) -> Path | None:
     return subdirs[0] if len(subdirs) == 1 else None
 
 
-def _load_local(channel: Path, name: str) -> Dataset:
+def _split_files(files: list[Path], split: str) -> list[Path]:
+    """Files of one split in a copy of a hub repo (``train-0000.parquet``, ``validation-…``); all files otherwise."""
+    named = [p for p in files if split in p.name]
+    return named or files
+
+
+def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
     """A dataset from a channel: a ``save_to_disk`` folder (Dataset or DatasetDict) or plain data files."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -39,11 +48,11 @@ def _load_local(channel: Path, name: str) -> Dataset:
         if saved is not None:
             ds = load_from_disk(str(saved))
             if isinstance(ds, DatasetDict):
-                if "train" not in ds:
-                    raise ConfigError(f"channel {name}: the saved DatasetDict has no 'train' split ({list(ds)})")
-                ds = ds["train"]
+                if split not in ds:
+                    raise ConfigError(f"channel {name}: the saved DatasetDict has no {split!r} split ({list(ds)})")
+                ds = ds[split]
             return ds
-        files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
+        files = _split_files(sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS), split)
         builders = {_DATA_FILE_BUILDERS[p.suffix] for p in files}
         if len(builders) != 1:
             found = sorted({p.suffix for p in files}) or "no data files"
@@ -92,15 +101,30 @@ def load_prompts(channel: Path) -> Dataset:
     return ds
 
 
-def load_stories(channel: Path | None, hub_path: str, split: str) -> IterableDataset:
-    """TinyStories as a stream of ``text``: from channel ``tinystories`` when given, else streamed from the hub."""
+def prompts_fingerprint(prompts: Dataset | None) -> str:
+    """A short hash of the prompt texts: a new export is a new run, not a resume of the old one."""
+    if prompts is None:
+        return "none"
+    digest = hashlib.sha256()
+    for text in prompts["text"]:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[IterableDataset, str]:
+    """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub.
+
+    Also returns what identifies the stories (the local copy's fingerprint, or the hub id and split).
+    """
     from datasets import IterableDataset, load_dataset
 
     if channel is not None:
-        local = _load_local(channel, "tinystories")
+        local = _load_local(channel, "tinystories", split)
         if len(local) == 0:
             raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
         stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories)"
+        identity = f"channel:{local._fingerprint}"
     else:
         try:
             stream = load_dataset(hub_path, split=split, streaming=True)
@@ -110,14 +134,14 @@ def load_stories(channel: Path | None, hub_path: str, split: str) -> IterableDat
                 f"tinystories_path={hub_path!r}: could not stream split {split!r} from the hub ({exc}). "
                 "Without network access, pass a local copy as channel `tinystories`."
             ) from None
-        where = f"hub {hub_path}:{split}"
+        where = identity = f"hub {hub_path}:{split}"
     first = next(iter(stream), None)
     if first is None:
         raise ConfigError(f"{where}: the dataset is empty")
     if "text" not in first:
         raise ConfigError(f"{where}: no `text` column (found {', '.join(sorted(first))})")
     logger.info("stories from %s", where)
-    return stream.select_columns(["text"])
+    return stream.select_columns(["text"]), identity
 
 
 def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio: float, seed: int) -> IterableDataset:

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sae_lens import TrainingSAE
+    from sae_lens import SAE
     from sae_lens.training.activations_store import ActivationsStore
     from transformer_lens import HookedTransformer
 
@@ -23,7 +23,7 @@ CE_LOSS_SCORE_DEFINITION = (
 
 
 def evaluate(
-    sae: TrainingSAE[Any],
+    sae: SAE[Any],
     model: HookedTransformer,
     store: ActivationsStore,
     n_batches: int,

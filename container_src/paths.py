@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,19 @@ class ContainerPaths:
     @property
     def failure_file(self) -> Path:
         return self.output_dir / "failure"
+
+    def archive_previous_model(self) -> Path | None:
+        """Move what an earlier run left in model/ to ``model.previous/<UTC time>/``: a run that fails then leaves
+        no SAE in model/ that could pass for its own, and nothing is lost. In a SageMaker job model/ starts empty."""
+        shutil.rmtree(self.model_dir / ".staging", ignore_errors=True)  # a killed run's unfinished SAE
+        entries = sorted(self.model_dir.iterdir()) if self.model_dir.is_dir() else []
+        if not entries:
+            return None
+        archive = self.base / "model.previous" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        archive.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            shutil.move(str(entry), str(archive / entry.name))  # copies when model/ is a separate mount
+        return archive
 
     def channel(self, name: str) -> Path | None:
         """The channel's directory, or None when the job was given no such channel."""

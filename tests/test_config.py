@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from container_src.config import ConfigError, TrainConfig, list_presets, parse_cli, resolve, wandb_key
+from container_src.config import ConfigError, TrainConfig, list_presets, parse_cli, pick_mode, resolve, wandb_key
 
 
 def test_hyperparameter_strings_become_field_types() -> None:
@@ -33,10 +33,18 @@ def test_hyperparameter_strings_become_field_types() -> None:
 def test_json_quoted_values_and_platform_keys() -> None:
     """Some SageMaker clients JSON-encode each value and add their own sagemaker_* keys."""
     resolved = resolve(
-        {"hook_name": '"blocks.1.mlp.hook_post"', "k": '"16"', "sagemaker_region": '"eu-west-1"', "mode": '"train"'}
+        {
+            "hook_name": '"blocks.1.mlp.hook_post"',
+            "k": '"16"',
+            "sagemaker_region": '"eu-west-1"',
+            "mode": '"train"',
+            "preset": '"smoke"',
+        }
     )
+    assert resolved.sources["context_size"] == "preset:smoke"
     assert resolved.config.hook_name == "blocks.1.mlp.hook_post" and resolved.config.k == 16
-    assert resolved.mode == "train"
+    assert pick_mode("train", {"mode": '"viz"'}, {}) == "viz"
+    assert pick_mode("train", {"mode": "viz"}, {"mode": "bench"}) == "bench"
     assert "sagemaker_region" not in resolved.to_json()["values"]
 
 
@@ -92,6 +100,10 @@ def test_d_sae_overrides_expansion() -> None:
         ({"d_sae": "16", "k": "32"}, ["k=32", "d_sae=16"]),
         ({"prompt_ratio": "1"}, ["prompt_ratio", "negative control"]),
         ({"training_tokens": "100"}, ["training_tokens", "one batch"]),
+        ({"training_tokens": "3000", "train_batch_size_tokens": "256"}, ["training_tokens", "2816"]),
+        ({"lr": "inf"}, ["lr=inf", "positive number"]),
+        ({"seed": "-1"}, ["seed=-1"]),
+        ({"training_token": "4096"}, ["training_token", "Did you mean training_tokens"]),
         ({"precision": "fp16"}, ["precision", "auto, fp32, bf16"]),
         ({"device": "tpu"}, ["device"]),
         ({"preset": "huge"}, ["preset='huge'", "smoke", "tinystories-33m"]),

@@ -96,9 +96,12 @@ def test_unreadable_channel_names_the_channel(tmp_path: Path) -> None:
 def test_stories_from_jsonl_files(tmp_path: Path) -> None:
     channel = tmp_path / "tinystories"
     channel.mkdir()
-    (channel / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_stories(5)))
-    rows = list(load_stories(channel, "unused/hub-id", "train"))
-    assert len(rows) == 5 and rows[0]["text"].startswith("Once upon a time")
+    (channel / "train-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_stories(5)))
+    (channel / "validation-0.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    stream, identity = load_stories(channel, "unused/hub-id", "train")
+    rows = list(stream)
+    assert len(rows) == 5 and rows[0]["text"].startswith("Once upon a time")  # the validation file is left out
+    assert identity.startswith("channel:")
 
 
 def test_stories_without_text_column(tmp_path: Path) -> None:

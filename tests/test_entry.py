@@ -47,6 +47,10 @@ def _model_channel_without_the_model(base: Path) -> None:
     (model / "hub" / "models--someone--else" / "refs").mkdir(parents=True)
 
 
+def _model_channel_without_stories_channel(base: Path) -> None:
+    (base / "input" / "data" / "tinystories").unlink()
+
+
 def _hyperparameters_not_json(base: Path) -> None:
     (base / "input" / "config" / "hyperparameters.json").write_text("{'k': 8")
 
@@ -63,6 +67,7 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
     ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty"]),
     ("model channel lacks the model", {}, _model_channel_without_the_model, ["channel model", "models--someone--else"]),
+    ("hub off but stories from the hub", {}, _model_channel_without_stories_channel, ["channel `tinystories`"]),
 ]
 
 

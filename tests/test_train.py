@@ -150,5 +150,65 @@ def test_failure_after_training_leaves_no_sae(opt_ml: Path, monkeypatch: pytest.
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
     assert _run_in_process(opt_ml, monkeypatch) == 1
     assert "evaluation exploded" in (opt_ml / "output" / "failure").read_text()
-    assert sorted(p.name for p in (opt_ml / "model").iterdir()) == ["notes.txt"]
-    assert earlier.read_text() == "from an earlier run"
+    assert list((opt_ml / "model").iterdir()) == []  # neither this run's SAE nor the staging folder
+    # what the earlier run left was moved aside, not lost
+    (archived,) = (opt_ml / "model.previous").glob("*/notes.txt")
+    assert archived.read_text() == "from an earlier run"
+
+
+def test_kill_after_a_periodic_checkpoint_resumes_without_gaps(opt_ml: Path) -> None:
+    """SIGKILL (no chance to save) after a periodic checkpoint: the rerun resumes from it, the step log has no
+    gap or repeat, and a third run of the finished run retrains nothing."""
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "32768", "n_checkpoints": "3", "log_every": "1"})
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        container_cmd("train"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "checkpoint saved" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    (run_dir,) = (opt_ml / "checkpoints").iterdir()
+    (periodic,) = [p for p in run_dir.iterdir() if (p / "checkpoint_complete.json").exists()]
+    marker = json.loads((periodic / "checkpoint_complete.json").read_text())
+    assert marker["tokens"] == int(periodic.name) == 256 * marker["step"]
+
+    resumed = run_container(opt_ml, "train")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"resuming from {periodic}" in resumed.stdout
+    assert next(int(m.group(1)) for m in METRIC_LINE.finditer(resumed.stdout)) == marker["step"] + 1
+    logged = [json.loads(line)["step"] for line in (opt_ml / "model" / "training_log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 129))
+
+    again = run_container(opt_ml, "train")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert f"resuming from {run_dir / 'final_32768'}" in again.stdout
+    assert METRIC_LINE.search(again.stdout) is None  # nothing retrained
+    assert json.loads((opt_ml / "model" / "metrics.json").read_text())["tokens_trained"] == 32768
+    assert list((opt_ml / "model.previous").glob("*/cfg.json"))  # the first result was kept aside
+
+
+def test_wandb_gets_the_key_and_goes_online_only_with_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server: dict[str, str]
+) -> None:
+    import boto3
+
+    from container_src.config import TrainConfig
+    from container_src.train import _wandb_environment
+
+    for name, value in moto_server.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("secretsmanager").create_secret(Name="wandb-online", SecretString="key-from-the-secret")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SECRET_ID", "wandb-online")
+    assert _wandb_environment(TrainConfig(), tmp_path) == "online"
+    assert os.environ["WANDB_API_KEY"] == "key-from-the-secret"
+    assert os.environ["WANDB_DIR"] == str(tmp_path) and os.environ["WANDB_RESUME"] == "allow"
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SECRET_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert _wandb_environment(TrainConfig(), tmp_path) == "offline"
+    assert "WANDB_API_KEY" not in os.environ
+    assert _wandb_environment(TrainConfig(log_to_wandb=False), tmp_path) == "disabled"

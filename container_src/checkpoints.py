@@ -1,0 +1,87 @@
+"""Run identity and checkpoint bookkeeping: which checkpoints belong to a run, and which are whole.
+
+SAE-Lens writes a checkpoint into ``checkpoints/<run id>/<tokens>/`` (``final_<tokens>`` at the end). After it
+has written every file we add ``checkpoint_complete.json`` listing the files and their sizes. A checkpoint is used
+for a resume only when the marker is there and every listed file has its recorded size: a kill during the write, or
+an S3 sync that brought the small marker down before the large weights, leaves a checkpoint that is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from container_src import records
+from container_src.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+# Fields that change how a run is recorded or how fast it goes, not what it trains: a restart that changes them
+# still resumes the same run.
+_NOT_IN_RUN_ID = {
+    "log_every",
+    "eval_batches",
+    "log_to_wandb",
+    "wandb_project",
+    "wandb_entity",
+    "run_name",
+    "device",
+    "compile_sae",
+    "compile_llm",
+    "n_checkpoints",
+}
+
+
+def run_id(cfg: TrainConfig, data_identity: str) -> str:
+    """A stable id from what is trained (config and data): a spot restart finds its own checkpoints and W&B run,
+    and a changed config or a new prompt export starts a new run even under the same ``run_name``."""
+    trained = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
+    trained["data"] = data_identity
+    digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:10]
+    prefix = cfg.run_name or f"{cfg.architecture}-k{cfg.k}"
+    prefix = "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix)[:50]
+    return f"{prefix}-{digest}"
+
+
+def checkpoint_tokens(path: Path) -> int:
+    return int(path.name.removeprefix("final_"))
+
+
+def clear_marker(path: Path) -> None:
+    """Called before a checkpoint folder is (re)written, so a torn rewrite is never taken for whole."""
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
+def write_marker(path: Path, step: int, tokens: int) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE_MARKER}
+    records.write_json(path / COMPLETE_MARKER, {"step": step, "tokens": tokens, "files": files})
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of a whole checkpoint, or None (no marker, unreadable, or a file missing or of the wrong size)."""
+    try:
+        marker = json.loads((path / COMPLETE_MARKER).read_text())
+        for name, size in marker["files"].items():
+            if (path / name).stat().st_size != size:
+                return None
+        return marker
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest whole checkpoint under ``run_dir`` and its marker; incomplete ones are reported and skipped."""
+    if not run_dir.is_dir():
+        return None
+    candidates = [p for p in run_dir.iterdir() if p.is_dir() and p.name.removeprefix("final_").isdigit()]
+    for path in sorted(candidates, key=checkpoint_tokens, reverse=True):
+        marker = read_marker(path)
+        if marker is not None:
+            return path, marker
+        logger.warning("skipping incomplete checkpoint %s", path)
+    return None
