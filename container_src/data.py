@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from container_src.config import ConfigError
 
@@ -142,6 +143,21 @@ def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[Itera
         raise ConfigError(f"{where}: no `text` column (found {', '.join(sorted(first))})")
     logger.info("stories from %s", where)
     return stream.select_columns(["text"]), identity
+
+
+def token_share(tokenizer: Any, prompts: Dataset | None, stories: IterableDataset, prompt_ratio: float) -> float:
+    """Expected share of training *tokens* that come from prompts, from the mean token length of up to 500 prompts
+    and 500 stories: prompt_ratio counts documents, and prompts and stories differ in length."""
+    if prompts is None or prompt_ratio == 0:
+        return 0.0
+
+    def mean_tokens(texts: list[str]) -> float:
+        return sum(len(ids) for ids in tokenizer(texts)["input_ids"]) / max(len(texts), 1)
+
+    prompt_len = mean_tokens(prompts.select(range(min(500, len(prompts))))["text"])
+    story_len = mean_tokens([row["text"] for row in islice(stories, 500)])
+    prompt_tokens = prompt_ratio * prompt_len
+    return prompt_tokens / (prompt_tokens + (1 - prompt_ratio) * story_len)
 
 
 def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio: float, seed: int) -> IterableDataset:

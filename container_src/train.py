@@ -64,6 +64,8 @@ class Inputs:
     """What the cheap checks produced: the training stream and how the run will compute and log."""
 
     stream: Any
+    prompts: Any
+    stories: Any
     data_identity: str
     runtime: model.Runtime
     wandb_mode: str
@@ -180,6 +182,8 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     stories, stories_identity = data.load_stories(stories_channel, cfg.tinystories_path, cfg.tinystories_split)
     return Inputs(
         stream=data.mixed_stream(stories, prompts, cfg.prompt_ratio, cfg.seed),
+        prompts=prompts,
+        stories=stories,
         data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}",
         runtime=model.pick_runtime(cfg.device, cfg.precision),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
@@ -212,6 +216,10 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     if cfg.context_size > lm.cfg.n_ctx:
         raise ConfigError(f"context_size={cfg.context_size}: the model's context is only {lm.cfg.n_ctx} tokens")
 
+    prompt_token_share = data.token_share(lm.tokenizer, inputs.prompts, inputs.stories, cfg.prompt_ratio)
+    logger.info(
+        "prompts are %.1f%% of documents and about %.1f%% of tokens", 100 * cfg.prompt_ratio, 100 * prompt_token_share
+    )
     rid = checkpoints.run_id(cfg, inputs.data_identity)
     run_dir = paths.checkpoints_dir / rid
     metric_log = records.MetricLog(run_dir / METRIC_LOG)
@@ -266,6 +274,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
             "device": runtime.device,
             "device_name": runtime.device_name,
             "precision": runtime.precision,
+            "prompt_token_share_estimate": round(prompt_token_share, 4),
             "wandb_mode": inputs.wandb_mode,
             "data": inputs.data_identity,
             "resumed_from": str(resume) if resume else None,

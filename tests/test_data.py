@@ -10,7 +10,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from container_src.config import ConfigError
-from container_src.data import load_prompts, load_stories, mixed_stream
+from container_src.data import load_prompts, load_stories, mixed_stream, token_share
 from container_src.synthetic import make_stories
 from tests.conftest import SAMPLE_PROMPTS
 
@@ -117,3 +117,15 @@ def test_hub_stories_offline_says_what_to_do() -> None:
     with pytest.raises(ConfigError) as err:
         load_stories(None, "roneneldan/TinyStories", "train")
     assert "channel `tinystories`" in str(err.value)
+
+
+def test_token_share_weighs_documents_by_length(many_stories: Dataset) -> None:
+    def words(texts: list[str]) -> dict[str, list[list[str]]]:  # a whitespace "tokenizer"
+        return {"input_ids": [t.split() for t in texts]}
+
+    long_prompts = Dataset.from_dict({"text": [" ".join(["word"] * 400)] * 10})
+    story_words = sum(len(t.split()) for t in many_stories[:500]["text"]) / 500
+    share = token_share(words, long_prompts, many_stories.to_iterable_dataset(), 0.1)
+    assert share == pytest.approx(0.1 * 400 / (0.1 * 400 + 0.9 * story_words))
+    assert share > 0.1  # these prompts are longer than the stories
+    assert token_share(words, None, many_stories.to_iterable_dataset(), 0.1) == 0.0
