@@ -5,7 +5,8 @@
 
 SageMaker always passes `train`, so a `mode` hyperparameter overrides the mode on the command line. Any error is
 logged, written to ``output/failure`` (SageMaker's FailureReason) and ends the process with a non-zero status:
-2 for a problem with the configuration or the inputs, 143 when stopped by SIGTERM, 1 for anything else.
+2 for a problem with the configuration or the inputs, 143 when stopped by SIGTERM (130 by SIGINT), 1 for anything
+else.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from container_src.paths import ContainerPaths
 
 logger = logging.getLogger("container_src")
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SIGTERM = 0, 1, 2, 143
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
 
 def _train(resolved: Resolved, paths: ContainerPaths) -> Any:
@@ -72,14 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     mode = argv.pop(0) if argv and not argv[0].startswith("-") else "train"
     paths.failure_file.unlink(missing_ok=True)  # a stale reason from an earlier run would mislead
     try:
+        # First of all, so that even a run that fails on its first input leaves no earlier SAE in model/ that could
+        # pass for its own. SageMaker always says `train`; its model/ starts empty anyway.
+        if mode == "train" and (archive := paths.archive_previous_model()):
+            logger.warning("moved what an earlier run left in %s to %s", paths.model_dir, archive)
         hyperparameters = paths.read_hyperparameters()
         cli = parse_cli(argv)
         mode = pick_mode(mode, hyperparameters, cli)
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: unknown mode; available: {', '.join(MODES)}")
         logger.info("mode %s, base dir %s", mode, paths.base)
-        if mode == "train" and (archive := paths.archive_previous_model()):
-            logger.warning("moved what an earlier run left in %s to %s", paths.model_dir, archive)
         resolved = resolve(hyperparameters, cli)
         resolved.mode = mode
         MODES[mode](resolved, paths)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, Interrupted):
             logger.error("%s", exc)
             _write_failure(paths, mode, exc)
-            return EXIT_SIGTERM
+            return 128 + exc.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             _write_failure(paths, mode, exc)
             raise

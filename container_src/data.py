@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,10 +35,24 @@ def _find_saved_dataset(channel: Path) -> Path | None:
     return subdirs[0] if len(subdirs) == 1 else None
 
 
-def _split_files(files: list[Path], split: str) -> list[Path]:
-    """Files of one split in a copy of a hub repo (``train-0000.parquet``, ``validation-…``); all files otherwise."""
-    named = [p for p in files if split in p.name]
+def _split_files(channel: Path, files: list[Path], split: str) -> list[Path]:
+    """Files of one split in a copy of a hub repo (``train-0000.parquet``, ``data/validation/…``): those with the
+    split as a word of their path; all files when none names it."""
+    word = re.compile(rf"(^|[-_./]){re.escape(split)}([-_./]|$)")
+    named = [p for p in files if word.search(p.relative_to(channel).as_posix())]
     return named or files
+
+
+def channel_fingerprint(channel: Path) -> str:
+    """A hash of a channel's file names and contents. Unlike datasets' own fingerprint it survives the fresh
+    download SageMaker makes on a restart, which changes every file's modification time."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in channel.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(channel).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
@@ -53,7 +68,7 @@ def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
                     raise ConfigError(f"channel {name}: the saved DatasetDict has no {split!r} split ({list(ds)})")
                 ds = ds[split]
             return ds
-        files = _split_files(sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS), split)
+        files = _split_files(channel, sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS), split)
         builders = {_DATA_FILE_BUILDERS[p.suffix] for p in files}
         if len(builders) != 1:
             found = sorted({p.suffix for p in files}) or "no data files"
@@ -125,7 +140,7 @@ def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[Itera
         if len(local) == 0:
             raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
         stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories)"
-        identity = f"channel:{local._fingerprint}"
+        identity = f"channel:{channel_fingerprint(channel)}"
     else:
         try:
             stream = load_dataset(hub_path, split=split, streaming=True)

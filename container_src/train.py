@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -33,29 +34,43 @@ class Interrupted(BaseException):
     """The run was stopped by a signal. A BaseException, like KeyboardInterrupt, so that no library's
     ``except Exception`` (logging's emit, for one) swallows it."""
 
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
 
 class _StopRequest:
-    """SIGTERM handling. During training the handler only sets a flag, which the loop checks after each step, so
-    the signal never lands in the middle of a write; the run then saves a checkpoint. Before and after training it
-    ends the run at once."""
+    """SIGTERM/SIGINT handling. During training the handler only sets a flag, which the loop checks after each
+    step, so the signal never lands in the middle of a write; the run then saves a checkpoint. Before and after
+    training it ends the run at once, except while the SAE is being published (the signal is held back then) and
+    after that (the run is done)."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
     phase = "setup"
-    requested: str | None = None
+    requested: signal.Signals | None = None
+
+    @classmethod
+    def install(cls) -> None:
+        cls.phase, cls.requested = "setup", None
+        for signum in cls.SIGNALS:
+            signal.signal(signum, cls.handle)
 
     @classmethod
     def handle(cls, signum: int, _frame: Any) -> None:
-        cls.requested = signal.Signals(signum).name
-        logger.warning("received %s", cls.requested)
+        cls.requested = signal.Signals(signum)
+        logger.warning("received %s during %s", cls.requested.name, cls.phase)
         if cls.phase == "setup":
-            raise Interrupted(f"stopped by {cls.requested} before training started; nothing to save")
+            raise Interrupted(f"stopped by {cls.requested.name} before training started; nothing to save", signum)
         if cls.phase == "finishing":
             raise cls.after_training()
 
     @classmethod
     def after_training(cls) -> Interrupted:
+        name = cls.requested.name if cls.requested else "a signal"
         return Interrupted(
-            f"stopped by {cls.requested} after training; the final checkpoint is saved, so running again "
-            "evaluates and publishes the SAE without retraining"
+            f"stopped by {name} after training; the final checkpoint is saved, so running again evaluates and "
+            "publishes the SAE without retraining",
+            cls.requested or signal.SIGTERM,
         )
 
 
@@ -93,14 +108,19 @@ def _runner_class() -> type:
             _StopRequest.phase = "training"
             try:
                 return trainer.fit()
-            except (KeyboardInterrupt, Interrupted):
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the save short
+            except (KeyboardInterrupt, Interrupted) as exc:
+                for signum in _StopRequest.SIGNALS:  # a second signal must not cut the save short
+                    signal.signal(signum, signal.SIG_IGN)
+                stopped_by = _StopRequest.requested or (
+                    signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+                )
                 trainer.n_training_steps = _steps_done(trainer)
                 logger.warning("interrupted at step %d; saving a full checkpoint", trainer.n_training_steps)
                 trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
                 raise Interrupted(
-                    f"stopped by {_StopRequest.requested or 'an interrupt'} at step {trainer.n_training_steps}; "
-                    f"checkpoint saved in {self.cfg.checkpoint_path}/{trainer.n_training_samples}. Run again to resume."
+                    f"stopped by {stopped_by.name} at step {trainer.n_training_steps}; checkpoint saved in "
+                    f"{self.cfg.checkpoint_path}/{trainer.n_training_samples}. Run again to resume.",
+                    stopped_by,
                 ) from None
 
         def _instrument(self, trainer: Any) -> None:
@@ -115,7 +135,7 @@ def _runner_class() -> type:
                 # Stop between steps, after this one is counted: stopping before it would land after the trainer's
                 # sparsity-window reset, and the resumed run would reset an empty window again (0/0).
                 if _StopRequest.requested:
-                    raise Interrupted(_StopRequest.requested)
+                    raise Interrupted(_StopRequest.requested.name, _StopRequest.requested)
                 return output
 
             def marked_save(checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
@@ -133,6 +153,18 @@ def _runner_class() -> type:
                 logger.info("checkpoint saved: %s", checkpoint_path)
 
     return Runner
+
+
+def _wandb_id(run_dir: Path, resuming: object) -> str:
+    """The W&B run id: kept beside the checkpoints and reused only when resuming them, so training the same
+    configuration afresh (checkpoints cleared) starts a new W&B run rather than writing into the old one's steps."""
+    id_file = run_dir / "wandb_id"
+    if resuming and id_file.is_file():
+        return id_file.read_text().strip()
+    wandb_id = f"{run_dir.name}-{secrets.token_hex(3)}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(wandb_id + "\n")
+    return wandb_id
 
 
 def _steps_done(trainer: Any) -> int:
@@ -204,8 +236,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     """Train, evaluate and publish; returns the metrics written to model/metrics.json."""
     cfg = resolved.config
     started = time.monotonic()
-    _StopRequest.phase, _StopRequest.requested = "setup", None
-    signal.signal(signal.SIGTERM, _StopRequest.handle)
+    _StopRequest.install()
     inputs = _prepare_inputs(cfg, paths)
     runtime = inputs.runtime
 
@@ -236,7 +267,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     staging = paths.model_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        runner_cfg = _sae_lens_config(cfg, d_in, d_sae, runtime, rid, paths.checkpoints_dir, staging, resume)
+        runner_cfg = _sae_lens_config(cfg, d_in, d_sae, runtime, _wandb_id(run_dir, latest), run_dir, staging, resume)
         runner = _runner_class()(runner_cfg, override_dataset=inputs.stream, override_model=lm)
         runner.metric_log, runner.log_every = metric_log, cfg.log_every
         runner.run()
@@ -285,7 +316,14 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         records.write_json(staging / "resolved_config.json", resolved.to_json(derived))
         shutil.copyfile(metric_log.path, staging / METRIC_LOG)
         plots.plot_curves(metric_log.read(), staging / "plots", title=f"{rid} · {cfg.hook_name}")
-        _publish(staging, paths.model_dir)
+        # Hold signals back while the files move, so model/ is never left half-published; one that arrives
+        # meanwhile is handled after, when the run is done.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _StopRequest.SIGNALS)
+        try:
+            _publish(staging, paths.model_dir)
+            _StopRequest.phase = "done"
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _StopRequest.SIGNALS)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -298,8 +336,8 @@ def _sae_lens_config(
     d_in: int,
     d_sae: int,
     runtime: model.Runtime,
-    rid: str,
-    checkpoints_dir: Path,
+    wandb_id: str,
+    run_dir: Path,
     output: Path,
     resume: Path | None,
 ) -> Any:
@@ -307,7 +345,7 @@ def _sae_lens_config(
     from sae_lens import BatchTopKTrainingSAEConfig, LanguageModelSAERunnerConfig, LoggingConfig, TopKTrainingSAEConfig
 
     sae_cls = TopKTrainingSAEConfig if cfg.architecture == "topk" else BatchTopKTrainingSAEConfig
-    return LanguageModelSAERunnerConfig(
+    runner_cfg = LanguageModelSAERunnerConfig(
         sae=sae_cls(d_in=d_in, d_sae=d_sae, k=cfg.k, dtype="float32", device=runtime.device),
         model_name=cfg.model_name,
         hook_name=cfg.hook_name,
@@ -333,8 +371,10 @@ def _sae_lens_config(
         compile_llm=cfg.compile_llm,
         seed=cfg.seed,
         n_checkpoints=cfg.n_checkpoints,
-        checkpoint_path=str(checkpoints_dir),  # SAE-Lens appends logger.wandb_id: checkpoints/<run id>/
-        save_final_checkpoint=True,  # so an interruption during evaluation resumes without retraining
+        checkpoint_path=str(run_dir),  # replaced below: SAE-Lens appends logger.wandb_id to it
+        # so an interruption during evaluation resumes without retraining; a resume from the final checkpoint
+        # does not rewrite it (a kill during that rewrite would lose it)
+        save_final_checkpoint=resume is None or not resume.name.startswith("final_"),
         output_path=str(output),
         resume_from_checkpoint=str(resume) if resume else None,
         n_eval_batches=cfg.eval_batches,
@@ -344,9 +384,11 @@ def _sae_lens_config(
             log_weights_to_wandb=False,
             wandb_project=cfg.wandb_project,
             wandb_entity=cfg.wandb_entity,
-            wandb_id=rid,
-            run_name=rid,
+            wandb_id=wandb_id,
+            run_name=run_dir.name,
             wandb_log_frequency=cfg.log_every,
         ),
         verbose=False,
     )
+    runner_cfg.checkpoint_path = str(run_dir)
+    return runner_cfg

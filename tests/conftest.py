@@ -79,13 +79,16 @@ def write_hyperparameters(base: Path, values: dict[str, str]) -> None:
 
 @pytest.fixture(autouse=True)
 def _restore_process_state() -> Iterator[None]:
-    """In-process runs set W&B/HF variables and a SIGTERM handler; give every test a clean slate."""
+    """In-process runs set W&B/HF variables and signal handlers; give every test a clean slate."""
     env = dict(os.environ)
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     os.environ.clear()
     os.environ.update(env)
-    signal.signal(signal.SIGTERM, handler)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def container_cmd(*args: str) -> list[str]:

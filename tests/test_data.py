@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from itertools import islice
 from pathlib import Path
 
@@ -102,6 +104,26 @@ def test_stories_from_jsonl_files(tmp_path: Path) -> None:
     rows = list(stream)
     assert len(rows) == 5 and rows[0]["text"].startswith("Once upon a time")  # the validation file is left out
     assert identity.startswith("channel:")
+
+
+def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path) -> None:
+    channel = tmp_path / "tinystories"
+    (channel / "data" / "train").mkdir(parents=True)
+    (channel / "data" / "validation").mkdir(parents=True)
+    (channel / "data" / "train" / "part-0.jsonl").write_text(json.dumps({"text": "a train story"}) + "\n")
+    (channel / "data" / "validation" / "part-0.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    (channel / "constraints.jsonl").write_text(json.dumps({"text": "not a split name"}) + "\n")
+    stream, identity = load_stories(channel, "unused", "train")
+    assert [r["text"] for r in stream] == ["a train story"]
+
+    # SageMaker downloads a channel anew on a restart: new modification times, same content, same identity
+    copy = tmp_path / "copy"
+    shutil.copytree(channel, copy, copy_function=shutil.copy)
+    for path in copy.rglob("*.jsonl"):
+        os.utime(path, (1, 1))
+    assert load_stories(copy, "unused", "train")[1] == identity
+    (copy / "data" / "train" / "part-0.jsonl").write_text(json.dumps({"text": "another story"}) + "\n")
+    assert load_stories(copy, "unused", "train")[1] != identity
 
 
 def test_stories_without_text_column(tmp_path: Path) -> None:

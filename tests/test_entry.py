@@ -67,7 +67,12 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
     ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty"]),
     ("model channel lacks the model", {}, _model_channel_without_the_model, ["channel model", "models--someone--else"]),
-    ("hub off but stories from the hub", {}, _model_channel_without_stories_channel, ["channel `tinystories`"]),
+    (
+        "hub off but stories from the hub",
+        {},
+        _model_channel_without_stories_channel,
+        ["turns the Hugging Face hub off", "channel `tinystories`"],
+    ),
 ]
 
 
@@ -79,6 +84,9 @@ def test_bad_input_fails_before_the_model_loads(
     breakage: Callable[[Path], None] | None,
     expected: list[str],
 ) -> None:
+    earlier_sae = opt_ml / "model" / "cfg.json"  # a successful earlier run in the same tree
+    earlier_sae.parent.mkdir(parents=True)
+    earlier_sae.write_text("{}")
     write_hyperparameters(opt_ml, {**TINY_RUN, **hyperparameters})
     if breakage:
         breakage(opt_ml)
@@ -90,7 +98,8 @@ def test_bad_input_fails_before_the_model_loads(
     failure = (opt_ml / "output" / "failure").read_text()
     for text in expected:
         assert text in failure
-    assert not (opt_ml / "model").exists()
+    assert list((opt_ml / "model").iterdir()) == []  # no SAE that could pass for this run's
+    assert list((opt_ml / "model.previous").glob("*/cfg.json"))  # the earlier one is kept aside
     assert model_loads == []
 
 

@@ -212,3 +212,38 @@ def test_wandb_gets_the_key_and_goes_online_only_with_one(
     assert _wandb_environment(TrainConfig(), tmp_path) == "offline"
     assert "WANDB_API_KEY" not in os.environ
     assert _wandb_environment(TrainConfig(log_to_wandb=False), tmp_path) == "disabled"
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(opt_ml: Path) -> None:
+    """Ctrl-C takes the same path as SIGTERM: a checkpoint at the next step boundary."""
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536"})
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        container_cmd("train"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if METRIC_LINE.search(line):
+            proc.send_signal(signal.SIGINT)
+            break
+    output = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, output[-3000:]
+    assert "stopped by SIGINT" in (opt_ml / "output" / "failure").read_text()
+    assert list((opt_ml / "checkpoints").glob("*/*/checkpoint_complete.json"))
+
+
+def test_signal_handling_by_phase() -> None:
+    from container_src.train import Interrupted, _StopRequest
+
+    _StopRequest.install()
+    with pytest.raises(Interrupted, match="before training started") as err:
+        _StopRequest.handle(signal.SIGTERM, None)
+    assert err.value.signum == signal.SIGTERM
+    _StopRequest.phase, _StopRequest.requested = "training", None
+    _StopRequest.handle(signal.SIGINT, None)  # only a flag: the loop stops at the next step boundary
+    assert _StopRequest.requested == signal.SIGINT
+    _StopRequest.phase = "finishing"
+    with pytest.raises(Interrupted, match="after training; the final checkpoint is saved"):
+        _StopRequest.handle(signal.SIGTERM, None)
+    _StopRequest.phase = "done"
+    _StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
