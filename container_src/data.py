@@ -92,6 +92,10 @@ def load_prompts(channel: Path) -> Dataset:
     """
     ds = _load_local(channel, "prompts")
     columns = set(ds.column_names)
+    for column in {"text", "question", "response"} & columns:
+        dtype = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
+        if dtype not in ("string", "large_string", "null"):  # null: an empty column, reported below
+            raise ConfigError(f"channel prompts: column `{column}` holds {dtype}, expected text")
     if "text" in columns:
         ds = ds.map(
             lambda row: {"text": (row["text"] or "").strip()}, remove_columns=ds.column_names, keep_in_memory=True
@@ -156,6 +160,8 @@ def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[Itera
         raise ConfigError(f"{where}: the dataset is empty")
     if "text" not in first:
         raise ConfigError(f"{where}: no `text` column (found {', '.join(sorted(first))})")
+    if not isinstance(first["text"], str):
+        raise ConfigError(f"{where}: column `text` holds {type(first['text']).__name__}, expected text")
     logger.info("stories from %s", where)
     return stream.select_columns(["text"]), identity
 

@@ -6,6 +6,7 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from container_src.config import ConfigError
@@ -52,7 +53,7 @@ def pick_runtime(device: str, precision: str) -> Runtime:
     return Runtime(device=device, device_name=name, autocast=autocast)
 
 
-def load_model(model_name: str, device: str) -> HookedTransformer:
+def load_model(model_name: str, device: str, channel: Path | None = None) -> HookedTransformer:
     """The model through SAE-Lens's own loader (TransformerLens ``from_pretrained_no_processing``).
 
     The same call serves the hub and a hub-cache channel; the caller sets the HF environment before import.
@@ -61,10 +62,16 @@ def load_model(model_name: str, device: str) -> HookedTransformer:
 
     try:
         model = sae_lens_load_model("HookedTransformer", model_name, device=device)
-    except OSError as exc:
+    except Exception as exc:  # missing files, corrupt weights, no network: each a problem with the input
+        reason = f"{type(exc).__name__}: {exc}"
+        if channel is not None:
+            raise ConfigError(
+                f"channel model: could not load {model_name!r} from {channel} ({reason}). Check that the snapshot "
+                "holds config.json, model.safetensors and the tokenizer files, as the hub has them."
+            ) from None
         raise ConfigError(
-            f"model_name={model_name!r}: could not load ({exc}). Without network access, pass the weights as "
-            "channel `model` in Hugging Face hub-cache layout."
+            f"model_name={model_name!r}: could not load from the Hugging Face hub ({reason}). Without network "
+            "access, pass the weights as channel `model` in hub-cache layout."
         ) from None
     return model  # type: ignore[return-value]
 

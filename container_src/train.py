@@ -241,7 +241,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     runtime = inputs.runtime
 
     logger.info("loading %s on %s (%s)", cfg.model_name, runtime.device_name, runtime.precision)
-    lm = model.load_model(cfg.model_name, runtime.device)
+    lm = model.load_model(cfg.model_name, runtime.device, paths.channel("model"))
     d_in = model.hook_width(lm, cfg.hook_name)
     d_sae = cfg.sae_width(d_in)
     if cfg.context_size > lm.cfg.n_ctx:

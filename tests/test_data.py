@@ -76,6 +76,8 @@ def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:
         (Dataset.from_dict({"question": ["Q?"], "answer": ["A"]}), "no text column"),
         (Dataset.from_dict({"text": ["", "  "]}), "none has any text"),
         (DatasetDict({"test": Dataset.from_dict({"text": ["x"]})}), "no 'train' split"),
+        (Dataset.from_dict({"text": [1, 2]}), "column `text` holds int64"),
+        (Dataset.from_dict({"question": ["q"], "response": [0.5]}), "column `response` holds float64"),
     ],
 )
 def test_malformed_prompts_name_the_channel(tmp_path: Path, dataset: Dataset | DatasetDict, message: str) -> None:
@@ -130,6 +132,9 @@ def test_stories_without_text_column(tmp_path: Path) -> None:
     Dataset.from_dict({"story": ["x"]}).save_to_disk(str(tmp_path / "s"))
     with pytest.raises(ConfigError, match="no `text` column"):
         load_stories(tmp_path / "s", "unused", "train")
+    Dataset.from_dict({"text": [[1, 2]]}).save_to_disk(str(tmp_path / "n"))
+    with pytest.raises(ConfigError, match="column `text` holds list"):
+        load_stories(tmp_path / "n", "unused", "train")
     Dataset.from_dict({"text": []}).save_to_disk(str(tmp_path / "e"))
     with pytest.raises(ConfigError, match=r"channel tinystories: .* is empty"):
         load_stories(tmp_path / "e", "unused", "train")

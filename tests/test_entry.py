@@ -18,7 +18,7 @@ from datasets import Dataset
 
 import container_src.model
 from container_src.__main__ import EXIT_CONFIG, main
-from tests.conftest import ROOT, TINY_RUN, write_hyperparameters
+from tests.conftest import ROOT, TINY_RUN, run_container, write_hyperparameters
 
 
 def _no_prompts(base: Path) -> None:
@@ -124,6 +124,23 @@ def test_problems_only_the_model_reveals(
     failure = (opt_ml / "output" / "failure").read_text()
     for text in expected:
         assert text in failure
+    assert not (opt_ml / "model").exists()
+
+
+def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) -> None:
+    """In a fresh process: the HF libraries read the cache location once, at import."""
+    channel = opt_ml / "input" / "data" / "model"
+    copy = tmp_path / "model-copy"
+    shutil.copytree(channel, copy, symlinks=False)
+    channel.unlink()
+    copy.rename(channel)
+    (weights,) = channel.glob("hub/models--*/snapshots/*/model.safetensors")
+    weights.write_bytes(b"not safetensors")
+    write_hyperparameters(opt_ml, TINY_RUN)
+    result = run_container(opt_ml, "train")
+    assert result.returncode == EXIT_CONFIG, result.stdout[-2000:]
+    failure = (opt_ml / "output" / "failure").read_text()
+    assert "channel model: could not load 'roneneldan/TinyStories-33M'" in failure and "model.safetensors" in failure
     assert not (opt_ml / "model").exists()
 
 
