@@ -82,6 +82,7 @@ class Inputs:
     prompts: Any
     stories: Any
     data_identity: str
+    channels: dict[str, Path | None]
     runtime: model.Runtime
     wandb_mode: str
 
@@ -190,8 +191,8 @@ def _wandb_environment(cfg: TrainConfig, wandb_dir: Path) -> str:
 
 def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     """Everything that can fail cheaply: channels, datasets, hardware, W&B. Nothing heavy is loaded yet."""
-    model_channel = paths.channel("model")
-    stories_channel = paths.channel("tinystories")
+    channels = {name: paths.channel(name) for name in ("prompts", "model", "tinystories")}
+    model_channel, stories_channel, prompts_channel = channels["model"], channels["tinystories"], channels["prompts"]
     if model_channel is not None:
         # must precede the first import of the HF libraries, which read these once
         os.environ.update(hub_cache_env(model_channel, cfg.model_name))
@@ -201,7 +202,6 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
                 "channel model turns the Hugging Face hub off (a network-isolated job), so TinyStories cannot be "
                 "streamed from it: pass a local copy as channel `tinystories` too"
             )
-    prompts_channel = paths.channel("prompts")
     if cfg.prompt_ratio > 0 and prompts_channel is None:
         raise ConfigError(
             f"prompt_ratio={cfg.prompt_ratio}: there is no prompts channel ({paths.base}/input/data/prompts). "
@@ -217,6 +217,7 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         prompts=prompts,
         stories=stories,
         data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}",
+        channels=channels,
         runtime=model.pick_runtime(cfg.device, cfg.precision),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
     )
@@ -241,7 +242,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     runtime = inputs.runtime
 
     logger.info("loading %s on %s (%s)", cfg.model_name, runtime.device_name, runtime.precision)
-    lm = model.load_model(cfg.model_name, runtime.device, paths.channel("model"))
+    lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"])
     d_in = model.hook_width(lm, cfg.hook_name)
     d_sae = cfg.sae_width(d_in)
     if cfg.context_size > lm.cfg.n_ctx:
@@ -309,7 +310,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
             "wandb_mode": inputs.wandb_mode,
             "data": inputs.data_identity,
             "resumed_from": str(resume) if resume else None,
-            "channels": {c: str(p) if (p := paths.channel(c)) else None for c in ("prompts", "model", "tinystories")},
+            "channels": {name: str(path) if path else None for name, path in inputs.channels.items()},
         }
         records.emit_metrics({"final": 1, **{k: v for k, v in metrics.items() if isinstance(v, int | float)}})
         records.write_json(staging / "metrics.json", metrics)
