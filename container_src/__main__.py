@@ -17,7 +17,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from container_src.config import ConfigError, Resolved, TrainConfig, parse_cli, pick_mode, resolve
+from container_src.config import (
+    ConfigError,
+    Resolved,
+    RunConfig,
+    TrainConfig,
+    parse_cli,
+    pick_mode,
+    resolve,
+)
 from container_src.paths import ContainerPaths
 
 logger = logging.getLogger("container_src")
@@ -25,13 +33,16 @@ logger = logging.getLogger("container_src")
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
 
-def _train(resolved: Resolved, paths: ContainerPaths) -> Any:
+def _train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> Any:
     from container_src.train import run_train
 
     return run_train(resolved, paths)
 
 
-MODES: dict[str, Callable[[Resolved, ContainerPaths], Any]] = {"train": _train}
+# Each mode: its config schema and its runner, imported only when it runs.
+MODES: dict[str, tuple[type[RunConfig], Callable[[Any, ContainerPaths], Any]]] = {
+    "train": (TrainConfig, _train),
+}
 
 
 def _usage() -> str:
@@ -39,8 +50,10 @@ def _usage() -> str:
 
     from container_src.config import list_presets
 
-    lines = [__doc__ or "", f"modes: {', '.join(MODES)}", f"presets: {', '.join(list_presets())}", "keys:"]
-    lines += [f"  --{f.name} (default {f.default!r})" for f in fields(TrainConfig)]
+    lines = [__doc__ or "", f"modes: {', '.join(MODES)}", f"presets: {', '.join(list_presets())}"]
+    for mode, (schema, _) in MODES.items():
+        lines.append(f"{mode} keys:")
+        lines += [f"  --{f.name} (default {f.default!r})" for f in fields(schema)]
     return "\n".join(lines) + "\n"
 
 
@@ -83,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: unknown mode; available: {', '.join(MODES)}")
         logger.info("mode %s, base dir %s", mode, paths.base)
-        resolved = resolve(hyperparameters, cli)
+        schema, runner = MODES[mode]
+        resolved = resolve(hyperparameters, cli, schema)
         resolved.mode = mode
-        MODES[mode](resolved, paths)
+        runner(resolved, paths)
         return EXIT_OK
     except ConfigError as exc:
         logger.error("%s", exc)

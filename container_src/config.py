@@ -1,4 +1,4 @@
-"""The `train` mode's typed configuration, and how its sources are merged.
+"""Each mode's typed configuration, and how its sources are merged.
 
 Sources, lowest to highest precedence: the dataclass defaults (the seed plan), a preset (``--preset NAME`` or a
 ``preset`` key, files in ``presets/``) or ``--config FILE`` (JSON), then SageMaker's ``hyperparameters.json`` (all
@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,43 @@ class ConfigError(ValueError):
     """A configuration problem a user can fix; the message names the key."""
 
 
+def _need(cfg: object, ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={getattr(cfg, key)!r}: {why}")
+
+
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The keys every mode that runs the model shares."""
+
+    seed: int = 42
+    """Seed for weights, data mixing and shuffling."""
+    tinystories_path: str = "roneneldan/TinyStories"
+    """Hub dataset streamed when channel `tinystories` is absent."""
+    tinystories_split: str = "train"
+    """Split of the hub dataset to stream."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast where the GPU supports it, else fp32), `fp32` or `bf16`."""
+    device: str = "auto"
+    """`auto` (cuda when available), `cpu`, `cuda` or `cuda:N`."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        _need(self, self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        _need(
+            self,
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        _need(self, 0 <= self.seed < 2**32, "seed", "must be between 0 and 2**32 - 1")
+
+
+@dataclass
+class TrainConfig(RunConfig):
     """Everything `train` needs. Field names follow SAE-Lens where SAE-Lens has one."""
 
     model_name: str = "roneneldan/TinyStories-33M"
@@ -74,18 +109,8 @@ class TrainConfig:
     """Sequences per model forward pass when filling the buffer."""
     n_checkpoints: int = 5
     """Periodic checkpoints over the run (the final SAE is saved separately)."""
-    seed: int = 42
-    """Seed for weights, data mixing and shuffling."""
     prompt_ratio: float = 0.1
     """Share of documents drawn from the prompts channel (cycled); the rest are TinyStories."""
-    tinystories_path: str = "roneneldan/TinyStories"
-    """Hub dataset streamed when channel `tinystories` is absent."""
-    tinystories_split: str = "train"
-    """Split of the hub dataset to stream."""
-    precision: str = "auto"
-    """`auto` (bf16 autocast where the GPU supports it, else fp32), `fp32` or `bf16`."""
-    device: str = "auto"
-    """`auto` (cuda when available), `cpu`, `cuda` or `cuda:N`."""
     compile_sae: bool = False
     """torch.compile the SAE."""
     compile_llm: bool = False
@@ -107,22 +132,13 @@ class TrainConfig:
     run_name: str | None = None
     """Run name for W&B and the checkpoints; derived from the config when empty."""
 
-    def __post_init__(self) -> None:
-        _check_types(self)
-        self._check_values()
-
     def _check_values(self) -> None:
+        super()._check_values()
+
         def need(ok: bool, key: str, why: str) -> None:
-            if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r}: {why}")
+            _need(self, ok, key, why)
 
         need(self.architecture in ARCHITECTURES, "architecture", f"must be one of {', '.join(ARCHITECTURES)}")
-        need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
-        need(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "device",
-            "must be auto, cpu, cuda or cuda:N",
-        )
         need(self.expansion_factor >= 1, "expansion_factor", "must be at least 1")
         need(self.d_sae is None or self.d_sae >= 1, "d_sae", "must be at least 1")
         need(self.k >= 1, "k", "must be at least 1")
@@ -156,7 +172,6 @@ class TrainConfig:
             f"(for example {self.training_steps * self.train_batch_size_tokens or self.train_batch_size_tokens})",
         )
         need(self.n_checkpoints >= 0, "n_checkpoints", "must not be negative")
-        need(0 <= self.seed < 2**32, "seed", "must be between 0 and 2**32 - 1")
         need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): TinyStories is the negative control")
         need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
@@ -187,10 +202,55 @@ class TrainConfig:
 
 
 @dataclass
-class Resolved:
+class VizConfig(RunConfig):
+    """Everything `viz` needs. The model and hook come from the SAE's own metadata."""
+
+    n_features: int = 50
+    """Dashboards for this many features, the most prompt-specific first."""
+    features: str = ""
+    """Feature ids to render as well, comma-separated (for example `12,873`)."""
+    prompt_tokens: int = 100_000
+    """At most this many prompt tokens are run (each prompt once, in order)."""
+    story_tokens: int = 200_000
+    """TinyStories tokens to run, the negative control."""
+    context_size: int | None = None
+    """Tokens per sequence; the SAE's training context when empty."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    top_snippets: int = 3
+    """Top-activating prompt snippets listed per feature in features.csv and features.json."""
+    model_name: str | None = None
+    """Model to load; the one named in the SAE's metadata when empty."""
+
+    def _check_values(self) -> None:
+        super()._check_values()
+        for key in ("n_features", "top_snippets"):
+            _need(self, getattr(self, key) >= 0, key, "must not be negative")
+        for key in ("prompt_tokens", "story_tokens", "batch_size"):
+            _need(self, getattr(self, key) >= 1, key, "must be at least 1")
+        _need(self, self.context_size is None or self.context_size >= 2, "context_size", "must be at least 2")
+        self.feature_ids  # noqa: B018 - parse now, so a bad list fails before any model is loaded
+
+    @property
+    def feature_ids(self) -> list[int]:
+        ids = []
+        for part in self.features.replace(" ", "").split(","):
+            if not part:
+                continue
+            if not part.isdigit():
+                raise ConfigError(f"features={self.features!r}: {part!r} is not a feature id; give ids like 12,873")
+            ids.append(int(part))
+        return ids
+
+
+C = TypeVar("C", bound=RunConfig)
+
+
+@dataclass
+class Resolved(Generic[C]):
     """A merged config with the source of every value, as written to resolved_config.json."""
 
-    config: TrainConfig
+    config: C
     sources: dict[str, str] = field(default_factory=dict)
     mode: str = "train"
     layers: list[str] = field(default_factory=list)
@@ -211,9 +271,9 @@ class Resolved:
 # Type conversion
 
 
-def _field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+def _field_types(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in fields(schema)}
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -223,11 +283,11 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def convert(key: str, raw: Any) -> Any:
+def convert(key: str, raw: Any, schema: type = TrainConfig) -> Any:
     """Convert ``raw`` (a string from hyperparameters or a flag, or a JSON value) to the type of field ``key``."""
-    types_by_key = _field_types()
+    types_by_key = _field_types(schema)
     if key not in types_by_key:
-        raise ConfigError(_unknown_key_message(key))
+        raise ConfigError(_unknown_key_message(key, schema))
     base, optional = _unwrap_optional(types_by_key[key])
     raw = _unquote(raw)
     if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"))):
@@ -278,9 +338,9 @@ def _convert_scalar(base: type, raw: Any) -> Any:
     raise TypeError(f"unsupported field type {base}")
 
 
-def _check_types(cfg: TrainConfig) -> None:
+def _check_types(cfg: RunConfig) -> None:
     """Values set in Python (tests, presets loaded by hand) get the same checks as strings from SageMaker."""
-    for key, tp in _field_types().items():
+    for key, tp in _field_types(type(cfg)).items():
         value = getattr(cfg, key)
         base, optional = _unwrap_optional(tp)
         if value is None and optional:
@@ -292,7 +352,7 @@ def _check_types(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected {base.__name__}, got {type(value).__name__}")
 
 
-def _unknown_key_message(key: str) -> str:
+def _unknown_key_message(key: str, schema: type) -> str:
     lowered = key.lower()
     if lowered in ("key", "token") or any(marker in lowered for marker in _SECRET_MARKERS):
         return (
@@ -301,10 +361,10 @@ def _unknown_key_message(key: str) -> str:
         )
     import difflib
 
-    names = [f.name for f in fields(TrainConfig)]
+    names = [f.name for f in fields(schema)]
     close = difflib.get_close_matches(key, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(names)}."
-    return f"unknown configuration key {key!r}.{hint}"
+    return f"unknown configuration key {key!r} for {schema.__name__}.{hint}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -356,8 +416,9 @@ def parse_cli(argv: list[str]) -> dict[str, str]:
 def resolve(
     hyperparameters: Mapping[str, Any] | None = None,
     cli: Mapping[str, str] | None = None,
-) -> Resolved:
-    """Merge defaults < preset/--config < hyperparameters < CLI into a checked :class:`TrainConfig`."""
+    schema: type[C] = TrainConfig,
+) -> Resolved[C]:
+    """Merge defaults < preset/--config < hyperparameters < CLI into a checked ``schema`` (one mode's config)."""
     hyperparameters = dict(hyperparameters or {})
     cli = dict(cli or {})
     layers: list[tuple[str, dict[str, Any]]] = []
@@ -380,10 +441,10 @@ def resolve(
                 continue
             if key in META_KEYS:
                 continue
-            values[key] = convert(key, raw)
+            values[key] = convert(key, raw, schema)
             sources[key] = source
     present = [source for source, layer in layers if layer]
-    return Resolved(config=TrainConfig(**values), sources=sources, layers=present)
+    return Resolved(config=schema(**values), sources=sources, layers=present)
 
 
 def pick_mode(argv_mode: str, hyperparameters: Mapping[str, Any], cli: Mapping[str, str]) -> str:

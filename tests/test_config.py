@@ -171,3 +171,16 @@ def test_wandb_key_from_secrets_manager(moto_server: dict[str, str], monkeypatch
         wandb_key({"WANDB_SECRET_ID": "wandb-empty"})
     with pytest.raises(ConfigError, match=r"WANDB_SECRET_ID=missing: could not read the secret \(ResourceNotFound"):
         wandb_key({"WANDB_SECRET_ID": "missing"})
+
+
+def test_each_mode_has_its_own_keys() -> None:
+    from container_src.config import VizConfig
+
+    viz = resolve({"features": "12, 873", "story_tokens": "5e3", "seed": "3"}, schema=VizConfig).config
+    assert (viz.feature_ids, viz.story_tokens, viz.seed, viz.context_size) == ([12, 873], 5000, 3, None)
+    with pytest.raises(ConfigError, match="'k' for VizConfig"):
+        resolve({"k": "16"}, schema=VizConfig)
+    with pytest.raises(ConfigError, match="'x' is not a feature id"):
+        resolve({"features": "1,x"}, schema=VizConfig)
+    with pytest.raises(ConfigError, match="seed="):
+        resolve({"seed": "-1"}, schema=VizConfig)
