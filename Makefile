@@ -26,7 +26,7 @@ lint: install
 test: install
 	$(PY) -m pytest -q
 
-# A tiny CPU run of the real pipeline, offline: a random GPT-Neo in hub-cache layout stands in for
+# A tiny CPU run of the real pipeline (train, then viz), offline: a random GPT-Neo in hub-cache layout stands in for
 # TinyStories-33M, a generated story set for TinyStories, and the shipped sample prompts are the prompts channel.
 # It has its own tree, so its stand-in model never ends up in the compose tree (data/opt_ml).
 smoke: install
@@ -34,7 +34,9 @@ smoke: install
 	@if [ ! -d $(SMOKE)/input/data/model ]; then $(PY) -m container_src.synthetic --out $(SMOKE)/input/data; fi
 	@if [ ! -d $(SMOKE)/input/data/prompts ]; then cp -r data/sample_prompts $(SMOKE)/input/data/prompts; fi
 	SAGEMAKER_BASE_DIR=$(SMOKE) WANDB_MODE=offline $(PY) -m container_src train --preset smoke
+	SAGEMAKER_BASE_DIR=$(SMOKE) $(PY) -m container_src viz --device cpu --prompt_tokens 20000 --story_tokens 20000
 	@echo "SAE, metrics.json, resolved_config.json and plots/ are in $(SMOKE)/model"
+	@echo "open $(SMOKE)/model/dashboards/index.html for the features ranked by how specific they are to the prompts"
 
 relock:
 	bash docker/relock.sh

@@ -1,6 +1,7 @@
 """The container's entry point.
 
     python -m container_src train [--preset NAME] [--config FILE] [--key value ...]
+    python -m container_src viz [--key value ...]
     train [--key value ...]          # the same, from the image's PATH (SageMaker runs `docker run IMAGE train`)
 
 SageMaker always passes `train`, so a `mode` hyperparameter overrides the mode on the command line. Any error is
@@ -22,6 +23,7 @@ from container_src.config import (
     Resolved,
     RunConfig,
     TrainConfig,
+    VizConfig,
     parse_cli,
     pick_mode,
     resolve,
@@ -39,9 +41,16 @@ def _train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> Any:
     return run_train(resolved, paths)
 
 
+def _viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> Any:
+    from container_src.viz import run_viz
+
+    return run_viz(resolved, paths)
+
+
 # Each mode: its config schema and its runner, imported only when it runs.
 MODES: dict[str, tuple[type[RunConfig], Callable[[Any, ContainerPaths], Any]]] = {
     "train": (TrainConfig, _train),
+    "viz": (VizConfig, _viz),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from container_src.config import ConfigError
 
 if TYPE_CHECKING:
+    import torch
     from datasets import Dataset, IterableDataset
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,8 @@ def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
 
 
 def load_prompts(channel: Path) -> Dataset:
-    """The prompts channel as rows of ``text``: its ``text`` column, else question, blank line, response.
+    """The prompts channel as rows of ``text``: its ``text`` column, else question, blank line, response. The
+    ``id`` and ``category`` columns are kept where present (viz reports per category).
 
     Work stays in memory: a channel is input, and datasets would otherwise write cache files into it.
     """
@@ -96,14 +99,13 @@ def load_prompts(channel: Path) -> Dataset:
         dtype = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
         if dtype not in ("string", "large_string", "null"):  # null: an empty column, reported below
             raise ConfigError(f"channel prompts: column `{column}` holds {dtype}, expected text")
+    dropped = [c for c in ds.column_names if c not in ("id", "category")]
     if "text" in columns:
-        ds = ds.map(
-            lambda row: {"text": (row["text"] or "").strip()}, remove_columns=ds.column_names, keep_in_memory=True
-        )
+        ds = ds.map(lambda row: {"text": (row["text"] or "").strip()}, remove_columns=dropped, keep_in_memory=True)
     elif {"question", "response"} <= columns:
         ds = ds.map(
             lambda row: {"text": f"{(row['question'] or '').strip()}\n\n{(row['response'] or '').strip()}".strip()},
-            remove_columns=ds.column_names,
+            remove_columns=dropped,
             keep_in_memory=True,
         )
     else:
@@ -193,8 +195,48 @@ def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio
     if prompts is None or prompt_ratio == 0:
         return tagged(stories, "tinystories")
     return interleave_datasets(
-        [tagged(stories, "tinystories"), tagged(prompts.shuffle(seed=seed).to_iterable_dataset(), "prompts")],
+        [
+            tagged(stories, "tinystories"),
+            tagged(prompts.select_columns(["text"]).shuffle(seed=seed).to_iterable_dataset(), "prompts"),
+        ],
         probabilities=[1 - prompt_ratio, prompt_ratio],
         seed=seed,
         stopping_strategy="all_exhausted",
     )
+
+
+def pack_documents(
+    tokenizer: Any, texts: Iterable[str], context_size: int, max_tokens: int, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise documents and pack them the way SAE-Lens's training stream does: every sequence starts with BOS and
+    documents are separated by BOS. Stops after ``max_tokens`` document tokens (the last document may be cut).
+
+    Returns ``tokens`` [n_seq, context_size] and ``doc`` of the same shape: the index of the document each token
+    came from, -1 for BOS and for the BOS padding of the last sequence, so that statistics count only the
+    documents' own tokens.
+    """
+    import torch
+
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    flat_tokens: list[int] = []
+    flat_docs: list[int] = []
+    doc_tokens = 0
+    texts = iter(texts)
+    index = 0
+    while doc_tokens < max_tokens and (chunk := list(islice(texts, batch))):
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            ids = ids[: max_tokens - doc_tokens]
+            if ids:
+                flat_tokens += [bos, *ids]
+                flat_docs += [-1] + [index] * len(ids)
+                doc_tokens += len(ids)
+            index += 1
+            if doc_tokens >= max_tokens:
+                break
+    body = context_size - 1
+    n_seq = -(-len(flat_tokens) // body)
+    pad = n_seq * body - len(flat_tokens)
+    tokens = torch.tensor(flat_tokens + [bos] * pad, dtype=torch.long).view(n_seq, body)
+    docs = torch.tensor(flat_docs + [-1] * pad, dtype=torch.long).view(n_seq, body)
+    bos_column = torch.full((n_seq, 1), bos, dtype=torch.long)
+    return torch.cat([bos_column, tokens], dim=1), torch.cat([torch.full_like(bos_column, -1), docs], dim=1)

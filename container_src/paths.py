@@ -12,6 +12,7 @@ Everything hangs off ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), read when a r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container_src.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_DIR = "/opt/ml"
 CHANNELS = ("prompts", "model", "tinystories", "sae")
@@ -77,6 +80,21 @@ class ContainerPaths:
         if not any(path.iterdir()):
             raise ConfigError(f"channel {name}: {path} is empty; remove the channel or put the data in it")
         return path
+
+    def model_inputs(self, model_name: str) -> dict[str, Path | None]:
+        """Channels ``prompts``, ``model`` and ``tinystories``. A ``model`` channel turns the hub off for the rest
+        of the process, so it must come before the first import of the HF libraries, which read the setting once."""
+        channels = {name: self.channel(name) for name in ("prompts", "model", "tinystories")}
+        model_channel = channels["model"]
+        if model_channel is not None:
+            os.environ.update(hub_cache_env(model_channel, model_name))
+            logger.info("channel model: loading %s from %s with the hub off", model_name, model_channel)
+            if channels["tinystories"] is None:
+                raise ConfigError(
+                    "channel model turns the Hugging Face hub off (a network-isolated job), so TinyStories cannot be "
+                    "streamed from it: pass a local copy as channel `tinystories` too"
+                )
+        return channels
 
     def read_hyperparameters(self) -> dict[str, str]:
         """SageMaker's hyperparameters.json, or {} when there is none (a local run driven by flags)."""

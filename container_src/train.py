@@ -23,7 +23,7 @@ from typing import Any
 
 from container_src import checkpoints, data, evaluate, model, plots, records
 from container_src.config import ConfigError, Resolved, TrainConfig, wandb_key
-from container_src.paths import ContainerPaths, hub_cache_env
+from container_src.paths import ContainerPaths
 
 logger = logging.getLogger(__name__)
 
@@ -191,17 +191,8 @@ def _wandb_environment(cfg: TrainConfig, wandb_dir: Path) -> str:
 
 def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     """Everything that can fail cheaply: channels, datasets, hardware, W&B. Nothing heavy is loaded yet."""
-    channels = {name: paths.channel(name) for name in ("prompts", "model", "tinystories")}
-    model_channel, stories_channel, prompts_channel = channels["model"], channels["tinystories"], channels["prompts"]
-    if model_channel is not None:
-        # must precede the first import of the HF libraries, which read these once
-        os.environ.update(hub_cache_env(model_channel, cfg.model_name))
-        logger.info("channel model: loading %s from %s with the hub off", cfg.model_name, model_channel)
-        if stories_channel is None:
-            raise ConfigError(
-                "channel model turns the Hugging Face hub off (a network-isolated job), so TinyStories cannot be "
-                "streamed from it: pass a local copy as channel `tinystories` too"
-            )
+    channels = paths.model_inputs(cfg.model_name)
+    stories_channel, prompts_channel = channels["tinystories"], channels["prompts"]
     if cfg.prompt_ratio > 0 and prompts_channel is None:
         raise ConfigError(
             f"prompt_ratio={cfg.prompt_ratio}: there is no prompts channel ({paths.base}/input/data/prompts). "

@@ -58,8 +58,9 @@ def test_sample_prompts_load_with_text() -> None:
     ds = load_prompts(SAMPLE_PROMPTS)
     assert sorted(p.name for p in SAMPLE_PROMPTS.iterdir()) == before  # the channel is never written to
     assert len(ds) == 95
-    assert ds.column_names == ["text"]
+    assert sorted(ds.column_names) == ["category", "id", "text"]
     assert "\n\n" in ds[0]["text"]
+    assert sorted(set(ds["category"])) == ["official narrative", "refusal"]
 
 
 def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:

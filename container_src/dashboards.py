@@ -1,0 +1,185 @@
+"""Self-contained HTML: sae-dashboard's feature-centric dashboard, and an index of the ranked features.
+
+sae-dashboard 0.8 loads d3 and plotly from CDNs, so offline its pages render blank. Both libraries are inlined here:
+d3 6.7.0 is vendored in ``assets/`` (npm's ``d3`` package, ``dist/d3.min.js``, licence beside it), and plotly.js
+comes from the ``plotly`` wheel. All features share one dashboard file, so the 5 MB of libraries are there once;
+``dashboard.html#123`` opens on feature 123, which is how the index links to each feature.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+logger = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+D3_FILE = "d3.v6.7.0.min.js"
+_REMOTE_SCRIPTS = {
+    "https://d3js.org/d3.v6.min.js": "d3",
+    "https://cdn.plot.ly/plotly-latest.min.js": "plotly",
+}
+_START_KEY = re.compile(r"const START_KEY = (\"[^\"]*\");")
+
+
+def _library(name: str) -> str:
+    if name == "d3":
+        return (ASSETS / D3_FILE).read_text()
+    return resources.files("plotly").joinpath("package_data/plotly.min.js").read_text()
+
+
+def make_self_contained(page: str, title: str) -> str:
+    """Inline the CDN scripts, open on the feature named in the URL's #fragment, and give the page a head."""
+    for url, name in _REMOTE_SCRIPTS.items():
+        tag = f'<script src="{url}"></script>'
+        if tag not in page:
+            raise RuntimeError(f"sae-dashboard's page no longer loads {url} as expected; update {__name__}")
+        page = page.replace(tag, f"<script>\n{_library(name)}\n</script>")
+    if re.search(r"<script[^>]+src=", page):
+        raise RuntimeError("the dashboard still loads a script from elsewhere")
+    page, found = _START_KEY.subn(
+        lambda m: f"const START_KEY = (location.hash.slice(1) in DASHBOARD_DATA) ? location.hash.slice(1) : {m[1]};",
+        page,
+    )
+    if found != 1:
+        raise RuntimeError(f"sae-dashboard's page has no START_KEY to patch; update {__name__}")
+    head = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>\n'
+    return head + page + "\n</body></html>\n"
+
+
+def render_dashboard(
+    sae: SAE,
+    lm: HookedTransformer,
+    tokens: torch.Tensor,
+    features: list[int],
+    *,
+    device: str,
+    ignore_tokens: set[int],
+    out_file: Path,
+    title: str,
+) -> None:
+    """sae-dashboard's feature-centric view of ``features`` over ``tokens``. Folds the SAE's decoder norms into
+    its encoder (sae-dashboard does this in place), so call it after anything that needs the SAE as trained."""
+    from sae_dashboard.data_writing_fns import save_feature_centric_vis
+    from sae_dashboard.sae_vis_data import SaeVisConfig
+    from sae_dashboard.sae_vis_runner import SaeVisRunner
+
+    vis_cfg = SaeVisConfig(
+        hook_point=sae.cfg.metadata.hook_name,
+        features=features,
+        minibatch_size_features=64,
+        minibatch_size_tokens=64,
+        device=device,
+        ignore_tokens=ignore_tokens,
+    )
+    with warnings.catch_warnings():  # its indexing helpers warn on every feature batch; nothing a user can act on
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"sae_dashboard\.")
+        vis_data = SaeVisRunner(vis_cfg).run(encoder=sae, model=lm, tokens=tokens)  # type: ignore[arg-type]
+    raw = out_file.with_suffix(".raw.html")
+    save_feature_centric_vis(sae_vis_data=vis_data, filename=raw)
+    out_file.write_text(make_self_contained(raw.read_text(), title), encoding="utf-8")
+    raw.unlink()
+
+
+_INDEX_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; } th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }
+th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; } td.snip { text-align: left; max-width: 40em; }
+td.snip b { background: #ffd75e; } .muted { color: #888; } code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+_INDEX_SCRIPT = """
+document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const rows = Array.from(body.rows);
+  const num = (r) => parseFloat(r.cells[col].dataset.v ?? r.cells[col].textContent);
+  const dir = th.dataset.dir = th.dataset.dir === 'desc' ? 'asc' : 'desc';
+  rows.sort((a, b) => (dir === 'desc' ? num(b) - num(a) : num(a) - num(b)) || 0);
+  rows.forEach((r) => body.appendChild(r));
+}));
+"""
+
+
+def _snippet_html(snippet: dict[str, Any]) -> str:
+    text = html.escape(snippet["text"]).replace("[[", "<b>").replace("]]", "</b>")
+    return f'{text} <span class="muted">({html.escape(str(snippet["category"]))}, {snippet["activation"]:.2f})</span>'
+
+
+def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[str, Any], out_file: Path) -> None:
+    """A sortable table of the ranked features (dead ones left out), linking to the dashboard of each rendered one."""
+    categories = list(summary["tokens"]["categories"])
+    live = [r for r in rows if not r["dead"]]
+    shown = [r for r in live if r["feature"] in rendered] + [r for r in live if r["feature"] not in rendered][:500]
+    shown.sort(key=lambda r: -r["score"])
+    head = ["rank", "feature", "score", "log-odds", "freq prompts", "freq stories", "mean act prompts"]
+    head += ["mean act stories", *[f"score: {c}" for c in categories], "top prompt snippet"]
+    rank_of = {r["feature"]: i for i, r in enumerate(rows, start=1)}
+    body = []
+    for r in shown:
+        f = r["feature"]
+        link = f'<a href="dashboard.html#{f}">{f}</a>' if f in rendered else f'<span class="muted">{f}</span>'
+        cells = [
+            str(rank_of[f]),
+            f'<td data-v="{f}">{link}</td>',
+            f"{r['score']:.3f}",
+            f"{r['log_odds']:.3f}",
+            f"{r['freq_prompts']:.4f}",
+            f"{r['freq_stories']:.4f}",
+            f"{r['mean_act_prompts']:.4f}",
+            f"{r['mean_act_stories']:.4f}",
+            *[f"{r['categories'][c]['score']:.3f}" for c in categories],
+        ]
+        snippet = _snippet_html(r["snippets"][0]) if r.get("snippets") else ""
+        tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
+        body.append(f'<tr>{tds}<td class="snip" data-v="0">{snippet}</td></tr>')
+    tokens = summary["tokens"]
+    per_cat = ", ".join(f"{html.escape(c)} {n:,}" for c, n in tokens["categories"].items())
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Prompt-specific SAE features</title><style>{_INDEX_STYLE}</style></head>
+<body>
+<h1>Prompt-specific SAE features</h1>
+<p>SAE <code>{html.escape(summary["sae"]["hook_name"])}</code> on
+<code>{html.escape(summary["sae"]["model_name"])}</code>, d_sae {summary["sae"]["d_sae"]:,}.
+Tokens: prompts {tokens["prompts"]:,} ({per_cat}), TinyStories {tokens["stories"]:,}.
+Dead (never fired on these tokens): {summary["dead_features"]:,} features. Dashboards for {len(rendered)} features;
+others are listed without a link. Full table: <a href="features.csv">features.csv</a>,
+<a href="features.json">features.json</a>.</p>
+<p class="muted">score = lower bound (one-sided 95%) of the smoothed log-odds ratio of firing on a prompt token rather
+than a TinyStories token; per category the same against the stories. Click a column to sort.</p>
+<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody></table>
+<script>{_INDEX_SCRIPT}</script>
+</body></html>
+"""
+    out_file.write_text(page, encoding="utf-8")
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    """features.json (all fields) and features.csv (categories and snippets flattened), most specific first."""
+    import csv
+
+    (out_dir / "features.json").write_text(json.dumps(rows, indent=1) + "\n")
+    categories = list(rows[0]["categories"]) if rows else []
+    scalar = [k for k in rows[0] if k not in ("categories", "snippets")] if rows else []
+    columns = [*scalar, *[f"{m}:{c}" for c in categories for m in ("freq", "mean_act", "score")], "snippets"]
+    with (out_dir / "features.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in rows:
+            flat = [r[k] for k in scalar]
+            flat += [r["categories"][c][m] for c in categories for m in ("freq", "mean_act", "score")]
+            flat.append(" | ".join(s["text"] for s in r.get("snippets", [])))
+            writer.writerow(flat)

@@ -1,0 +1,318 @@
+"""viz: packing, the ranking, self-contained HTML, a planted feature found end to end, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import container_src.model
+from container_src.__main__ import main
+from container_src.dashboards import make_self_contained
+from container_src.data import pack_documents
+from container_src.ranking import FeatureStats, rank
+from tests.conftest import TINY_RUN, run_container, write_hyperparameters
+
+PLANT = " QQQ"  # byte tokens the generated stories never contain
+VIZ_SMALL = ("--device", "cpu", "--prompt_tokens", "3000", "--story_tokens", "3000", "--n_features", "6")
+
+
+class _Tokenizer:
+    """Whitespace 'tokenizer' with ids = word lengths: enough to check the packing arithmetic."""
+
+    bos_token_id = 0
+    eos_token_id = 0
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
+
+
+def test_pack_documents_like_training() -> None:
+    tokens, docs = pack_documents(_Tokenizer(), ["a bb ccc", "dddd", "ee f"], context_size=4, max_tokens=5)
+    # stream: BOS a bb ccc BOS dddd BOS ee (cut at 5 tokens) -> rows of 3 after a leading BOS, padded with BOS
+    assert tokens.tolist() == [[0, 0, 1, 2], [0, 3, 0, 4], [0, 0, 2, 0]]
+    assert docs.tolist() == [[-1, -1, 0, 0], [-1, 0, -1, 1], [-1, -1, 2, -1]]
+    assert int((docs >= 0).sum()) == 5
+
+
+def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
+    # features: 0 fires on 40% of prompt tokens and 1% of stories; 1 fires on 30% of both; 2 never fires;
+    # 3 fires on 20 prompt tokens and no story token: a higher log-odds than 0's, on far less evidence.
+    n_p, n_s = 1000, 4000
+    acts = torch.zeros(n_p + n_s, 4)
+    acts[: int(0.4 * n_p), 0] = 1.0
+    acts[n_p : n_p + int(0.01 * n_s), 0] = 0.5
+    acts[: int(0.3 * n_p), 1] = 2.0
+    acts[n_p : n_p + int(0.3 * n_s), 1] = 2.0
+    acts[10:30, 3] = 3.0
+    group = torch.cat([torch.full((n_p // 2,), 1), torch.full((n_p // 2,), 2), torch.zeros(n_s, dtype=torch.long)])
+    stats = FeatureStats(4, ["tinystories", "official narrative", "refusal"], top_k=2, device="cpu")
+    stats.add(acts[:n_p], group[:n_p], torch.arange(n_p))
+    stats.add(acts[n_p:], group[n_p:])
+    rows = rank(stats)
+    assert [r["feature"] for r in rows] == [0, 3, 1, 2]
+    assert rows[-1]["dead"] and not any(r["dead"] for r in rows[:-1])
+    by_id = {r["feature"]: r for r in rows}
+    assert by_id[0]["freq_prompts"] == pytest.approx(0.4) and by_id[0]["freq_stories"] == pytest.approx(0.01)
+    assert abs(by_id[1]["log_odds"]) < 0.05 and by_id[1]["score"] < 0
+    assert by_id[3]["log_odds"] > by_id[0]["log_odds"] and by_id[3]["score"] < by_id[0]["score"]
+    # feature 0's prompt tokens are all in the first half: category official narrative, none in refusal
+    assert by_id[0]["categories"]["official narrative"]["freq"] == pytest.approx(0.8)
+    assert by_id[0]["categories"]["refusal"]["freq"] == 0
+    assert by_id[0]["mean_act_stories"] == pytest.approx(0.005)
+    assert set(stats.top_positions[:, 3].tolist()) <= set(range(10, 30))
+
+
+def test_dashboard_page_is_made_self_contained() -> None:
+    page = (
+        "<div id='dropdown-container'></div>\n"
+        '<script src="https://d3js.org/d3.v6.min.js"></script>\n'
+        '<script src="https://cdn.plot.ly/plotly-latest.min.js"></script>\n'
+        '<script>\nconst START_KEY = "7";\n</script>'
+    )
+    out = make_self_contained(page, "t")
+    assert "https://" not in out.split("<script>")[0] and 'src="http' not in out
+    assert "d3js.org v6.7.0" in out and "plotly.js v" in out
+    assert "location.hash.slice(1) in DASHBOARD_DATA" in out and '<meta charset="utf-8">' in out
+    with pytest.raises(RuntimeError, match="no longer loads"):
+        make_self_contained("<div></div>", "t")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end, with a tiny SAE trained on prompts that carry a token the stories never have
+
+
+def _planted_prompts(out: Path) -> None:
+    from datasets import Dataset
+
+    from container_src.synthetic import make_stories
+
+    texts = [s.replace(". ", "." + PLANT + " ", 3) for s in make_stories(60, seed=7)]
+    categories = ["official narrative", "refusal", "whataboutism"] * 20
+    Dataset.from_dict({"id": [f"p{i}" for i in range(60)], "text": texts, "category": categories}).save_to_disk(
+        str(out)
+    )
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory, tiny_assets: dict[str, Path]) -> Path:
+    """A SageMaker tree whose model/ holds a tiny SAE trained with planted prompts (30% of documents)."""
+    base = tmp_path_factory.mktemp("planted") / "opt_ml"
+    channels = base / "input" / "data"
+    channels.mkdir(parents=True)
+    (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
+    (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
+    _planted_prompts(channels / "prompts")
+    write_hyperparameters(base, {**TINY_RUN, "prompt_ratio": "0.3", "training_tokens": "32768"})
+    result = run_container(base, "train")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (base / "input" / "config" / "hyperparameters.json").unlink()
+    return base
+
+
+@pytest.mark.slow
+def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> None:
+    # The SAE arrives as a train job's model.tar.gz in channel sae, in a tree of its own.
+    base = tmp_path / "opt_ml"
+    shutil.copytree(planted / "input", base / "input", symlinks=True)
+    (base / "input" / "data" / "sae").mkdir()
+    with tarfile.open(base / "input" / "data" / "sae" / "model.tar.gz", "w:gz") as tar:
+        for entry in (planted / "model").iterdir():
+            tar.add(entry, arcname=entry.name)
+
+    result = run_container(base, "viz", *VIZ_SMALL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = base / "model" / "dashboards"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dashboard.html",
+        "features.csv",
+        "features.json",
+        "index.html",
+        "summary.json",
+    ]
+    rows = json.loads((out / "features.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tokens"]["prompts"] == 3000 and summary["tokens"]["stories"] == 3000
+    assert set(summary["tokens"]["categories"]) == {"official narrative", "refusal", "whataboutism"}
+
+    # Independent check: which features fire on the planted token, computed here with the model and SAE.
+    from sae_lens import SAE
+
+    lm = container_src.model.load_model("roneneldan/TinyStories-33M", "cpu")
+    sae = SAE.load_from_disk(str(planted / "model"), device="cpu")
+    text = "Once upon a time, there was a little dog." + PLANT + " The dog was happy." + PLANT + " The end."
+    tokens = lm.to_tokens(text)
+    planted_ids = set(lm.to_tokens(PLANT, prepend_bos=False)[0].tolist())
+    planted_texts = {lm.tokenizer.decode([t]) for t in planted_ids}  # type: ignore[union-attr]
+    is_planted = torch.tensor([t in planted_ids for t in tokens[0].tolist()])
+    with torch.no_grad():
+        _, cache = lm.run_with_cache(tokens, names_filter=["blocks.2.mlp.hook_post"])
+        feats = sae.encode(cache["blocks.2.mlp.hook_post"])[0]
+    fires_on_plant = (feats[is_planted] > 0).float().mean(0)
+    fires_elsewhere = (feats[~is_planted] > 0).float().mean(0)
+
+    top = rows[:3]
+    for row in top:
+        f = row["feature"]
+        assert fires_on_plant[f] > fires_elsewhere[f], (row, fires_on_plant[f], fires_elsewhere[f])
+        assert row["freq_prompts"] > 2 * row["freq_stories"]
+        marked = row["snippets"][0]["text"].split("[[")[1].split("]]")[0]
+        assert marked in planted_texts, row["snippets"]
+    # Features that fire about as often on both sources rank below every one of the top features.
+    even = [r for r in rows if not r["dead"] and r["freq_stories"] > 0.01 and abs(r["log_odds"]) < 0.2]
+    assert even, "expected some features that fire equally on both sources"
+    assert max(r["score"] for r in even) < min(r["score"] for r in top)
+    # The tables agree with each other, and the dashboards cover the top features.
+    csv_ids = [int(line.split(",")[0]) for line in (out / "features.csv").read_text().splitlines()[1:]]
+    assert csv_ids == [r["feature"] for r in rows]
+    assert summary["rendered"] == [r["feature"] for r in rows if not r["dead"]][:6]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("headless Chromium is required in CI: apt-get install -y chromium")
+    pytest.skip("no Chromium on this machine (apt-get install -y chromium)")
+
+
+_ERROR_TRAP = (
+    "<script>window.__errors=[];const __e=console.error;console.error=(...a)=>{__errors.push(a.join(' '));"
+    "__e(...a)};window.addEventListener('error',e=>__errors.push(e.message));"
+    "window.addEventListener('load',()=>setTimeout(()=>document.body.setAttribute('data-errors',"
+    "JSON.stringify(__errors)),500));</script>"
+)
+
+
+def _render(page: Path, fragment: str = "") -> str:
+    """The page's DOM after its scripts ran in headless Chromium with every network request refused."""
+    trapped = page.with_name(f".trap-{page.name}")
+    text = page.read_text()
+    trapped.write_text(text.replace("<head>", "<head>" + _ERROR_TRAP, 1))
+    try:
+        result = subprocess.run(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--proxy-server=127.0.0.1:9",  # nothing listens there: any network access fails
+                "--proxy-bypass-list=<-loopback>",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                trapped.as_uri() + fragment,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        trapped.unlink()
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
+    result = run_container(planted, "viz", *VIZ_SMALL, "--features", "0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = planted / "model" / "dashboards"
+    for page in out.glob("*.html"):
+        assert 'src="http' not in page.read_text() and "src='http" not in page.read_text()
+    rows = json.loads((out / "features.json").read_text())
+    top = rows[0]["feature"]
+
+    dashboard = _render(out / "dashboard.html", f"#{top}")
+    assert 'data-errors="[]"' in dashboard, dashboard[-2000:]
+    assert f'<option value="{top}" selected' in dashboard  # opened on the feature named in the link
+    assert dashboard.count('class="token"') > 10 and "<svg" in dashboard  # sequences and plotly histograms
+
+    index = _render(out / "index.html")
+    assert 'data-errors="[]"' in index
+    assert f'href="dashboard.html#{top}"' in index and index.count("<tr>") > 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs: a clear message, status 2, nothing published
+
+
+def _viz_tree(planted: Path, tmp_path: Path) -> Path:
+    base = tmp_path / "opt_ml"
+    shutil.copytree(planted / "input", base / "input", symlinks=True)
+    shutil.copytree(planted / "model", base / "input" / "data" / "sae", ignore=shutil.ignore_patterns("dashboards"))
+    return base
+
+
+def _fails(base: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    assert main(["viz", *VIZ_SMALL, *args]) == 2
+    assert not (base / "model" / "dashboards").exists()
+    return (base / "output" / "failure").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("no_sae", "no SAE: channel sae"),
+        ("bad_tar", "is not a readable tar.gz"),
+        ("no_weights", "lacks sae_weights.safetensors"),
+        ("corrupt_weights", "could not load the SAE"),
+        ("bad_cfg", "is not an SAE-Lens config"),
+        ("no_prompts", "no prompts channel"),
+    ],
+)
+def test_bad_sae_or_channels_are_refused(
+    planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str, expected: str
+) -> None:
+    base = _viz_tree(planted, tmp_path)
+    sae = base / "input" / "data" / "sae"
+    if damage == "no_sae":
+        shutil.rmtree(sae)
+    elif damage == "bad_tar":
+        shutil.rmtree(sae)
+        sae.mkdir()
+        (sae / "model.tar.gz").write_bytes(b"not a tar file at all")
+    elif damage == "no_weights":
+        (sae / "sae_weights.safetensors").unlink()
+    elif damage == "corrupt_weights":
+        weights = sae / "sae_weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "bad_cfg":
+        (sae / "cfg.json").write_text('{"d_in": 256}')
+    elif damage == "no_prompts":
+        shutil.rmtree(base / "input" / "data" / "prompts")
+    assert expected in _fails(base, monkeypatch)
+
+
+@pytest.mark.slow
+def test_sae_hook_missing_from_model_is_named(planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = _viz_tree(planted, tmp_path)
+    cfg_file = base / "input" / "data" / "sae" / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["metadata"]["hook_name"] = "blocks.7.mlp.hook_post"
+    cfg_file.write_text(json.dumps(cfg))
+    failure = _fails(base, monkeypatch)
+    assert "blocks.7.mlp.hook_post" in failure and "blocks.3.mlp.hook_post" in failure
+
+
+@pytest.mark.slow
+def test_feature_ids_out_of_range_fail_before_the_model_loads(
+    planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _viz_tree(planted, tmp_path)
+    loads: list[str] = []
+    monkeypatch.setattr(container_src.model, "load_model", lambda *a, **k: loads.append(a[0]))
+    failure = _fails(base, monkeypatch, "--features", "3,100000")
+    assert "features='3,100000': [100000] out of range" in failure and "this SAE has 1024" in failure
+    assert loads == []
