@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -191,31 +192,39 @@ def build_request(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     )
     from sagemaker.train.model_trainer import ModelTrainer
 
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # it sets its own level on import
     session = Session(boto_session=boto3.Session(region_name=settings.region))
-    trainer = ModelTrainer(
-        sagemaker_session=session,
-        role=settings.role_arn,
-        training_image=spec.image,
-        base_job_name=spec.name,
-        compute=Compute(
-            instance_type=spec.instance_type,
-            instance_count=1,
-            volume_size_in_gb=spec.volume_gb,
-            enable_managed_spot_training=spec.spot,
-        ),
-        stopping_condition=StoppingCondition(
-            max_runtime_in_seconds=spec.max_run, max_wait_time_in_seconds=spec.max_wait if spec.spot else None
-        ),
-        output_data_config=OutputDataConfig(s3_output_path=spec.output_uri),
-        checkpoint_config=(
-            CheckpointConfig(s3_uri=spec.checkpoint_uri, local_path=CHECKPOINT_DIR) if spec.checkpoint_uri else None
-        ),
-        input_data_config=[InputData(channel_name=name, data_source=uri) for name, uri in spec.channels.items()],
-        hyperparameters=dict(spec.hyperparameters),
-        environment=dict(spec.environment),
-        tags=[Tag(key=k, value=v) for k, v in spec.tags.items()],
-        networking=Networking(enable_network_isolation=True) if spec.network_isolation else None,
-    ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
+    try:
+        trainer = ModelTrainer(
+            sagemaker_session=session,
+            role=settings.role_arn,
+            training_image=spec.image,
+            base_job_name=spec.name,
+            compute=Compute(
+                instance_type=spec.instance_type,
+                instance_count=1,
+                volume_size_in_gb=spec.volume_gb,
+                enable_managed_spot_training=spec.spot,
+            ),
+            stopping_condition=StoppingCondition(
+                max_runtime_in_seconds=spec.max_run, max_wait_time_in_seconds=spec.max_wait if spec.spot else None
+            ),
+            output_data_config=OutputDataConfig(s3_output_path=spec.output_uri),
+            checkpoint_config=(
+                CheckpointConfig(s3_uri=spec.checkpoint_uri, local_path=CHECKPOINT_DIR) if spec.checkpoint_uri else None
+            ),
+            input_data_config=[InputData(channel_name=name, data_source=uri) for name, uri in spec.channels.items()],
+            hyperparameters=dict(spec.hyperparameters),
+            environment=dict(spec.environment),
+            tags=[Tag(key=k, value=v) for k, v in spec.tags.items()],
+            networking=Networking(enable_network_isolation=True) if spec.network_isolation else None,
+        ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
+    except Exception as exc:  # the SDK validates the role with IAM while constructing
+        raise JobError(
+            f"the SageMaker SDK refused the job: {type(exc).__name__}: {str(exc)[:300]}. It checks role_arn with "
+            "IAM (iam:GetRole, iam:SimulatePrincipalPolicy); against an endpoint without IAM (a local test "
+            "server) set SAGEMAKER_VALIDATE_ROLE=false"
+        ) from None
     request = trainer._create_training_job_args(boto3=True)  # pyright: ignore[reportPrivateUsage]
     request["TrainingJobName"] = spec.name
     return request

@@ -226,7 +226,8 @@ def _submit(args: argparse.Namespace) -> int:
     settings, runs, values, names = _prepare(args)
     # From here on AWS is called.
     if args.image:
-        image = ecr.Image(uri=args.image, tag=args.image.rsplit(":", 1)[-1], commit=ecr.git_commit(), digest=None)
+        digest = args.image.partition("@")[2] or None
+        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit=ecr.git_commit(), digest=digest)
     else:
         image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
     s3 = client_for("s3", settings.region)
