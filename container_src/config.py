@@ -352,9 +352,14 @@ def _check_types(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected {base.__name__}, got {type(value).__name__}")
 
 
-def _unknown_key_message(key: str, schema: type) -> str:
+def looks_like_secret(key: str) -> bool:
+    """A key that names a credential; such keys are refused in every configuration source (and by the launcher)."""
     lowered = key.lower()
-    if lowered in ("key", "token") or any(marker in lowered for marker in _SECRET_MARKERS):
+    return lowered in ("key", "token") or any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def _unknown_key_message(key: str, schema: type) -> str:
+    if looks_like_secret(key):
         return (
             f"{key}: secrets never go in the configuration or hyperparameters. "
             "Set WANDB_API_KEY in the environment locally, or WANDB_SECRET_ID (a Secrets Manager id) for a job."
@@ -375,7 +380,7 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -391,7 +396,7 @@ def load_preset(name: str) -> dict[str, Any]:
     path = PRESETS_DIR / f"{name}.json"
     if not path.is_file():
         raise ConfigError(f"preset={name!r}: no such preset. Available: {', '.join(list_presets())}")
-    return _read_json_object(path, "preset")
+    return read_json_object(path, "preset")
 
 
 def parse_cli(argv: list[str]) -> dict[str, str]:
@@ -428,7 +433,7 @@ def resolve(
     if preset:
         layers.append((f"preset:{preset}", load_preset(str(preset))))
     if config_file:
-        layers.append((f"config:{config_file}", _read_json_object(Path(str(config_file)), "config file")))
+        layers.append((f"config:{config_file}", read_json_object(Path(str(config_file)), "config file")))
     layers.append(("hyperparameters", hyperparameters))
     layers.append(("cli", cli))
 

@@ -120,6 +120,8 @@ def moto_server() -> Iterator[dict[str, str]]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        # Tests that record the requests moto receives (/moto-api/recorder/...) get them in a temp file.
+        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(_SESSION_DIR / "moto-recording.jsonl")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -1,0 +1,24 @@
+# The one image: SageMaker runs `docker run IMAGE train`; docker compose runs the same image locally.
+# The base is an exact tag; `make pin-base` resolves it to a digest and writes it here (it needs registry access).
+# Python 3.11 because the locks were resolved for it; PyPI's torch wheel brings the CUDA runtime, so no CUDA base.
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/var/cache/huggingface \
+    PYTHONPATH=/opt/program
+
+WORKDIR /opt/program
+
+# Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
+# `make install` (and so CI) runs; nothing is installed when a container starts.
+COPY docker/install.sh docker/container.lock docker/
+RUN sh docker/install.sh python docker/container.lock
+
+COPY container_src/ container_src/
+COPY docker/train /usr/local/bin/train
+RUN chmod 0755 /usr/local/bin/train && python -m container_src --help > /dev/null
+
+CMD ["train"]

@@ -1,0 +1,41 @@
+"""Small boto3 helpers shared by the launcher's modules.
+
+Clients honour the usual AWS environment (credentials, ``AWS_ENDPOINT_URL`` for a local endpoint such as moto).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+
+
+def client_for(service: str, region: str | None = None) -> Any:
+    return boto3.client(service, region_name=region or None)  # pyright: ignore[reportCallIssue, reportArgumentType]
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` -> (bucket, key/prefix)."""
+    if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+        raise ValueError(f"{uri!r} is not an S3 URI (s3://bucket/prefix)")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [obj["Key"] for obj in page.get("Contents", [])]
+    return keys
+
+
+def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
+    """Create the bucket when it is missing (and we may), so a first run needs no console step."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+            raise
+    config = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=bucket, **config)

@@ -1,0 +1,105 @@
+"""Where a job's channels come from: the exported prompts, optional local copies of the model and TinyStories
+(for network-isolated jobs), and a finished training job's model artifact (the ``sae`` channel of a viz job).
+
+Local folders are uploaded under a prefix named by their content, so the same folder is uploaded once and a changed
+one never overwrites what an earlier job read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from launcher.aws import split_s3_uri
+
+logger = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+class ChannelError(ValueError):
+    """A channel that cannot be used; the message says what to do."""
+
+
+def read_fingerprint(export_dir: Path) -> str:
+    """The prompts' content fingerprint from an export's manifest.json (it tags every job that reads them)."""
+    manifest = export_dir / MANIFEST
+    try:
+        fingerprint = json.loads(manifest.read_text()).get("fingerprint")
+    except FileNotFoundError:
+        raise ChannelError(
+            f"{export_dir} has no {MANIFEST}: export the prompts first (python launcher/export_prompts.py --out DIR)"
+        ) from None
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ChannelError(f"{manifest} is not a JSON object: {exc}") from None
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise ChannelError(f"{manifest} has no fingerprint; export the prompts again")
+    return fingerprint
+
+
+def dir_fingerprint(folder: Path) -> str:
+    """sha256 over every file's relative path and content."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_local_dir(name: str, folder: Path) -> Path:
+    folder = folder.resolve()  # the model channel may be symlinked hub caches; upload what they point at
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise ChannelError(f"--{name} {folder}: not a folder, or empty; give a folder or an s3:// URI")
+    return folder
+
+
+def upload_dir(s3: Any, folder: Path, s3_base: str, *, dry_run: bool = False) -> str:
+    """Upload ``folder`` to ``<s3_base>/<content hash>/`` unless it is already there; returns that prefix URI.
+
+    A marker object beside the prefix (not inside it, where the container would read it as data) says the
+    upload finished.
+    """
+    fingerprint = dir_fingerprint(folder)[:16]
+    bucket, base = split_s3_uri(s3_base.rstrip("/"))
+    prefix, marker = f"{base}/{fingerprint}/", f"{base}/{fingerprint}.complete"
+    uri = f"s3://{bucket}/{prefix}"
+    if dry_run:
+        return uri
+    try:
+        s3.head_object(Bucket=bucket, Key=marker)
+        logger.info("%s already at %s; not uploading again", folder, uri)
+        return uri
+    except s3.exceptions.ClientError:
+        pass
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+    s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())
+    logger.info("uploaded %s (%d files) to %s", folder, len(files), uri)
+    return uri
+
+
+def trained_model_artifact(sagemaker: Any, job_name: str) -> str:
+    """The model.tar.gz of a finished training job, checked to be a `train` job that completed."""
+    try:
+        job = sagemaker.describe_training_job(TrainingJobName=job_name)
+    except sagemaker.exceptions.ClientError as exc:
+        raise ChannelError(f"--from-job {job_name}: no such training job ({exc.response['Error']['Code']})") from None
+    status = job["TrainingJobStatus"]
+    if status != "Completed":
+        raise ChannelError(
+            f"--from-job {job_name}: the job is {status}, not Completed; "
+            f"follow it with `submit.py follow {job_name}` and try again when it has finished"
+        )
+    mode = job.get("HyperParameters", {}).get("mode", "train").strip('"')
+    if mode != "train":
+        raise ChannelError(f"--from-job {job_name}: it is a {mode} job; the sae channel needs a train job's SAE")
+    artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if not artifact:
+        raise ChannelError(f"--from-job {job_name}: the job has no model artifact")
+    return artifact

@@ -1,0 +1,179 @@
+"""Build, tag and push the image to ECR, under a tag that names its content.
+
+The tag is ``<git commit>-<lock hash>`` (plus ``-dirty-<hash>`` when the image's files differ from the commit), so
+an image that has not changed is found in ECR and not built or pushed again. Login goes through
+``ecr:GetAuthorizationToken``; the password goes to ``docker login`` on stdin, never on a command line or in a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.aws import client_for
+from launcher.settings import Settings
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = "docker/container.lock"
+# Everything the Dockerfile copies in (see .dockerignore): a change to any of them is a new image.
+IMAGE_INPUTS = (
+    "Dockerfile",
+    ".dockerignore",
+    "docker/container.lock",
+    "docker/install.sh",
+    "docker/train",
+    "container_src",
+)
+# SageMaker's training instances are x86_64; a build on an ARM laptop must still produce that.
+PLATFORM = "linux/amd64"
+STDERR_FD = 2
+
+
+class PushError(RuntimeError):
+    """Building or pushing the image failed; the message says which step."""
+
+
+@dataclass(frozen=True)
+class Image:
+    uri: str
+    """repository URI with the tag"""
+    tag: str
+    commit: str
+    digest: str | None
+    """sha256 digest in ECR; None when not pushed (a dry run)"""
+    pushed: bool = False
+
+    @property
+    def reference(self) -> str:
+        """What a job runs: the digest when known, so the job runs exactly the pushed bytes."""
+        return f"{self.uri.rsplit(':', 1)[0]}@{self.digest}" if self.digest else self.uri
+
+
+def _git(*args: str, root: Path) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise PushError(
+            f"git {' '.join(args)} failed in {root}: the image tag names a git commit, so push from a "
+            f"git checkout ({exc})"
+        ) from None
+    return out.stdout
+
+
+def git_commit(root: Path = ROOT) -> str:
+    return _git("rev-parse", "HEAD", root=root).strip()
+
+
+def content_tag(root: Path = ROOT) -> tuple[str, str]:
+    """(tag, commit): the commit and the lock's hash, plus a hash of the image's files when they differ from it."""
+    commit = git_commit(root)
+    lock_hash = hashlib.sha256((root / LOCK).read_bytes()).hexdigest()[:12]
+    tag = f"{commit[:12]}-{lock_hash}"
+    if _git("status", "--porcelain", "--", *IMAGE_INPUTS, root=root).strip():
+        digest = hashlib.sha256()
+        for name in sorted(_git("ls-files", "-co", "--exclude-standard", "--", *IMAGE_INPUTS, root=root).split()):
+            path = root / name
+            if path.is_file():
+                digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        tag += f"-dirty-{digest.hexdigest()[:8]}"
+    return tag, commit
+
+
+def ensure_repository(ecr: Any, name: str, *, create: bool = True) -> str:
+    """The repository's URI, creating the repository (immutable tags, scan on push) when it is missing."""
+    try:
+        return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
+    except ecr.exceptions.RepositoryNotFoundException:
+        if not create:
+            raise PushError(f"ECR repository {name} does not exist yet; `submit.py push` creates it") from None
+    logger.info("creating ECR repository %s", name)
+    repo = ecr.create_repository(
+        repositoryName=name,
+        imageTagMutability="IMMUTABLE",  # a content tag must never point at other bytes
+        imageScanningConfiguration={"scanOnPush": True},
+    )
+    return repo["repository"]["repositoryUri"]
+
+
+def pushed_digest(ecr: Any, repository: str, tag: str) -> str | None:
+    try:
+        images = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"]
+    except ecr.exceptions.ImageNotFoundException:
+        return None
+    return images[0]["imageDigest"] if images else None
+
+
+def _docker(docker: str, *args: str, stdin: str | None = None, quiet: bool = False) -> None:
+    logger.info("docker %s", " ".join(args))
+    try:
+        # docker's own output goes to stderr: stdout carries only the launcher's result.
+        out = subprocess.PIPE if quiet else STDERR_FD
+        result = subprocess.run([docker, *args], input=stdin, text=True, stdout=out, stderr=out, check=False, cwd=ROOT)
+    except FileNotFoundError:
+        raise PushError(
+            f"{docker!r} not found: install the Docker CLI, or pass --image to use a pushed image"
+        ) from None
+    if result.returncode != 0:
+        detail = f": {(result.stderr or '').strip()[-500:]}" if quiet else ""
+        raise PushError(f"docker {args[0]} failed with status {result.returncode}{detail}")
+
+
+def login(ecr: Any, docker: str) -> None:
+    data = ecr.get_authorization_token()["authorizationData"][0]
+    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    _docker(docker, "login", "--username", user, "--password-stdin", data["proxyEndpoint"], stdin=password, quiet=True)
+
+
+def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -> Image:
+    """Build, tag and push the image unless ECR already holds this content's tag."""
+    settings.require("region", "image_repository")
+    tag, commit = content_tag()
+    ecr = client_for("ecr", settings.region)
+    if dry_run:
+        try:
+            repo_uri = ensure_repository(ecr, settings.image_repository, create=False)
+        except PushError:
+            account = client_for("sts", settings.region).get_caller_identity()["Account"]
+            repo_uri = f"{account}.dkr.ecr.{settings.region}.amazonaws.com/{settings.image_repository}"
+        return Image(uri=f"{repo_uri}:{tag}", tag=tag, commit=commit, digest=pushed_digest_or_none(ecr, settings, tag))
+    repo_uri = ensure_repository(ecr, settings.image_repository)
+    remote = f"{repo_uri}:{tag}"
+    digest = pushed_digest(ecr, settings.image_repository, tag)
+    if digest:
+        logger.info("%s is already in ECR (%s); not building or pushing again", remote, digest)
+        return Image(uri=remote, tag=tag, commit=commit, digest=digest)
+    local = f"{settings.image_repository}:{tag}"
+    _docker(
+        docker,
+        "build",
+        "--platform",
+        PLATFORM,
+        "--label",
+        f"org.opencontainers.image.revision={commit}",
+        "-t",
+        local,
+        "-f",
+        "Dockerfile",
+        ".",
+    )
+    _docker(docker, "tag", local, remote)
+    login(ecr, docker)
+    _docker(docker, "push", remote)
+    digest = pushed_digest(ecr, settings.image_repository, tag)
+    if not digest:
+        raise PushError(f"pushed {remote}, but ECR does not list it; check the push output above")
+    logger.info("pushed %s (%s)", remote, digest)
+    return Image(uri=remote, tag=tag, commit=commit, digest=digest, pushed=True)
+
+
+def pushed_digest_or_none(ecr: Any, settings: Settings, tag: str) -> str | None:
+    try:
+        return pushed_digest(ecr, settings.image_repository, tag)
+    except ecr.exceptions.RepositoryNotFoundException:
+        return None

@@ -1,0 +1,104 @@
+"""Follow a training job (status and its CloudWatch logs) and fetch its model artifact."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from launcher.aws import split_s3_uri
+
+logger = logging.getLogger(__name__)
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+class FetchError(RuntimeError):
+    """A job that failed, or an artifact that cannot be fetched; the message says which."""
+
+
+class TargetExistsError(ValueError):
+    """The download folder already holds this job; nothing is overwritten."""
+
+
+def _print_new_events(logs: Any, job_name: str, tokens: dict[str, str], out: TextIO) -> None:
+    try:
+        streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_name}/")["logStreams"]
+    except logs.exceptions.ResourceNotFoundException:
+        return  # the job has not written a log yet
+    for stream in streams:
+        name = stream["logStreamName"]
+        while True:
+            kwargs: dict[str, Any] = {"nextToken": tokens[name]} if name in tokens else {"startFromHead": True}
+            page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=name, **kwargs)
+            for event in page["events"]:
+                out.write(event["message"].rstrip("\n") + "\n")
+            if page["nextForwardToken"] == tokens.get(name) or not page["events"]:
+                tokens[name] = page["nextForwardToken"]
+                break
+            tokens[name] = page["nextForwardToken"]
+    out.flush()
+
+
+def follow(
+    sagemaker: Any, logs: Any | None, job_name: str, *, poll_s: float = 20.0, out: TextIO | None = None
+) -> dict[str, Any]:
+    """Wait until the job ends, logging status changes and (with ``logs``) streaming its log lines to ``out``."""
+    stream = out or sys.stdout  # looked up per call: tests and callers may have swapped it
+    tokens: dict[str, str] = {}
+    last = ""
+    while True:
+        job = sagemaker.describe_training_job(TrainingJobName=job_name)
+        status = f"{job['TrainingJobStatus']} ({job.get('SecondaryStatus', '')})"
+        if status != last:
+            logger.info("%s: %s", job_name, status)
+            last = status
+        if logs is not None:
+            _print_new_events(logs, job_name, tokens, stream)
+        if job["TrainingJobStatus"] in TERMINAL:
+            return job
+        time.sleep(poll_s)
+
+
+def check_succeeded(job: dict[str, Any]) -> None:
+    if job["TrainingJobStatus"] != "Completed":
+        reason = job.get("FailureReason", "no reason given")
+        raise FetchError(f"{job['TrainingJobName']} {job['TrainingJobStatus']}: {reason}")
+
+
+def download_target(dest: Path, job_name: str) -> Path:
+    """Where a job's artifact is unpacked; refused up front if something is already there."""
+    target = dest / job_name
+    if target.exists():
+        raise TargetExistsError(f"--download: {target} already exists; remove it or choose another folder")
+    return target
+
+
+def download(s3: Any, job: dict[str, Any], dest: Path) -> Path:
+    """Fetch the job's model.tar.gz and unpack it into ``dest/<job name>/`` (complete, or not at all)."""
+    target = download_target(dest, job["TrainingJobName"])
+    artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if not artifact:
+        raise FetchError(f"{job['TrainingJobName']} has no model artifact")
+    bucket, key = split_s3_uri(artifact)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{job['TrainingJobName']}."))
+    try:
+        archive = staging / "model.tar.gz"
+        try:
+            s3.download_file(bucket, key, str(archive))
+        except s3.exceptions.ClientError as exc:
+            raise FetchError(f"could not download {artifact}: {exc}") from None
+        unpacked = staging / "model"
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")  # refuses absolute paths, .. and links out of the folder
+        unpacked.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("unpacked %s into %s", artifact, target)
+    return target

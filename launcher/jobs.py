@@ -1,0 +1,230 @@
+"""What a SageMaker training job is asked to do: hyperparameters, sweeps, instance checks, metric definitions,
+and the CreateTrainingJob request itself.
+
+The request is built with the SageMaker SDK v3's ``ModelTrainer`` and sent with boto3 (see :func:`build_request`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from container_src.config import ConfigError, looks_like_secret, read_json_object, resolve
+from launcher.settings import Settings
+
+MODES = ("train", "viz", "bench")
+DEFAULT_INSTANCE = "ml.g5.xlarge"  # A10G: bf16, 24 GB
+# Families with NVIDIA GPUs; everything else (ml.m, ml.c, ml.r, ml.t, Trainium, Inferentia) has no CUDA.
+GPU_FAMILIES = ("ml.g", "ml.p")
+# GPUs without native bf16 (T4, V100, K80, M60): the container falls back to fp32 there.
+NO_BF16 = ("ml.g4dn.", "ml.p3.", "ml.p3dn.", "ml.p2.", "ml.g3.", "ml.g3s.")
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+JOB_PREFIX = "sae"
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+# The container's [metric] lines (container_src/records.py): per step, then one final line.
+STEP_METRICS = ("tokens", "loss", "explained_variance", "l0", "dead_features", "lr")
+FINAL_METRICS = ("explained_variance", "ce_loss_score", "mse", "cossim", "l0", "dead_feature_fraction")
+
+
+class JobError(ValueError):
+    """Bad launcher input; raised before any AWS call, naming the problem."""
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    """MetricDefinitions that read the container's ``[metric] step=…`` and ``[metric] final=1 …`` lines."""
+    step = [{"Name": f"train:{n}", "Regex": rf"\[metric\] step=.* {n}={_NUMBER}"} for n in STEP_METRICS]
+    final = [{"Name": f"final:{n}", "Regex": rf"\[metric\] final=1.* {n}={_NUMBER}"} for n in FINAL_METRICS]
+    return step + final
+
+
+def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise JobError(f"{flag} {item!r}: expected key=value, for example {flag} k=32")
+        out[key.strip()] = value
+    return out
+
+
+def parse_sweep(items: list[str]) -> dict[str, list[str]]:
+    """``--sweep k=32,64 --sweep lr=1e-4,3e-4`` -> {"k": ["32", "64"], "lr": [...]}."""
+    sweep: dict[str, list[str]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        values = [v.strip() for v in raw.split(",")]
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not all(values):
+            raise JobError(f"--sweep {item!r}: expected key=v1,v2,… with no empty value, for example --sweep k=32,64")
+        if key in sweep:
+            raise JobError(f"--sweep {key}: given twice; list all its values in one --sweep {key}=v1,v2")
+        if len(set(values)) != len(values):
+            raise JobError(f"--sweep {item!r}: a value is repeated")
+        sweep[key] = values
+    return sweep
+
+
+def combinations(sweep: dict[str, list[str]]) -> list[dict[str, str]]:
+    keys = list(sweep)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*sweep.values())] or [{}]
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """``--config FILE``: a JSON object whose values become string hyperparameters."""
+    try:
+        data = read_json_object(path, "--config")
+    except ConfigError as exc:
+        raise JobError(str(exc)) from None
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+
+
+def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
+    """The job's hyperparameters, checked as the container will check them, before anything is sent."""
+    if mode not in MODES:
+        raise JobError(f"--mode {mode!r}: unknown mode; choose one of {', '.join(MODES)}")
+    values = {**base, **overrides, "mode": mode}
+    for key in values:
+        if looks_like_secret(key):
+            raise JobError(
+                f"{key}: secrets never go in hyperparameters; store the W&B key with `submit.py secret` "
+                "and jobs get only its Secrets Manager id"
+            )
+    if mode == "train":  # the container's own schema; viz and bench check theirs when the job starts
+        try:
+            resolve(values)
+        except ConfigError as exc:
+            raise JobError(f"hyperparameters: {exc}") from None
+    return values
+
+
+def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> list[str]:
+    """Refuse what cannot work; return warnings for what works badly."""
+    if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9]+", instance_type):
+        raise JobError(f"--instance-type {instance_type!r}: expected a SageMaker type such as {DEFAULT_INSTANCE}")
+    gpu = instance_type.startswith(GPU_FAMILIES)
+    if mode == "train" and not gpu:
+        raise JobError(
+            f"--instance-type {instance_type}: has no NVIDIA GPU; training needs one (for example {DEFAULT_INSTANCE})"
+        )
+    warnings = []
+    if not gpu:
+        warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
+    if mode == "train" and instance_type.startswith(NO_BF16):
+        if values.get("precision", "auto").strip('"') == "bf16":
+            raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
+        warnings.append(
+            f"{instance_type} has no native bf16: training runs in fp32 (twice the memory, slower); "
+            f"{DEFAULT_INSTANCE} (A10G) or ml.g6.xlarge (L4) train in bf16"
+        )
+    return warnings
+
+
+def job_names(mode: str, runs: list[dict[str, str]], now: float | None = None) -> list[str]:
+    """Distinct, readable job names: ``sae-train-<UTC time>`` and, in a sweep, ``-<n>-<key><value>…``."""
+    stamp = time.strftime("%y%m%d-%H%M%S", time.gmtime(now))
+    base = f"{JOB_PREFIX}-{mode}-{stamp}"
+    if len(runs) == 1 and not runs[0]:
+        return [base]
+    names = []
+    for i, run in enumerate(runs, 1):
+        slug = "-".join(f"{k}{v}" for k, v in run.items())
+        slug = re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9]", "-", slug)).strip("-")
+        name = f"{base}-{i}-{slug}"[:63].rstrip("-")
+        names.append(name)
+    return names
+
+
+@dataclass
+class JobSpec:
+    name: str
+    mode: str
+    image: str
+    hyperparameters: dict[str, str]
+    channels: dict[str, str]
+    output_uri: str
+    instance_type: str = DEFAULT_INSTANCE
+    volume_gb: int = 50
+    max_run: int = 24 * 3600
+    spot: bool = False
+    max_wait: int | None = None
+    checkpoint_uri: str | None = None
+    network_isolation: bool = False
+    environment: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def check_timing(spot: bool, max_run: int, max_wait: int | None) -> int | None:
+    if max_run < 60:
+        raise JobError(f"--max-run {max_run}: must be at least 60 seconds")
+    if not spot:
+        if max_wait is not None:
+            raise JobError("--max-wait applies only to --spot jobs")
+        return None
+    max_wait = max_wait if max_wait is not None else 2 * max_run
+    if max_wait < max_run:
+        raise JobError(f"--max-wait {max_wait}: must be at least --max-run ({max_run}); it includes the run itself")
+    return max_wait
+
+
+def build_request(spec: JobSpec, settings: Settings) -> dict[str, Any]:
+    """The CreateTrainingJob request, built by the SDK v3's ModelTrainer.
+
+    ModelTrainer's own ``train()`` is not used to send it: it cannot show the request first (``--dry-run`` prints
+    exactly what is sent), and it names jobs by the second, so a sweep's jobs would collide. Its serializer builds
+    the request; boto3 sends it (see submit.py).
+    """
+    import boto3
+    from sagemaker.core.helper.session_helper import Session
+    from sagemaker.train.configs import (
+        CheckpointConfig,
+        Compute,
+        InputData,
+        MetricDefinition,
+        Networking,
+        OutputDataConfig,
+        StoppingCondition,
+        Tag,
+    )
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # it sets its own level on import
+    session = Session(boto_session=boto3.Session(region_name=settings.region))
+    try:
+        trainer = ModelTrainer(
+            sagemaker_session=session,
+            role=settings.role_arn,
+            training_image=spec.image,
+            base_job_name=spec.name,
+            compute=Compute(
+                instance_type=spec.instance_type,
+                instance_count=1,
+                volume_size_in_gb=spec.volume_gb,
+                enable_managed_spot_training=spec.spot,
+            ),
+            stopping_condition=StoppingCondition(
+                max_runtime_in_seconds=spec.max_run, max_wait_time_in_seconds=spec.max_wait if spec.spot else None
+            ),
+            output_data_config=OutputDataConfig(s3_output_path=spec.output_uri),
+            checkpoint_config=(
+                CheckpointConfig(s3_uri=spec.checkpoint_uri, local_path=CHECKPOINT_DIR) if spec.checkpoint_uri else None
+            ),
+            input_data_config=[InputData(channel_name=name, data_source=uri) for name, uri in spec.channels.items()],
+            hyperparameters=dict(spec.hyperparameters),
+            environment=dict(spec.environment),
+            tags=[Tag(key=k, value=v) for k, v in spec.tags.items()],
+            networking=Networking(enable_network_isolation=True) if spec.network_isolation else None,
+        ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
+    except Exception as exc:  # the SDK validates the role with IAM while constructing
+        raise JobError(
+            f"the SageMaker SDK refused the job: {type(exc).__name__}: {str(exc)[:300]}. It checks role_arn with "
+            "IAM (iam:GetRole, iam:SimulatePrincipalPolicy); against an endpoint without IAM (a local test "
+            "server) set SAGEMAKER_VALIDATE_ROLE=false"
+        ) from None
+    request = trainer._create_training_job_args(boto3=True)  # pyright: ignore[reportPrivateUsage]
+    request["TrainingJobName"] = spec.name
+    return request

@@ -1,0 +1,329 @@
+"""Push the image, and start, follow and fetch the SageMaker jobs (train, viz, bench, sweeps).
+
+    python launcher/submit.py push                         # build, tag and push the image (skipped when unchanged)
+    python launcher/submit.py secret                       # store $WANDB_API_KEY in Secrets Manager
+    python launcher/submit.py --mode train [--config FILE] [--set key=value ...] [--spot] [--wait] [--dry-run]
+    python launcher/submit.py --mode train --sweep k=32,64 --sweep lr=1e-4,3e-4      # one job per combination
+    python launcher/submit.py --mode viz --from-job sae-train-... --wait --download data/dashboards
+    python launcher/submit.py follow JOB_NAME [--download DIR]
+
+Settings (region, role, bucket, image repository) come from launcher/settings.toml or SAE_* variables (see
+launcher/settings.py). Every check of the input runs before the first AWS call. Exit status: 0 done, 2 bad input,
+1 an AWS, Docker or job failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # run as a script: make the project's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launcher import ecr, jobs
+from launcher.aws import client_for, ensure_bucket
+from launcher.channels import ChannelError, check_local_dir, read_fingerprint, trained_model_artifact, upload_dir
+from launcher.follow import FetchError, TargetExistsError, check_succeeded, download, download_target, follow
+from launcher.secret import SecretError, secret_exists, store_wandb_key
+from launcher.settings import Settings, SettingsError
+from launcher.upload import upload_export
+
+logger = logging.getLogger("launcher")
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+ACTIONS = ("push", "secret", "follow")
+DEFAULT_PROMPTS = Path("data/prompts")
+INPUT_ERRORS = (jobs.JobError, SettingsError, ChannelError, SecretError, TargetExistsError)
+
+
+def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--settings", type=Path, help="settings file (default launcher/settings.toml)")
+    parser.add_argument("--docker", default="docker", help="docker CLI to build and push with")
+    return parser
+
+
+def _submit_parser() -> argparse.ArgumentParser:
+    p = _common(
+        argparse.ArgumentParser(prog="submit.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    )
+    p.add_argument("--mode", required=True, help="train, viz or bench")
+    p.add_argument("--config", type=Path, help="JSON file of hyperparameters")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="one job per value (repeatable: every combination)",
+    )
+    p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="exported prompts folder, or an s3:// prefix")
+    p.add_argument("--model", help="channel model: a hub-cache folder or s3:// prefix (for network isolation)")
+    p.add_argument("--tinystories", help="channel tinystories: a dataset folder or s3:// prefix")
+    p.add_argument("--from-job", help="viz: use this finished training job's SAE as channel sae")
+    p.add_argument("--sae", help="viz: channel sae as an s3:// URI (a model.tar.gz or an SAE prefix)")
+    p.add_argument(
+        "--network-isolation", action="store_true", help="no network in the job; needs --model and --tinystories"
+    )
+    p.add_argument("--instance-type", default=jobs.DEFAULT_INSTANCE)
+    p.add_argument("--volume-gb", type=int, default=50)
+    p.add_argument("--max-run", type=int, default=24 * 3600, help="seconds of training at most")
+    p.add_argument("--spot", action="store_true", help="managed spot training, resuming from S3 checkpoints")
+    p.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity plus run (default 2 × max-run)")
+    p.add_argument(
+        "--resume-from", help="train: reuse this earlier job's checkpoints (it resumes where that one stopped)"
+    )
+    p.add_argument("--image", help="run this image URI instead of building and pushing the current one")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job(s) to the end, streaming the log of a single job"
+    )
+    p.add_argument(
+        "--download", type=Path, metavar="DIR", help="after --wait: unpack model.tar.gz into DIR/<job name>/"
+    )
+    p.add_argument("--poll-seconds", type=float, default=20.0, help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true", help="print the full request(s) and send nothing")
+    return p
+
+
+def _follow_parser() -> argparse.ArgumentParser:
+    p = _common(
+        argparse.ArgumentParser(prog="submit.py follow", description="Follow a job to its end; fetch its artifact.")
+    )
+    p.add_argument("job")
+    p.add_argument("--download", type=Path, metavar="DIR")
+    p.add_argument("--no-logs", action="store_true")
+    p.add_argument("--poll-seconds", type=float, default=20.0, help=argparse.SUPPRESS)
+    return p
+
+
+def _check_no_secret(request: dict[str, Any]) -> None:
+    """Last line of defence: the local W&B key must not appear anywhere in what is sent or printed."""
+    key = os.environ.get("WANDB_API_KEY", "").strip()
+    if key and key in json.dumps(request, default=str):
+        raise jobs.JobError("the W&B key appears in the job request; remove it (jobs get only WANDB_SECRET_ID)")
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows)
+
+
+def _follow_and_fetch(names: list[str], args: argparse.Namespace, region: str, stream_logs: bool) -> int:
+    sagemaker, s3 = client_for("sagemaker", region), client_for("s3", region)
+    logs = client_for("logs", region) if stream_logs else None
+    status = EXIT_OK
+    rows = [["job", "status", "artifact"]]
+    for name in names:
+        job = follow(sagemaker, logs, name, poll_s=args.poll_seconds)
+        try:
+            check_succeeded(job)
+            where = (
+                str(download(s3, job, args.download)) if args.download else job["ModelArtifacts"]["S3ModelArtifacts"]
+            )
+        except FetchError as exc:
+            logger.error("%s", exc)
+            status, where = EXIT_FAILED, job.get("FailureReason", "")[:80]
+        rows.append([name, job["TrainingJobStatus"], where])
+    _write(_table(rows))
+    return status
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], list[dict[str, str]], list[str]]:
+    """Every check that needs no AWS call: settings, hyperparameters, sweep, instance, channels, names."""
+    settings = Settings.load(args.settings)
+    settings.require("region", "role_arn", "bucket", *([] if args.image else ["image_repository"]))
+    base = jobs.read_config_file(args.config) if args.config else {}
+    sets = jobs.parse_assignments(args.set, "--set")
+    sweep = jobs.parse_sweep(args.sweep)
+    if both := sorted(set(sweep) & set(sets)):
+        raise jobs.JobError(f"{', '.join(both)}: given in both --set and --sweep; keep one")
+    runs = jobs.combinations(sweep)
+    values = [jobs.hyperparameters(args.mode, base, {**sets, **run}) for run in runs]
+    for warning in dict.fromkeys(w for v in values for w in jobs.check_instance(args.mode, args.instance_type, v)):
+        logger.warning("%s", warning)
+    args.max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)
+    if args.mode != "viz" and (args.from_job or args.sae):
+        raise jobs.JobError("--from-job and --sae feed a viz job's sae channel; use them with --mode viz")
+    if args.mode == "viz" and bool(args.from_job) == bool(args.sae):
+        raise jobs.JobError("--mode viz needs its SAE: give --from-job TRAIN_JOB or --sae s3://…")
+    if args.resume_from and (args.mode != "train" or len(runs) > 1):
+        raise jobs.JobError("--resume-from continues one train job; it cannot be used with viz, bench or a sweep")
+    if args.download and not args.wait:
+        raise jobs.JobError("--download needs --wait (or use `submit.py follow JOB --download DIR` later)")
+    if args.dry_run and (args.wait or args.download):
+        raise jobs.JobError("--dry-run sends nothing, so there is nothing to --wait for or --download")
+    needs_prompts = args.mode == "viz" or (args.mode == "train" and any(_prompt_ratio(v) > 0 for v in values))
+    if needs_prompts and not args.prompts.startswith("s3://"):
+        read_fingerprint(Path(args.prompts))  # a missing export fails here, not after the image is pushed
+    args.prompts = args.prompts if needs_prompts else None
+    for name in ("model", "tinystories"):
+        if getattr(args, name) and not getattr(args, name).startswith("s3://"):
+            check_local_dir(name, Path(getattr(args, name)))
+    if args.network_isolation and args.mode != "bench" and not (args.model and args.tinystories):
+        raise jobs.JobError("--network-isolation: the job cannot reach the hub, so give --model and --tinystories")
+    names = jobs.job_names(args.mode, runs)
+    for name in names if args.download else []:
+        download_target(args.download, name)
+    return settings, runs, values, names
+
+
+def _prompt_ratio(values: dict[str, str]) -> float:
+    if "prompt_ratio" in values:
+        return float(values["prompt_ratio"].strip('"'))
+    return jobs.resolve(values).config.prompt_ratio
+
+
+def _channels(args: argparse.Namespace, settings: Settings, s3: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Channel name -> S3 URI (uploading local folders unless dry run), and the tags they contribute."""
+    channels: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    if args.prompts:
+        if args.prompts.startswith("s3://"):
+            channels["prompts"] = args.prompts
+        else:
+            fingerprint = read_fingerprint(Path(args.prompts))
+            tags["prompts-fingerprint"] = fingerprint
+            uri = settings.s3_uri("prompts", fingerprint[:16]) + "/"
+            channels["prompts"] = uri if args.dry_run else upload_export(Path(args.prompts), uri, s3_client=s3)
+    for name in ("model", "tinystories"):
+        source = getattr(args, name)
+        if source:
+            local = None if source.startswith("s3://") else Path(source).resolve()
+            base = settings.s3_uri("channels", name)
+            channels[name] = upload_dir(s3, local, base, dry_run=args.dry_run) if local else source
+    if args.from_job:
+        channels["sae"] = trained_model_artifact(client_for("sagemaker", settings.region), args.from_job)
+        tags["from-job"] = args.from_job
+    elif args.sae:
+        channels["sae"] = args.sae
+    return channels, tags
+
+
+def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    if args.network_isolation:
+        logger.warning("network isolation: the job cannot reach Secrets Manager or W&B, so W&B logs offline")
+        return {}
+    if secret_exists(client_for("secretsmanager", settings.region), settings.wandb_secret_id):
+        return {"WANDB_SECRET_ID": settings.wandb_secret_id}
+    if os.environ.get("WANDB_API_KEY"):
+        logger.warning(
+            "WANDB_API_KEY is set here but not stored as secret %s; run `submit.py secret` first. "
+            "Jobs log W&B offline (the key is never sent with the job).",
+            settings.wandb_secret_id,
+        )
+    return {}
+
+
+def _submit(args: argparse.Namespace) -> int:
+    settings, runs, values, names = _prepare(args)
+    # From here on AWS is called.
+    if args.image:
+        digest = args.image.partition("@")[2] or None
+        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit=ecr.git_commit(), digest=digest)
+    else:
+        image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
+    s3 = client_for("s3", settings.region)
+    if not args.dry_run:
+        ensure_bucket(s3, settings.bucket, settings.region)
+    channels, channel_tags = _channels(args, settings, s3)
+    environment = _environment(args, settings)
+    checkpoint_from = None
+    sagemaker = client_for("sagemaker", settings.region)
+    if args.resume_from:
+        earlier = sagemaker.describe_training_job(TrainingJobName=args.resume_from)
+        checkpoint_from = earlier.get("CheckpointConfig", {}).get("S3Uri")
+        if not checkpoint_from:
+            raise jobs.JobError(f"--resume-from {args.resume_from}: that job had no checkpoint location")
+    rows = [["job", *(runs[0].keys()), "instance", "spot", "state"]]
+    for name, run, hp in zip(names, runs, values, strict=True):
+        tags = {
+            "git-commit": image.commit,
+            "image-digest": image.digest or "unknown",
+            "mode": args.mode,
+            **channel_tags,
+            **({"sweep": " ".join(f"{k}={v}" for k, v in run.items())} if run else {}),
+        }
+        spec = jobs.JobSpec(
+            name=name,
+            mode=args.mode,
+            image=image.reference,
+            hyperparameters=hp,
+            channels=channels,
+            output_uri=settings.s3_uri("jobs"),
+            instance_type=args.instance_type,
+            volume_gb=args.volume_gb,
+            max_run=args.max_run,
+            spot=args.spot,
+            max_wait=args.max_wait,
+            # Train jobs checkpoint to S3 under their own name: a spot restart of the job resumes from there.
+            checkpoint_uri=(checkpoint_from or settings.s3_uri("checkpoints", name) + "/")
+            if args.mode == "train"
+            else None,
+            network_isolation=args.network_isolation,
+            environment=environment,
+            tags=tags,
+        )
+        request = jobs.build_request(spec, settings)
+        _check_no_secret(request)
+        if args.dry_run:
+            _write(json.dumps(request, indent=2, default=str) + "\n")
+            state = "dry run"
+        else:
+            sagemaker.create_training_job(**request)
+            state = "submitted"
+        rows.append([name, *run.values(), args.instance_type, "yes" if args.spot else "no", state])
+    _write(_table(rows))
+    if args.wait:
+        return _follow_and_fetch(names, args, settings.region, stream_logs=len(names) == 1)
+    return EXIT_OK
+
+
+def _main(argv: list[str]) -> int:
+    action = argv[0] if argv and argv[0] in ACTIONS else "submit"
+    if action == "submit":
+        return _submit(_submit_parser().parse_args(argv))
+    if action == "follow":
+        args = _follow_parser().parse_args(argv[1:])
+        if args.download:
+            download_target(args.download, args.job)
+        settings = Settings.load(args.settings).require("region")
+        return _follow_and_fetch([args.job], args, settings.region, stream_logs=not args.no_logs)
+    args = _common(argparse.ArgumentParser(prog=f"submit.py {action}")).parse_args(argv[1:])
+    if action == "push":
+        image = ecr.push(Settings.load(args.settings), docker=args.docker)
+        _write(f"{image.uri}\n{image.digest}\n")
+        return EXIT_OK
+    settings = Settings.load(args.settings).require("region", "wandb_secret_id")
+    arn = store_wandb_key(client_for("secretsmanager", settings.region), settings.wandb_secret_id)
+    _write(f"stored WANDB_API_KEY as {arn}; jobs get WANDB_SECRET_ID={settings.wandb_secret_id}\n")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("launcher").setLevel(logging.INFO)
+    for noisy in ("botocore", "boto3", "sagemaker", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except INPUT_ERRORS as exc:
+        logger.error("%s", exc)
+        return EXIT_INPUT
+    except (ecr.PushError, FetchError) as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
+    except Exception as exc:  # an AWS error: the service's own message says what is wrong
+        logger.error("%s: %s", type(exc).__name__, exc)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The launcher against a real moto server on loopback: ECR, S3, Secrets Manager, SageMaker and CloudWatch Logs.
+
+The Docker CLI is the one stub (no engine runs here): tests/fixtures/fake_docker.py records its calls. What the
+launcher sent is read back from moto (describe_training_job, list_tags, S3) and from moto's request recording,
+which keeps the raw CreateTrainingJob body (moto does not store MetricDefinitions or Environment).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from container_src import records
+from launcher import jobs, submit
+from tests.conftest import ROOT, SAMPLE_PROMPTS
+
+PLANTED_KEY = "wandb-planted-" + "7f3c9a" * 6
+FAKE_DOCKER = ROOT / "tests" / "fixtures" / "fake_docker.py"
+
+
+def _recorder(endpoint: str, action: str) -> str:
+    method = "GET" if action == "download-recording" else "POST"
+    with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method=method)) as r:
+        return r.read().decode()
+
+
+def _recorded(endpoint: str) -> list[dict[str, Any]]:
+    """Every request moto received since the test started, bodies decoded."""
+    out = []
+    for line in _recorder(endpoint, "download-recording").splitlines():
+        entry = json.loads(line)
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode("utf-8", "replace")
+        out.append({**entry, "body": body})
+    return out
+
+
+@pytest.fixture
+def aws(moto_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """moto's environment, fresh settings (own bucket and repository), the docker stub on PATH, and recording on."""
+    suffix = uuid.uuid4().hex[:8]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_DOCKER}" "$@"\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {
+        **moto_server,
+        "SAGEMAKER_VALIDATE_ROLE": "false",  # the SDK's IAM policy simulation is not served by moto
+        "SAE_SETTINGS": str(tmp_path / "no-settings.toml"),
+        "SAE_REGION": "us-east-1",
+        "SAE_ROLE_ARN": "arn:aws:iam::123456789012:role/sae-test",
+        "SAE_BUCKET": f"sae-test-{suffix}",
+        "SAE_IMAGE_REPOSITORY": f"sae-test-{suffix}",
+        "SAE_WANDB_SECRET_ID": f"sae-test/{suffix}",
+        "FAKE_DOCKER_LOG": str(tmp_path / "docker.jsonl"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    (tmp_path / "no-settings.toml").write_text("")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    endpoint = moto_server["AWS_ENDPOINT_URL"]
+    _recorder(endpoint, "reset-recording")
+    _recorder(endpoint, "start-recording")
+    yield {"env": env, "endpoint": endpoint, "bucket": env["SAE_BUCKET"], "repo": env["SAE_IMAGE_REPOSITORY"]}
+    _recorder(endpoint, "stop-recording")
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    """An exported prompt dataset: the sample prompts and a manifest with their fingerprint."""
+    out = tmp_path / "prompts"
+    shutil.copytree(SAMPLE_PROMPTS, out)
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.iterdir()))).hexdigest()
+    (out / "manifest.json").write_text(json.dumps({"fingerprint": digest, "counts": {"total": 95}}))
+    return out
+
+
+def _docker_calls(aws: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(aws["env"]["FAKE_DOCKER_LOG"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = submit.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def _job(name: str) -> dict[str, Any]:
+    return boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
+
+
+def _tags(job: dict[str, Any]) -> dict[str, str]:
+    tags = boto3.client("sagemaker").list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]
+    return {t["Key"]: t["Value"] for t in tags}
+
+
+def _job_names(out: str, prefix: str = "sae-") -> list[str]:
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The regexes against lines the container's own code writes (a step line and the final line)."""
+    caplog.set_level("INFO")
+    log = records.MetricLog(tmp_path / "log.jsonl")
+    log.record_step(
+        400,
+        1638400,
+        {
+            "losses/overall_loss": 0.0123,
+            "metrics/explained_variance": 0.8125,
+            "metrics/l0": 64.0,
+            "sparsity/dead_features": 12,
+            "details/current_learning_rate": 1e-4,
+        },
+    )
+    step_line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("[metric] step="))
+    final_line = records.format_metric_line(
+        {"final": 1, "explained_variance": 0.77, "explained_variance_legacy": 0.95, "ce_loss_score": 0.93,
+         "mse": 2.5e-05, "cossim": 0.91, "l0": 63.5, "dead_feature_fraction": 0.0}
+    )  # fmt: skip
+    import re
+
+    found: dict[str, float] = {}
+    for definition in jobs.metric_definitions():
+        for line in (step_line, final_line):
+            match = re.search(definition["Regex"], line)
+            if match:
+                assert definition["Name"] not in found, f"{definition['Name']} matches both lines"
+                found[definition["Name"]] = float(match.group(1))
+    assert found == {
+        "train:tokens": 1638400,
+        "train:loss": 0.0123,
+        "train:explained_variance": 0.8125,
+        "train:l0": 64,
+        "train:dead_features": 12,
+        "train:lr": 1e-4,
+        "final:explained_variance": 0.77,  # not the legacy value printed before it
+        "final:ce_loss_score": 0.93,
+        "final:mse": 2.5e-05,
+        "final:cossim": 0.91,
+        "final:l0": 63.5,
+        "final:dead_feature_fraction": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--mode", "tune"], {}, "unknown mode"),
+        (["--mode", "train", "--sweep", "k"], {}, "expected key=v1,v2"),
+        (["--mode", "train", "--sweep", "k=32,"], {}, "no empty value"),
+        (["--mode", "train", "--sweep", "k=32", "--sweep", "k=64"], {}, "given twice"),
+        (["--mode", "train"], {"SAE_ROLE_ARN": "", "SAE_BUCKET": ""}, "missing setting(s): role_arn"),
+        (["--mode", "train", "--instance-type", "ml.m5.xlarge"], {}, "has no NVIDIA GPU"),
+        (["--mode", "train", "--instance-type", "ml.g4dn.xlarge", "--set", "precision=bf16"], {}, "no native bf16"),
+        (["--mode", "train", "--set", "wandb_api_key=abc"], {}, "secrets never go in hyperparameters"),
+        (["--mode", "viz", "--set", "api_key=abc", "--sae", "s3://b/m.tar.gz"], {}, "secrets never go"),
+        (["--mode", "train", "--set", "k=many"], {}, "k"),
+        (["--mode", "train", "--set", "lr_warm_up_fraction=0.9"], {}, "exceed the whole run"),
+        (["--mode", "viz"], {}, "--from-job TRAIN_JOB or --sae"),
+        (["--mode", "train", "--spot", "--max-run", "7200", "--max-wait", "3600"], {}, "at least --max-run"),
+        (["--mode", "train", "--prompts", "/nonexistent/export"], {}, "export the prompts first"),
+        (["--mode", "train", "--network-isolation"], {}, "give --model and --tinystories"),
+    ],
+)
+def test_bad_input_is_refused_before_any_aws_call(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    aws: dict[str, Any],
+    export: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if "--prompts" not in argv:
+        argv = [*argv, "--prompts", str(export)]
+    code, _ = _run(capsys, *argv)
+    assert code == submit.EXIT_INPUT
+    assert message in caplog.text
+    assert _recorded(aws["endpoint"]) == []
+    assert _docker_calls(aws) == []
+
+
+def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(capsys, "push")
+    assert code == 0
+    calls = [c["argv"] for c in _docker_calls(aws)]
+    assert [c[0] for c in calls] == ["build", "tag", "login", "push"]
+    tag = calls[0][calls[0].index("-t") + 1]
+    assert tag.startswith(f"{aws['repo']}:")
+    remote = calls[3][1]
+    assert calls[1] == ["tag", tag, remote]
+    assert remote.endswith(":" + tag.split(":", 1)[1])
+    assert calls[2][:4] == ["login", "--username", "AWS", "--password-stdin"]
+    assert _docker_calls(aws)[2]["stdin_bytes"] > 0  # the password came on stdin, not in argv
+    ecr = boto3.client("ecr")
+    repo = ecr.describe_repositories(repositoryNames=[aws["repo"]])["repositories"][0]
+    assert remote.startswith(repo["repositoryUri"] + ":")
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    assert [any(r["url"].endswith("/") and "GetAuthorizationToken" in json.dumps(r["headers"]) for r in [rec])
+            for rec in _recorded(aws["endpoint"])].count(True) == 1  # fmt: skip
+    digest = ecr.describe_images(repositoryName=aws["repo"])["imageDetails"][0]["imageDigest"]
+    assert out.split() == [remote, digest]
+
+    code, out = _run(capsys, "push")  # same commit and lock: found in ECR, nothing built or pushed
+    assert code == 0
+    assert len(_docker_calls(aws)) == 4
+    assert out.split() == [remote, digest]
+
+
+def test_train_job_request(
+    aws: dict[str, Any],
+    export: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", PLANTED_KEY)
+    assert _run(capsys, "secret")[0] == 0
+    config = export.parent / "run.json"
+    config.write_text(json.dumps({"preset": "smoke", "k": 16}))
+    code, out = _run(
+        capsys, "--mode", "train", "--config", str(config), "--set", "lr=3e-4", "--spot", "--max-run", "3600",
+        "--prompts", str(export),
+    )  # fmt: skip
+    assert code == 0, caplog.text
+    [name] = _job_names(out)
+    job = _job(name)
+    digest = boto3.client("ecr").describe_images(repositoryName=aws["repo"])["imageDetails"][0]["imageDigest"]
+    assert job["AlgorithmSpecification"]["TrainingImage"].endswith(f"/{aws['repo']}@{digest}")
+    assert job["HyperParameters"] == {"preset": "smoke", "k": "16", "lr": "3e-4", "mode": "train"}
+    fingerprint = json.loads((export / "manifest.json").read_text())["fingerprint"]
+    [channel] = job["InputDataConfig"]
+    assert channel["ChannelName"] == "prompts"
+    prompts_uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+    assert prompts_uri == f"s3://{aws['bucket']}/sae-censorship/prompts/{fingerprint[:16]}/"
+    listed = boto3.client("s3").list_objects_v2(Bucket=aws["bucket"], Prefix=prompts_uri.split("/", 3)[3])
+    assert sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]) == sorted(p.name for p in export.iterdir())
+    assert job["EnableManagedSpotTraining"] is True
+    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    assert job["CheckpointConfig"] == {
+        "S3Uri": f"s3://{aws['bucket']}/sae-censorship/checkpoints/{name}/",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    assert job["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    tags = _tags(job)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert tags["git-commit"] == commit
+    assert tags["image-digest"] == digest
+    assert tags["prompts-fingerprint"] == fingerprint
+
+    # moto keeps neither MetricDefinitions nor Environment: read them from the request it received.
+    recorded = _recorded(aws["endpoint"])
+    [create] = [json.loads(r["body"]) for r in recorded if "CreateTrainingJob" in json.dumps(r["headers"])]
+    assert create["AlgorithmSpecification"]["MetricDefinitions"] == jobs.metric_definitions()
+    assert create["Environment"] == {"WANDB_SECRET_ID": aws["env"]["SAE_WANDB_SECRET_ID"]}
+    # The key went to Secrets Manager, and nowhere else: not in any other request, the output or the log.
+    with_key = [r for r in recorded if PLANTED_KEY in r["body"] or PLANTED_KEY in r["url"]]
+    assert with_key and all("secretsmanager.CreateSecret" in json.dumps(r["headers"]) for r in with_key)
+    assert PLANTED_KEY not in out + caplog.text + json.dumps(job, default=str) + json.dumps(tags)
+
+
+def test_sweep_starts_one_job_per_combination(
+    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    code, out = _run(
+        capsys, "--mode", "train", "--set", "preset=smoke", "--sweep", "k=16,32", "--sweep", "lr=1e-4,3e-4",
+        "--prompts", str(export),
+    )  # fmt: skip
+    assert code == 0, caplog.text
+    names = _job_names(out)
+    assert len(names) == len(set(names)) == 4
+    seen = set()
+    for name in names:
+        job = _job(name)
+        hp = job["HyperParameters"]
+        seen.add((hp["k"], hp["lr"]))
+        assert _tags(job)["sweep"] == f"k={hp['k']} lr={hp['lr']}"
+        assert job["CheckpointConfig"]["S3Uri"].endswith(f"/checkpoints/{name}/")  # each run resumes only itself
+    assert seen == {("16", "1e-4"), ("16", "3e-4"), ("32", "1e-4"), ("32", "3e-4")}
+    # one image build and one upload of the prompts serve the four jobs
+    assert [c["argv"][0] for c in _docker_calls(aws)] == ["build", "tag", "login", "push"]
+    manifest_puts = [r for r in _recorded(aws["endpoint"]) if r["method"] == "PUT" and "manifest.json" in r["url"]]
+    assert len(manifest_puts) == 1
+
+
+def _put_artifact(job: dict[str, Any], files: dict[str, bytes]) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    bucket, _, key = job["ModelArtifacts"]["S3ModelArtifacts"][5:].partition("/")
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+
+
+def test_viz_from_job_then_follow_and_download(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    code, out = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--prompts", str(export))
+    assert code == 0, caplog.text
+    [train_name] = _job_names(out)
+    train_job = _job(train_name)  # moto completes jobs at once
+    _put_artifact(train_job, {"cfg.json": b"{}", "sae_weights.safetensors": b"weights"})
+
+    code, out = _run(capsys, "--mode", "viz", "--from-job", train_name, "--prompts", str(export))
+    assert code == 0, caplog.text
+    [viz_name] = _job_names(out)
+    viz = _job(viz_name)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in viz["InputDataConfig"]}
+    assert channels["sae"] == train_job["ModelArtifacts"]["S3ModelArtifacts"]
+    assert channels["prompts"].endswith("/prompts/" + _tags(train_job)["prompts-fingerprint"][:16] + "/")
+    assert viz["HyperParameters"]["mode"] == "viz"
+    assert _tags(viz)["from-job"] == train_name
+    assert "CheckpointConfig" not in viz
+
+    # follow: stream the job's CloudWatch log, then fetch and unpack its artifact
+    logs = boto3.client("logs")
+    group, stream = "/aws/sagemaker/TrainingJobs", f"{viz_name}/algo-1-1700000000"
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName=stream,
+        # recent timestamps: CloudWatch drops events older than 14 days
+        logEvents=[{"timestamp": int(time.time() * 1000) + i, "message": f"viz line {i}"} for i in range(3)],
+    )
+    _put_artifact(viz, {"dashboards/index.html": b"<html>index</html>", "dashboards/feature_7.html": b"<html>7"})
+    dest = tmp_path / "fetched"
+    code, out = _run(capsys, "follow", viz_name, "--download", str(dest), "--poll-seconds", "0")
+    assert code == 0, caplog.text
+    assert [line for line in out.splitlines() if line.startswith("viz line")] == [f"viz line {i}" for i in range(3)]
+    assert (dest / viz_name / "dashboards" / "index.html").read_bytes() == b"<html>index</html>"
+    assert sorted(p.name for p in dest.iterdir()) == [viz_name]  # no temp files left beside it
+
+    code, _ = _run(capsys, "follow", viz_name, "--download", str(dest))  # never overwrites
+    assert code == submit.EXIT_INPUT
+    assert "already exists" in caplog.text
+
+
+def test_viz_from_unknown_job_is_refused(
+    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    code, _ = _run(capsys, "--mode", "viz", "--from-job", "sae-train-nope", "--prompts", str(export), "--image",
+                   "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1")  # fmt: skip
+    assert code == submit.EXIT_INPUT
+    assert "no such training job" in caplog.text
+
+
+def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], export: Path) -> None:
+    """As a user runs it: the script, in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "launcher/submit.py", "--mode", "train", "--set", "preset=smoke", "--spot", "--dry-run",
+         "--prompts", str(export), "--instance-type", "ml.g4dn.xlarge"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_API_KEY": PLANTED_KEY},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    request = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert request["HyperParameters"]["mode"] == "train"
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == jobs.metric_definitions()
+    assert request["InputDataConfig"][0]["ChannelName"] == "prompts"
+    assert "no native bf16" in result.stderr
+    assert PLANTED_KEY not in result.stdout + result.stderr
+    sent = [r for r in _recorded(aws["endpoint"]) if r["method"] in ("PUT", "DELETE") or "Create" in json.dumps(r)]
+    assert sent == []
+    assert (
+        boto3.client("sagemaker").list_training_jobs(NameContains=request["TrainingJobName"])["TrainingJobSummaries"]
+        == []
+    )
+    assert _docker_calls(aws) == []
+
+
+def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
+    """make pin-base with the registry query stubbed (no registry is reachable here)."""
+    dockerfile = tmp_path / "Dockerfile"
+    shutil.copy(ROOT / "Dockerfile", dockerfile)
+    original = dockerfile.read_text()
+    from_line = next(line for line in original.splitlines() if line.startswith("FROM "))
+    digest = "sha256:" + "ab" * 32
+    fake = tmp_path / "docker"
+
+    def pin(answer: str) -> subprocess.CompletedProcess[str]:
+        fake.write_text(f"#!/bin/sh\n[ \"$2\" = version ] && exit 0\necho '{answer}'\n")
+        fake.chmod(0o755)
+        env = {**os.environ, "DOCKERFILE": str(dockerfile), "DOCKER": str(fake)}
+        return subprocess.run(["bash", "docker/pin-base.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+
+    bad = pin('{"digest": "not-a-digest"}')
+    assert bad.returncode == 1 and "could not resolve" in bad.stderr
+    assert dockerfile.read_text() == original
+    good = pin(json.dumps({"digest": digest}))
+    assert good.returncode == 0, good.stderr
+    assert dockerfile.read_text() == original.replace(from_line, f"{from_line}@{digest}")
+    again = pin(json.dumps({"digest": "sha256:" + "cd" * 32}))  # re-pinning resolves the tag again
+    assert again.returncode == 0
+    assert f"{from_line}@sha256:{'cd' * 32}\n" in dockerfile.read_text()
+
+
+def test_settings_file_and_environment(tmp_path: Path) -> None:
+    from launcher.settings import Settings, SettingsError
+
+    file = tmp_path / "s.toml"
+    file.write_text('region = "eu-west-1"\nbucket = "from-file"\nrole_arn = "arn:aws:iam::111122223333:role/x"\n')
+    settings = Settings.load(file, env={"SAE_BUCKET": "from-env"})
+    assert (settings.region, settings.bucket) == ("eu-west-1", "from-env")
+    with pytest.raises(SettingsError, match="image_repository"):
+        settings.require("region", "image_repository")
+    file.write_text('regoin = "x"\n')
+    with pytest.raises(SettingsError, match="unknown key"):
+        Settings.load(file, env={})
+    with pytest.raises(SettingsError, match="not an IAM role ARN"):
+        Settings(region="r", role_arn="my-role", bucket="b-1").require("role_arn")
