@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from launcher.prompt_rows import ExportError, Record
 
 if TYPE_CHECKING:
-    from chromadb.api import ClientAPI
+    from chromadb.api.client import Client
     from chromadb.api.models.Collection import Collection
 
 logger = logging.getLogger(__name__)
@@ -62,24 +62,36 @@ def _writable_copy(src: Path, dst: Path) -> None:
         Path(folder).chmod(0o755)
 
 
-@contextmanager
-def open_client(source: Source) -> Iterator[ClientAPI]:
+def persistent_client(path: Path) -> Client:
+    """An embedded client on ``path``, telemetry off. (chromadb types its factories as ClientAPI, which lacks the
+    close() that every concrete client has.)"""
+    import chromadb
+    from chromadb.config import Settings
+
+    return cast("Client", chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False)))
+
+
+def http_client(host: str, port: int, ssl: bool = False, headers: dict[str, str] | None = None) -> Client:
+    """A client of a Chroma server, telemetry off."""
     import chromadb
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
+    return cast("Client", chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=headers, settings=settings))
+
+
+@contextmanager
+def open_client(source: Source) -> Iterator[Client]:
     with tempfile.TemporaryDirectory(prefix="chroma-export-") as tmp:
         try:
             if source.path is not None:
                 copy = Path(tmp) / "store"
                 _writable_copy(source.path, copy)
-                client = chromadb.PersistentClient(path=str(copy), settings=settings)
+                client = persistent_client(copy)
             else:
                 token = os.environ.get(TOKEN_ENV)
                 headers = {"Authorization": f"Bearer {token}"} if token else None
-                client = chromadb.HttpClient(
-                    host=source.host or "", port=source.port, ssl=source.ssl, headers=headers, settings=settings
-                )
+                client = http_client(source.host or "", source.port, source.ssl, headers)
         except ExportError:
             raise
         except Exception as exc:
@@ -87,7 +99,7 @@ def open_client(source: Source) -> Iterator[ClientAPI]:
         try:
             yield client
         finally:
-            client.close()  # pyright: ignore[reportAttributeAccessIssue]  (on Client, not on ClientAPI)
+            client.close()
 
 
 def _open_error(source: Source, exc: Exception) -> ExportError:
@@ -104,7 +116,7 @@ def _open_error(source: Source, exc: Exception) -> ExportError:
     return ExportError(f"the Chroma server at {address} refused the client: {exc} ({hint})")
 
 
-def get_collection(client: ClientAPI, name: str, where: str) -> Collection:
+def get_collection(client: Client, name: str, where: str) -> Collection:
     """The named collection; a missing one is an error that lists those that exist (nothing is ever created)."""
     names = sorted(collection.name for collection in client.list_collections())
     if name not in names:

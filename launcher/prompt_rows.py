@@ -110,7 +110,8 @@ def check_template(template: str) -> str:
     bad = [name for name in names if name not in TEMPLATE_FIELDS]
     if bad:
         raise ExportError(
-            f"--template: unknown field(s) {bad}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+            f"--template: unknown field(s) {', '.join(bad)}; a template may use "
+            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
         )
     if not names:
         raise ExportError("--template has no {field}: every row would get the same text")

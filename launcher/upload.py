@@ -120,7 +120,7 @@ def upload_export(export_dir: Path, s3_uri: str, *, force: bool = False, s3_clie
     s3 = s3_client or _client()
     if check_remote(s3_uri, manifest["fingerprint"], force=force, s3_client=s3):
         logger.info(
-            "%s already holds this export (fingerprint %s…); nothing to upload", uri, manifest["fingerprint"][:12]
+            "%s already holds this export (fingerprint %s…); nothing uploaded", uri, manifest["fingerprint"][:12]
         )
         return uri
     files = {prefix + p.relative_to(export_dir).as_posix(): p for p in sorted(export_dir.rglob("*")) if p.is_file()}
