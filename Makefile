@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke relock clean
+.PHONY: install lint test smoke relock clean bench-export
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ smoke: install
 	@if [ ! -d $(SMOKE)/input/data/prompts ]; then cp -r data/sample_prompts $(SMOKE)/input/data/prompts; fi
 	SAGEMAKER_BASE_DIR=$(SMOKE) WANDB_MODE=offline $(PY) -m container_src train --preset smoke
 	@echo "SAE, metrics.json, resolved_config.json and plots/ are in $(SMOKE)/model"
+
+# Prompt export speed: a generated 100k-row embedded Chroma store, exported as a user would; prints rows/s.
+bench-export: install
+	$(PY) launcher/bench_export.py --rows $(or $(ROWS),100000)
 
 relock:
 	bash docker/relock.sh

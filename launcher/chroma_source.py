@@ -50,6 +50,8 @@ class Source:
                 raise ExportError(f"--chroma-path {self.path}: no such directory")
             if not (self.path / STORE_FILE).is_file():
                 raise ExportError(f"--chroma-path {self.path}: not a Chroma store (no {STORE_FILE} in it)")
+        elif "://" in (self.host or "") or "/" in (self.host or ""):
+            raise ExportError(f"--chroma-host {self.host}: give a host name, not a URL (--chroma-ssl for https)")
         elif not 0 < self.port < 65536:
             raise ExportError(f"--chroma-port {self.port}: not a TCP port (1-65535)")
 

@@ -237,6 +237,7 @@ def test_a_failed_export_keeps_the_previous_one(
         ("foreign out", "holds files but no manifest.json"),
         ("bad field", "--field 'response': expected NAME=KEY"),
         ("bad template", "unknown field(s) answer"),
+        ("url as host", "--chroma-host https://chroma.example.org: give a host name, not a URL"),
         ("all skipped", "all 1 rows were skipped"),
     ],
 )
@@ -269,6 +270,9 @@ def test_bad_input_fails_clearly_and_writes_nothing(
     elif case == "bad template":
         make_store(store, good)
         args += ["--template", "{question} {answer}"]
+    elif case == "url as host":
+        args = ["--chroma-host", "https://chroma.example.org", "--out", str(out)]
+        store.mkdir()
     elif case == "all skipped":
         make_store(store, [("r1", EMBEDDING_DOC, {"response": "A."})])
     store_before = tree_checksums(store)
@@ -330,13 +334,22 @@ def test_http_server_export(
 
 
 class _RecordingProxy(BaseHTTPRequestHandler):
-    """Forwards every request to the real server and keeps the Authorization headers it saw."""
+    """Forwards every request to the real server and keeps the Authorization headers it saw; answers 401, as a
+    server with token auth does, to any other token than ``accept``."""
 
     upstream = 0
+    accept = ""
     seen: list[str | None] = []  # noqa: RUF012 (one recorder per test run)
 
     def _forward(self) -> None:
         self.seen.append(self.headers.get("Authorization"))
+        if self.headers.get("Authorization") != f"Bearer {self.accept}":
+            body = b'{"error":"Unauthorized","message":"Unauthorized"}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream, timeout=30)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
@@ -370,19 +383,24 @@ def test_token_travels_as_bearer_header_and_nowhere_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token = "tok-" + "9f2c" * 8
-    monkeypatch.setenv("CHROMADB_TOKEN", token)
-    _RecordingProxy.upstream, _RecordingProxy.seen = chroma_server, []
+    _RecordingProxy.upstream, _RecordingProxy.accept, _RecordingProxy.seen = chroma_server, token, []
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    args = ["--chroma-host", "127.0.0.1", "--chroma-port", str(proxy.server_address[1])]
     try:
-        port = proxy.server_address[1]
-        rc, out = export(capsys, "--chroma-host", "127.0.0.1", "--chroma-port", str(port), "--out", str(tmp_path / "o"))
+        monkeypatch.setenv("CHROMADB_TOKEN", token)
+        rc, out = export(capsys, *args, "--out", str(tmp_path / "o"))
+        monkeypatch.setenv("CHROMADB_TOKEN", "wrong-" + token)
+        rc_wrong, out_wrong = export(capsys, *args, "--out", str(tmp_path / "wrong"))
     finally:
         proxy.shutdown()
     assert rc == 0
-    assert _RecordingProxy.seen and set(_RecordingProxy.seen) == {f"Bearer {token}"}
+    assert _RecordingProxy.seen and set(_RecordingProxy.seen) == {f"Bearer {token}", f"Bearer wrong-{token}"}
+    assert rc_wrong == 2 and not (tmp_path / "wrong").exists()
+    assert f"the Chroma server at 127.0.0.1:{args[-1]} refused the client" in logged(caplog)
+    assert "check CHROMADB_TOKEN" in logged(caplog)
     written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "o").iterdir() if p.suffix == ".json")
-    assert token not in out + logged(caplog) + written
+    assert token not in out + out_wrong + logged(caplog) + written
 
 
 def test_s3_upload_refuses_a_different_export(
