@@ -139,7 +139,7 @@ def read_records(collection: Collection, where: str, page_size: int, progress: b
     with tqdm(total=total, unit="rows", desc=f"reading {collection.name}", disable=not progress or None) as bar:
         while offset < total:
             try:
-                page = collection.get(limit=page_size, offset=offset, include=["documents", "metadatas"])  # type: ignore[list-item]
+                page = collection.get(limit=page_size, offset=offset, include=["documents", "metadatas"])
             except Exception as exc:
                 raise ExportError(
                     f"reading {collection.name!r} from {where} failed after {offset} rows: {exc}"

@@ -45,6 +45,7 @@ TEMPLATE_FIELDS = ("question", "response", "thought", "category", "subject")
 NO_QUESTION = "empty question"
 NO_RESPONSE = "no response"
 DUPLICATE = "duplicate question"
+EMPTY_TEXT = "empty text"  # a --template that renders to nothing for the row
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)", re.IGNORECASE)
 _TRUE = {"true", "yes", "y", "1"}
@@ -224,11 +225,14 @@ def build_rows(records: Sequence[Record], mapping: FieldMapping) -> Built:
         if dedup_key in seen and not mapping.keep_duplicates:
             built.skipped[DUPLICATE] += 1
             continue
+        row = {"id": record.id, **values}
+        row["text"] = render_text(row, mapping)
+        if not row["text"]:
+            built.skipped[EMPTY_TEXT] += 1
+            continue
         seen.add(dedup_key)
         if values["censored"] is None and any(_lookup(record, k) is not None for k in mapping.fields["censored"]):
             built.unreadable_censored += 1
-        row = {"id": record.id, **values}
-        row["text"] = render_text(row, mapping)
         built.rows.append({column: row[column] for column in mapping.columns})
     return built
 

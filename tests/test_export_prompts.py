@@ -191,7 +191,9 @@ def test_both_shapes_and_messy_rows(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "thought" not in rows["a1"]
 
 
-def test_field_override_template_and_thought(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_field_override_template_and_thought(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     rows = [("r1", "Q one?", {"answer": "A one.", "topic": "refusal", "thought": "Hmm."})]
     store = make_store(tmp_path / "store", rows)
     out = tmp_path / "out"
@@ -205,6 +207,10 @@ def test_field_override_template_and_thought(tmp_path: Path, capsys: pytest.Capt
     assert export(capsys, *args, "--template", "Q: {question}\\nA: {response}")[0] == 0
     assert rows_of(out)["r1"]["text"] == "Q: Q one?\nA: A one."
     assert manifest_of(out)["fingerprint"] != first  # different content, different fingerprint
+
+    rc, _ = export(capsys, *args, "--template", "{subject}")  # no row has a subject: every text is empty
+    assert rc == 2 and rows_of(out)["r1"]["text"] == "Q: Q one?\nA: A one."
+    assert "'empty text': 1" in logged(caplog)
 
 
 def test_a_failed_export_keeps_the_previous_one(
