@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke relock clean lint-docker pin-base
+.PHONY: install lint test smoke relock clean lint-docker pin-base bench-export
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ smoke: install
 	SAGEMAKER_BASE_DIR=$(SMOKE) $(PY) -m container_src viz --device cpu --prompt_tokens 20000 --story_tokens 20000
 	@echo "SAE, metrics.json, resolved_config.json and plots/ are in $(SMOKE)/model"
 	@echo "open $(SMOKE)/model/dashboards/index.html for the features ranked by how specific they are to the prompts"
+
+# Prompt export speed: a generated 100k-row embedded Chroma store, exported as a user would; prints rows/s.
+bench-export: install
+	$(PY) launcher/bench_export.py --rows $(or $(ROWS),100000)
 
 relock:
 	bash docker/relock.sh

@@ -1,45 +1,139 @@
-"""Upload an exported prompt dataset to S3 as the ``prompts`` channel.
+"""Upload an export folder (the dataset, manifest.json, categories.png) under an S3 prefix, where a training job
+reads it as its ``prompts`` channel.
 
-A minimal version of the export tooling's uploader, with its signature and behaviour: the folder goes under the
-S3 prefix, manifest.json last (so a half-finished upload never looks finished); a prefix that already holds the
-same fingerprint is skipped, one that holds another fingerprint is refused unless ``force``.
+The manifest's fingerprint decides: the same export already there is not uploaded again, and a different one is
+replaced only with ``force``. The old manifest goes first and the new one last, so a manifest at the prefix always
+describes data that is completely there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from launcher.aws import client_for, list_keys, split_s3_uri
-from launcher.channels import MANIFEST, read_fingerprint
-
 logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class UploadError(Exception):
+    """The upload cannot or must not happen; the message says why and what to do."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix ending in ``/``). The prefix must not be empty: a channel on a whole bucket would take in
+    everything in it."""
+    if not uri.startswith("s3://"):
+        raise UploadError(f"{uri!r} is not an S3 URI; expected s3://BUCKET/PREFIX")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or not prefix:
+        raise UploadError(f"{uri!r}: expected s3://BUCKET/PREFIX with a non-empty prefix (for example s3://b/prompts)")
+    return bucket, prefix + "/"
+
+
+def read_manifest(export_dir: Path) -> dict[str, Any]:
+    path = export_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UploadError(f"{export_dir} is not an export: it has no {MANIFEST}") from None
+    except json.JSONDecodeError as exc:
+        raise UploadError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("fingerprint"), str):
+        raise UploadError(f"{path} has no fingerprint; export again")
+    return manifest
+
+
+@contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise UploadError(f"S3 refused the request for {uri}: {error.get('Code')} {error.get('Message', '')}") from None
+    except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
+        raise UploadError(f"cannot talk to S3 for {uri}: {exc}") from None
+
+
+def _remote_manifest(s3: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    try:
+        manifest = json.loads(body)
+    except json.JSONDecodeError:
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def check_remote(s3_uri: str, fingerprint: str, *, force: bool = False, s3_client: Any = None) -> bool:
+    """True when the prefix already holds this very export. Raises when it holds something else, unless force."""
+    bucket, prefix = parse_s3_uri(s3_uri)
+    uri = f"s3://{bucket}/{prefix}"
+    with _s3_errors(uri):
+        s3 = s3_client or _client()
+        remote = _remote_manifest(s3, bucket, prefix)
+        if remote is not None and remote.get("fingerprint") == fingerprint:
+            return True
+        if force:
+            return False
+        if remote is not None:
+            theirs = str(remote.get("fingerprint") or "none")[:12]
+            raise UploadError(
+                f"{uri} holds a different export (fingerprint {theirs}…, this one {fingerprint[:12]}…); "
+                "nothing was uploaded. Replace it with --force (force=True) or choose another prefix."
+            )
+        existing = _keys(s3, bucket, prefix)
+        if existing:
+            raise UploadError(
+                f"{uri} holds {len(existing)} object(s) but no {MANIFEST}, so it is not an export; nothing was "
+                "uploaded. Choose another prefix, or replace them with --force (force=True)."
+            )
+    return False
+
+
+def _client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
 
 
 def upload_export(export_dir: Path, s3_uri: str, *, force: bool = False, s3_client: Any = None) -> str:
-    """Upload ``export_dir`` under ``s3_uri``; returns the prefix URI (ending in ``/``)."""
-    export_dir = Path(export_dir)
-    fingerprint = read_fingerprint(export_dir)
-    bucket, prefix = split_s3_uri(s3_uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    s3 = s3_client or client_for("s3")
-    try:
-        there = json.loads(s3.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()).get("fingerprint")
-    except s3.exceptions.NoSuchKey:
-        there = None
+    """Upload ``export_dir`` under the prefix of ``s3_uri`` and return the prefix's URI (ending in ``/``, so that a
+    channel on it cannot take in a sibling prefix that shares its name's start)."""
+    manifest = read_manifest(export_dir)
+    bucket, prefix = parse_s3_uri(s3_uri)
     uri = f"s3://{bucket}/{prefix}"
-    if there == fingerprint:
-        logger.info("prompts %s already at %s; not uploading again", fingerprint[:12], uri)
+    s3 = s3_client or _client()
+    if check_remote(s3_uri, manifest["fingerprint"], force=force, s3_client=s3):
+        logger.info(
+            "%s already holds this export (fingerprint %s…); nothing uploaded", uri, manifest["fingerprint"][:12]
+        )
         return uri
-    if there and not force:
-        raise ValueError(f"{uri} holds another export (fingerprint {there[:12]}); choose another prefix or force")
-    files = sorted(p for p in export_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
-    stale = set(list_keys(s3, bucket, prefix)) - {prefix + p.relative_to(export_dir).as_posix() for p in files}
-    for key in sorted(stale):  # files of the export this one replaces (force)
-        s3.delete_object(Bucket=bucket, Key=key)
-    for path in [*files, export_dir / MANIFEST]:
-        s3.upload_file(str(path), bucket, prefix + path.relative_to(export_dir).as_posix())
-    logger.info("uploaded prompts %s (%d files) to %s", fingerprint[:12], len(files) + 1, uri)
+    files = {prefix + p.relative_to(export_dir).as_posix(): p for p in sorted(export_dir.rglob("*")) if p.is_file()}
+    manifest_key = prefix + MANIFEST
+    with _s3_errors(uri):
+        s3.delete_object(Bucket=bucket, Key=manifest_key)
+        for key, path in files.items():
+            if key != manifest_key:
+                s3.upload_file(str(path), bucket, key)
+        stale = [key for key in _keys(s3, bucket, prefix) if key not in files]
+        for start in range(0, len(stale), 1000):
+            batch = [{"Key": key} for key in stale[start : start + 1000]]
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        s3.upload_file(str(export_dir / MANIFEST), bucket, manifest_key)
+    logger.info("uploaded %d files to %s (removed %d stale)", len(files), uri, len(stale))
     return uri

@@ -111,30 +111,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[dict[str, str]]:
-    """A real moto server on loopback; yields the environment that points boto3 at it."""
+def start_server(
+    cmd: list[str], port: int, what: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until it accepts connections on 127.0.0.1:port."""
     import socket
     import time
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        # Tests that record the requests moto receives (/moto-api/recorder/...) get them in a temp file.
-        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(_SESSION_DIR / "moto-recording.jsonl")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return proc
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto server did not start") from None
+                raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[dict[str, str]]:
+    """A real moto server on loopback; yields the environment that points boto3 at it."""
+    port = _free_port()
+    # Tests that record the requests moto receives (/moto-api/recorder/...) get them in a temp file.
+    proc = start_server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port,
+        "moto server",
+        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(_SESSION_DIR / "moto-recording.jsonl")},
+    )
     yield {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
