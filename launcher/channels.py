@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.aws import split_s3_uri
+from launcher.upload import UploadError, read_manifest
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
 class ChannelError(ValueError):
@@ -25,18 +25,10 @@ class ChannelError(ValueError):
 
 def read_fingerprint(export_dir: Path) -> str:
     """The prompts' content fingerprint from an export's manifest.json (it tags every job that reads them)."""
-    manifest = export_dir / MANIFEST
     try:
-        fingerprint = json.loads(manifest.read_text()).get("fingerprint")
-    except FileNotFoundError:
-        raise ChannelError(
-            f"{export_dir} has no {MANIFEST}: export the prompts first (python launcher/export_prompts.py --out DIR)"
-        ) from None
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise ChannelError(f"{manifest} is not a JSON object: {exc}") from None
-    if not isinstance(fingerprint, str) or not fingerprint:
-        raise ChannelError(f"{manifest} has no fingerprint; export the prompts again")
-    return fingerprint
+        return read_manifest(export_dir)["fingerprint"]
+    except UploadError as exc:
+        raise ChannelError(str(exc)) from None
 
 
 def dir_fingerprint(folder: Path) -> str:

@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from container_src.config import ConfigError, read_json_object
+from launcher.aws import list_keys, split_s3_uri
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -27,9 +30,10 @@ class UploadError(Exception):
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """(bucket, prefix ending in ``/``). The prefix must not be empty: a channel on a whole bucket would take in
     everything in it."""
-    if not uri.startswith("s3://"):
-        raise UploadError(f"{uri!r} is not an S3 URI; expected s3://BUCKET/PREFIX")
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    try:
+        bucket, prefix = split_s3_uri(uri)
+    except ValueError as exc:
+        raise UploadError(str(exc)) from None
     prefix = prefix.strip("/")
     if not bucket or not prefix:
         raise UploadError(f"{uri!r}: expected s3://BUCKET/PREFIX with a non-empty prefix (for example s3://b/prompts)")
@@ -38,13 +42,16 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 def read_manifest(export_dir: Path) -> dict[str, Any]:
     path = export_dir / MANIFEST
+    if not path.is_file():
+        raise UploadError(
+            f"{export_dir} is not an export: it has no {MANIFEST}; "
+            "export the prompts first (python launcher/export_prompts.py --out DIR)"
+        )
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UploadError(f"{export_dir} is not an export: it has no {MANIFEST}") from None
-    except json.JSONDecodeError as exc:
-        raise UploadError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("fingerprint"), str):
+        manifest = read_json_object(path, "manifest")
+    except ConfigError as exc:
+        raise UploadError(str(exc)) from None
+    if not isinstance(manifest.get("fingerprint"), str) or not manifest["fingerprint"]:
         raise UploadError(f"{path} has no fingerprint; export again")
     return manifest
 
@@ -74,11 +81,6 @@ def _remote_manifest(s3: Any, bucket: str, prefix: str) -> dict[str, Any] | None
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
 def check_remote(s3_uri: str, fingerprint: str, *, force: bool = False, s3_client: Any = None) -> bool:
     """True when the prefix already holds this very export. Raises when it holds something else, unless force."""
     bucket, prefix = parse_s3_uri(s3_uri)
@@ -96,7 +98,7 @@ def check_remote(s3_uri: str, fingerprint: str, *, force: bool = False, s3_clien
                 f"{uri} holds a different export (fingerprint {theirs}…, this one {fingerprint[:12]}…); "
                 "nothing was uploaded. Replace it with --force (force=True) or choose another prefix."
             )
-        existing = _keys(s3, bucket, prefix)
+        existing = list_keys(s3, bucket, prefix)
         if existing:
             raise UploadError(
                 f"{uri} holds {len(existing)} object(s) but no {MANIFEST}, so it is not an export; nothing was "
@@ -130,7 +132,7 @@ def upload_export(export_dir: Path, s3_uri: str, *, force: bool = False, s3_clie
         for key, path in files.items():
             if key != manifest_key:
                 s3.upload_file(str(path), bucket, key)
-        stale = [key for key in _keys(s3, bucket, prefix) if key not in files]
+        stale = [key for key in list_keys(s3, bucket, prefix) if key not in files]
         for start in range(0, len(stale), 1000):
             batch = [{"Key": key} for key in stale[start : start + 1000]]
             s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
