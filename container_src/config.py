@@ -210,7 +210,7 @@ class VizConfig(RunConfig):
     features: str = ""
     """Feature ids to render as well, comma-separated (for example `12,873`)."""
     prompt_tokens: int = 100_000
-    """At most this many prompt tokens are run (each prompt once, in order)."""
+    """At most this many prompt tokens are run (each prompt once, in a seeded random order)."""
     story_tokens: int = 200_000
     """TinyStories tokens to run, the negative control."""
     context_size: int | None = None

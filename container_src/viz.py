@@ -214,7 +214,9 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     tokenizer = lm.tokenizer
     assert tokenizer is not None
 
-    # Tokens, packed as in training; every prompt token knows its prompt and category.
+    # Tokens, packed as in training; every prompt token knows its prompt and category. Prompts go in a seeded random
+    # order, so that a prompt_tokens cap takes a fair sample of the categories rather than the first rows.
+    prompts = prompts.shuffle(seed=cfg.seed, keep_in_memory=True)
     columns = prompts.column_names
     ids = [str(v) for v in prompts["id"]] if "id" in columns else [str(i) for i in range(len(prompts))]
     cats = [str(v) for v in prompts["category"]] if "category" in columns else ["prompts"] * len(prompts)
@@ -224,8 +226,9 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     s_tokens, s_docs = data.pack_documents(tokenizer, (row["text"] for row in stories), context_size, cfg.story_tokens)
     doc_group = torch.tensor([groups.index(m["category"]) for m in prompt_meta], dtype=torch.long)
     logger.info(
-        "tokens: %d from %d prompts, %d from stories; context %d",
+        "tokens: %d from %d of %d prompts, %d from stories; context %d",
         int((p_docs >= 0).sum()),
+        int(p_docs.max()) + 1,
         len(prompt_meta),
         int((s_docs >= 0).sum()),
         context_size,
@@ -287,7 +290,8 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         "tokens": {
             "prompts": int(stats.tokens[1:].sum()),
             "stories": int(stats.tokens[0]),
-            "categories": {g: int(n) for g, n in zip(groups[1:], stats.tokens[1:].tolist(), strict=True)},
+            "categories": {g: int(n) for g, n in zip(groups[1:], stats.tokens[1:].tolist(), strict=True) if n},
+            "prompts_used": int(p_docs.max()) + 1,
             "context_size": context_size,
         },
         "stories_source": stories_identity,
