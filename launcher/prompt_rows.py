@@ -134,8 +134,7 @@ def _text(value: Any) -> str | None:
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    text = str(value).strip()
-    return text if text and not is_number_list(text) else None
+    return str(value).strip() or None
 
 
 def _censored(value: Any) -> bool | None:
@@ -168,6 +167,10 @@ def _value(record: Record, name: str, keys: tuple[str, ...]) -> Any:
     convert = _censored if name == "censored" else _timestamp if name == "timestamp" else _text
     for key in keys:
         value = convert(_lookup(record, key))
+        # Old records hold the question's embedding, written out as numbers, as their document: never text. Only the
+        # document is checked; a metadata value such as a response "1989, 1990" is text.
+        if key == DOCUMENT and isinstance(value, str) and is_number_list(value):
+            continue
         if value is not None:
             return value
     return None

@@ -463,3 +463,17 @@ def test_benchmark_prints_rows_per_second(capsys: pytest.CaptureFixture[str]) ->
     assert bench_export.main(["--rows", "2000"]) == 0
     out = capsys.readouterr().out
     assert "exported 2000 of 2000 rows in" in out and "rows/s" in out
+
+
+def test_only_the_document_is_read_as_an_embedding() -> None:
+    """A document of numbers is an old record's embedding; a metadata value of numbers is text like any other."""
+    from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
+
+    records = [
+        Record("a", "0.12, -0.5, 0.33", {"question": "Which years?", "response": "1989, 1990", "censored": True}),
+        Record("b", "[0.1, 0.2, 0.3]", {"response_text": "42 17", "kind_of_censorship": "1 2"}),
+    ]
+    built = build_rows(records, FieldMapping(fields=dict(DEFAULT_FIELDS)))
+    assert [row["response"] for row in built.rows] == ["1989, 1990"]
+    assert built.rows[0]["text"] == "Which years?\n\n1989, 1990"
+    assert built.skipped == {"empty question": 1}  # b's only question is its embedding
