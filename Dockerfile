@@ -13,7 +13,9 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/program
 
 # Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
-# `make install` (and so CI) runs; nothing is installed when a container starts.
+# `make install` (and so CI) runs; nothing is installed when a container starts. One gap: the lock is resolved on a
+# CPU machine, so torch's CUDA runtime wheels (nvidia-*, triton) are not in it; they come with torch==2.13.0 at the
+# versions its Linux wheel's own metadata requires, and CI, which installs the CPU build, does not exercise them.
 COPY docker/install.sh docker/container.lock docker/
 RUN sh docker/install.sh python docker/container.lock
 
