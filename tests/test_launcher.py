@@ -33,7 +33,7 @@ import boto3
 import pytest
 
 from container_src import records
-from launcher import jobs, submit
+from launcher import ecr, jobs, submit
 from tests.conftest import ROOT, SAMPLE_PROMPTS
 
 PLANTED_KEY = "wandb-planted-" + "7f3c9a" * 6
@@ -239,10 +239,51 @@ def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.Ca
     digest = ecr.describe_images(repositoryName=aws["repo"])["imageDetails"][0]["imageDigest"]
     assert out.split() == [remote, digest]
 
-    code, out = _run(capsys, "push")  # same commit and lock: found in ECR, nothing built or pushed
+    code, out = _run(capsys, "push")  # same image files and lock: found in ECR, nothing built or pushed
     assert code == 0
     assert len(_docker_calls(aws)) == 4
     assert out.split() == [remote, digest]
+
+
+def test_image_tag_names_the_images_files_not_the_commit(tmp_path: Path) -> None:
+    """A real git repository holding the image's inputs and a README: only what the image is built from moves the
+    tag, and uncommitted image files get a tag of their own, marked dirty."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    def commit() -> tuple[str, str]:
+        git("add", "--all")
+        git("commit", "-qm", "change")
+        return ecr.content_tag(tmp_path)
+
+    for name in (*ecr.IMAGE_INPUTS, "README.md"):
+        path = tmp_path / name / "__init__.py" if name == "container_src" else tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{name}\n")
+    git("init", "-q")
+    clean, first_commit = commit()
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}", clean)
+    (tmp_path / "README.md").write_text("docs only\n")
+    assert commit() == (clean, git("rev-parse", "HEAD").strip())  # a new commit, the same image: the same tag
+    assert git("rev-parse", "HEAD").strip() != first_commit
+
+    (tmp_path / "container_src" / "__init__.py").write_text("changed\n")
+    dirty, _ = ecr.content_tag(tmp_path)
+    assert dirty.endswith("-dirty") and not dirty.startswith(clean.split("-")[0])
+    (tmp_path / "container_src" / "new.py").write_text("untracked\n")  # an untracked file is copied in too
+    dirtier, _ = ecr.content_tag(tmp_path)
+    assert dirtier.endswith("-dirty") and dirtier != dirty
+    assert git("status", "--porcelain") == " M container_src/__init__.py\n?? container_src/new.py\n"  # index untouched
+    assert commit()[0] == dirtier.removesuffix("-dirty")  # committed as it was: the content hash is the same
+
+    (tmp_path / "docker" / "container.lock").write_text("torch==2.13.0\n")
+    locked, _ = commit()
+    assert locked.split("-")[0] != dirtier.split("-")[0] and locked.split("-")[1] != clean.split("-")[1]
+    git("rm", "-q", "container_src/new.py")
+    git("checkout", first_commit, "--", "container_src", "docker")
+    assert commit()[0] == clean  # back to the first image's files: its tag, nothing to push
 
 
 def test_train_job_request(
