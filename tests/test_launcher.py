@@ -422,15 +422,6 @@ def test_viz_from_job_then_follow_and_download(
     assert "already exists" in caplog.text
 
 
-def test_viz_from_unknown_job_is_refused(
-    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> None:
-    code, _ = _run(capsys, "--mode", "viz", "--from-job", "sae-train-nope", "--prompts", str(export), "--image",
-                   "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1")  # fmt: skip
-    assert code == submit.EXIT_INPUT
-    assert "no such training job" in caplog.text
-
-
 class _InProgressProxy(BaseHTTPRequestHandler):
     """Forwards each request to moto and reports every training job as InProgress. moto completes a job as soon as
     it is created; a running job is what this stands in for."""
