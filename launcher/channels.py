@@ -76,22 +76,56 @@ def upload_dir(s3: Any, folder: Path, s3_base: str, *, dry_run: bool = False) ->
     return uri
 
 
-def trained_model_artifact(sagemaker: Any, job_name: str) -> str:
-    """The model.tar.gz of a finished training job, checked to be a `train` job that completed."""
+def _describe_train_job(sagemaker: Any, flag: str, job_name: str) -> dict[str, Any]:
+    """The job named on ``flag``, checked to be a `train` job (a read-only call: it runs before any push)."""
     try:
         job = sagemaker.describe_training_job(TrainingJobName=job_name)
     except sagemaker.exceptions.ClientError as exc:
-        raise ChannelError(f"--from-job {job_name}: no such training job ({exc.response['Error']['Code']})") from None
+        # SageMaker answers ValidationException for a name it does not know; anything else (access denied,
+        # throttling) is an AWS failure and keeps its own message.
+        if exc.response["Error"]["Code"] not in ("ValidationException", "ResourceNotFound"):
+            raise
+        raise ChannelError(
+            f"{flag} {job_name}: no such training job in this account and region; "
+            "check the name (the table printed when it was submitted lists it)"
+        ) from None
+    mode = job.get("HyperParameters", {}).get("mode", "train").strip('"')
+    if mode != "train":
+        raise ChannelError(f"{flag} {job_name}: it is a {mode} job; {flag} needs a train job")
+    return job
+
+
+def trained_model_artifact(sagemaker: Any, job_name: str) -> str:
+    """The model.tar.gz of a finished training job, checked to be a `train` job that completed."""
+    job = _describe_train_job(sagemaker, "--from-job", job_name)
     status = job["TrainingJobStatus"]
     if status != "Completed":
         raise ChannelError(
             f"--from-job {job_name}: the job is {status}, not Completed; "
             f"follow it with `submit.py follow {job_name}` and try again when it has finished"
         )
-    mode = job.get("HyperParameters", {}).get("mode", "train").strip('"')
-    if mode != "train":
-        raise ChannelError(f"--from-job {job_name}: it is a {mode} job; the sae channel needs a train job's SAE")
     artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     if not artifact:
         raise ChannelError(f"--from-job {job_name}: the job has no model artifact")
     return artifact
+
+
+def resume_checkpoints(sagemaker: Any, job_name: str) -> str:
+    """The checkpoint S3 URI of an earlier train job that has ended, for a new job to resume from.
+
+    A job still running (or stopping) keeps writing there, and two jobs writing one checkpoint folder would mix
+    their states, so only an ended job is accepted.
+    """
+    job = _describe_train_job(sagemaker, "--resume-from", job_name)
+    status = job["TrainingJobStatus"]
+    if status not in ("Completed", "Failed", "Stopped"):
+        raise ChannelError(
+            f"--resume-from {job_name}: the job is {status} and still writes its checkpoints; "
+            f"stop it (aws sagemaker stop-training-job --training-job-name {job_name}) or wait for it to end"
+        )
+    uri = job.get("CheckpointConfig", {}).get("S3Uri")
+    if not uri:
+        raise ChannelError(
+            f"--resume-from {job_name}: that job had no checkpoint location, so there is nothing to resume"
+        )
+    return uri

@@ -1,8 +1,11 @@
 """Build, tag and push the image to ECR, under a tag that names its content.
 
-The tag is ``<git commit>-<lock hash>`` (plus ``-dirty-<hash>`` when the image's files differ from the commit), so
-an image that has not changed is found in ECR and not built or pushed again. Login goes through
-``ecr:GetAuthorizationToken``; the password goes to ``docker login`` on stdin, never on a command line or in a log.
+The tag is ``<content hash>-<lock hash>``: the content hash covers git's object ids of exactly what the image is
+built from (IMAGE_INPUTS), so a commit that changes anything else (a README, the launcher, tests) keeps the tag, and
+the image is found in ECR and not built or pushed again. When those files differ from the commit, the hash is of
+the working copy and the tag ends in ``-dirty``, so an image of uncommitted files never takes a clean tag. The commit
+itself goes on the image as a label and on every job as a tag. Login goes through ``ecr:GetAuthorizationToken``;
+the password goes to ``docker login`` on stdin, never on a command line or in a log.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,8 @@ from launcher.settings import Settings
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "docker/container.lock"
-# Everything the Dockerfile copies in (see .dockerignore): a change to any of them is a new image.
+# What the image is built from (the Dockerfile, and what it copies in past .dockerignore): a change to any of them is
+# a new image; a change to anything else is not.
 IMAGE_INPUTS = (
     "Dockerfile",
     ".dockerignore",
@@ -55,13 +61,16 @@ class Image:
         return f"{self.uri.rsplit(':', 1)[0]}@{self.digest}" if self.digest else self.uri
 
 
-def _git(*args: str, root: Path) -> str:
+def _git(*args: str, root: Path, env: dict[str, str] | None = None) -> str:
     try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
         raise PushError(
-            f"git {' '.join(args)} failed in {root}: the image tag names a git commit, so push from a "
-            f"git checkout ({exc})"
+            f"git {' '.join(args)} failed in {root}: the image tag is made from git's view of the image's files, "
+            f"so push from a git checkout ({str(detail).strip()})"
         ) from None
     return out.stdout
 
@@ -70,18 +79,31 @@ def git_commit(root: Path = ROOT) -> str:
     return _git("rev-parse", "HEAD", root=root).strip()
 
 
+def _image_entries(tree: str, root: Path) -> str:
+    """``git ls-tree`` of IMAGE_INPUTS in ``tree``: a line per path with its mode and object id."""
+    return _git("ls-tree", tree, "--", *IMAGE_INPUTS, root=root)
+
+
+def _working_tree(root: Path) -> str:
+    """A git tree of the image's files as they are in the working copy, untracked ones included (ignored ones are
+    not, as .dockerignore keeps them out too). Built in a throwaway index, so the user's index is left alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git("read-tree", "HEAD", root=root, env=env)
+        _git("add", "--all", "--", *IMAGE_INPUTS, root=root, env=env)
+        return _git("write-tree", root=root, env=env).strip()
+
+
 def content_tag(root: Path = ROOT) -> tuple[str, str]:
-    """(tag, commit): the commit and the lock's hash, plus a hash of the image's files when they differ from it."""
+    """(tag, commit): a hash of the image's files and one of the lock, with ``-dirty`` when those files are not
+    the commit's."""
     commit = git_commit(root)
+    current = _image_entries(_working_tree(root), root)
     lock_hash = hashlib.sha256((root / LOCK).read_bytes()).hexdigest()[:12]
-    tag = f"{commit[:12]}-{lock_hash}"
-    if _git("status", "--porcelain", "--", *IMAGE_INPUTS, root=root).strip():
-        digest = hashlib.sha256()
-        for name in sorted(_git("ls-files", "-co", "--exclude-standard", "--", *IMAGE_INPUTS, root=root).split()):
-            path = root / name
-            if path.is_file():
-                digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-        tag += f"-dirty-{digest.hexdigest()[:8]}"
+    tag = f"{hashlib.sha256(current.encode()).hexdigest()[:12]}-{lock_hash}"
+    if current != _image_entries("HEAD", root):
+        tag += "-dirty"
+        logger.warning("the image's files differ from commit %s: building %s from the working copy", commit[:12], tag)
     return tag, commit
 
 

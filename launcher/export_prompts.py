@@ -74,7 +74,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="text of each row, e.g. '{question}\\n\\n{response}'; default: question, blank line, response",
     )
     p.add_argument(
-        "--with-thought", action="store_true", help="add the thought column, and the thought to the default text"
+        "--with-thought",
+        action="store_true",
+        help="add the thought column, and the thought to the default text (implied by --field thought=KEY)",
     )
     p.add_argument("--keep-duplicates", action="store_true", help="keep rows whose question an earlier row already has")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"export folder (default {DEFAULT_OUT})")
@@ -192,7 +194,11 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     source.check()
     fields, overridden = parse_field_overrides(args.field)
     template = check_template(args.template) if args.template else None
-    mapping = FieldMapping(fields, overridden, template, args.with_thought, args.keep_duplicates)
+    # Mapping the thought is asking for it: the column (and the thought in the default text) comes with it.
+    with_thought = args.with_thought or "thought" in overridden
+    if with_thought and not args.with_thought:
+        logger.info("--field thought=%s: exporting the thought column, as with --with-thought", fields["thought"][0])
+    mapping = FieldMapping(fields, overridden, template, with_thought, args.keep_duplicates)
     if args.page_size < 1:
         raise ExportError(f"--page-size {args.page_size}: must be at least 1")
     if args.s3_uri:

@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ GPU_FAMILIES = ("ml.g", "ml.p")
 NO_BF16 = ("ml.g4dn.", "ml.p3.", "ml.p3dn.", "ml.p2.", "ml.g3.", "ml.g3s.")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 JOB_PREFIX = "sae"
+MAX_NAME = 63  # SageMaker: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # The container's [metric] lines (container_src/records.py): per step, then one final line.
 STEP_METRICS = ("tokens", "loss", "explained_variance", "l0", "dead_features", "lr")
@@ -125,16 +127,21 @@ def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> lis
 
 
 def job_names(mode: str, runs: list[dict[str, str]], now: float | None = None) -> list[str]:
-    """Distinct, readable job names: ``sae-train-<UTC time>`` and, in a sweep, ``-<n>-<key><value>…``."""
+    """Distinct, readable job names: ``sae-train-<UTC time>-<random>`` and, in a sweep, ``-<n>-<key><value>…``.
+
+    Job names are unique per account and region, and the time is only to the second: the random part keeps two
+    submits in the same second apart. A sweep's members share it and differ by their number, which stays whole when
+    a long slug is cut to SageMaker's 63 characters.
+    """
     stamp = time.strftime("%y%m%d-%H%M%S", time.gmtime(now))
-    base = f"{JOB_PREFIX}-{mode}-{stamp}"
+    base = f"{JOB_PREFIX}-{mode}-{stamp}-{secrets.token_hex(3)}"
     if len(runs) == 1 and not runs[0]:
         return [base]
     names = []
     for i, run in enumerate(runs, 1):
         slug = "-".join(f"{k}{v}" for k, v in run.items())
         slug = re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9]", "-", slug)).strip("-")
-        name = f"{base}-{i}-{slug}"[:63].rstrip("-")
+        name = f"{base}-{i}-{slug}"[:MAX_NAME].rstrip("-")
         names.append(name)
     return names
 

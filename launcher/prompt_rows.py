@@ -156,7 +156,14 @@ def _timestamp(value: Any) -> str | None:
             return None
         seconds = value / 1000 if value > 1e11 else value  # epoch milliseconds or seconds
         return datetime.fromtimestamp(seconds, UTC).isoformat()
-    return str(value).strip() or None
+    text = str(value).strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return text or None  # not a date this can read: kept as written, never dropped
+    # One form for every row: ISO 8601 with a T, and UTC where the value names a zone (as epochs become). A value
+    # without a zone says nothing about one, so none is invented.
+    return (parsed.astimezone(UTC) if parsed.tzinfo else parsed).isoformat()
 
 
 def _lookup(record: Record, key: str) -> Any:

@@ -8,8 +8,9 @@
     python launcher/submit.py follow JOB_NAME [--download DIR]
 
 Settings (region, role, bucket, image repository) come from launcher/settings.toml or SAE_* variables (see
-launcher/settings.py). Every check of the input runs before the first AWS call. Exit status: 0 done, 2 bad input,
-1 an AWS, Docker or job failure.
+launcher/settings.py). Every check of the input runs before the first AWS call; the earlier jobs that --from-job and
+--resume-from name are then looked up (read-only) before anything is pushed or uploaded. Exit status: 0 done, 2 bad
+input, 1 an AWS, Docker or job failure.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ if not __package__:  # run as a script: make the project's packages importable
 
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
-from launcher.channels import ChannelError, check_local_dir, read_fingerprint, trained_model_artifact, upload_dir
+from launcher.channels import (
+    ChannelError,
+    check_local_dir,
+    read_fingerprint,
+    resume_checkpoints,
+    trained_model_artifact,
+    upload_dir,
+)
 from launcher.follow import FetchError, TargetExistsError, check_succeeded, download, download_target, follow
 from launcher.secret import SecretError, secret_exists, store_wandb_key
 from launcher.settings import Settings, SettingsError
@@ -181,7 +189,23 @@ def _prompt_ratio(values: dict[str, str]) -> float:
     return jobs.resolve(values).config.prompt_ratio
 
 
-def _channels(args: argparse.Namespace, settings: Settings, s3: Any) -> tuple[dict[str, str], dict[str, str]]:
+def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None]:
+    """(the sae channel of --from-job, the checkpoints of --resume-from), or None each when not given.
+
+    Read-only describe calls, made before the image is pushed or anything is uploaded: a mistyped or unfinished job
+    is refused before that work, not after it.
+    """
+    if not (args.from_job or args.resume_from):
+        return None, None
+    sagemaker = client_for("sagemaker", settings.region)
+    sae = trained_model_artifact(sagemaker, args.from_job) if args.from_job else None
+    checkpoints = resume_checkpoints(sagemaker, args.resume_from) if args.resume_from else None
+    return sae, checkpoints
+
+
+def _channels(
+    args: argparse.Namespace, settings: Settings, s3: Any, from_job_sae: str | None
+) -> tuple[dict[str, str], dict[str, str]]:
     """Channel name -> S3 URI (uploading local folders unless dry run), and the tags they contribute."""
     channels: dict[str, str] = {}
     tags: dict[str, str] = {}
@@ -199,8 +223,8 @@ def _channels(args: argparse.Namespace, settings: Settings, s3: Any) -> tuple[di
             local = None if source.startswith("s3://") else Path(source).resolve()
             base = settings.s3_uri("channels", name)
             channels[name] = upload_dir(s3, local, base, dry_run=args.dry_run) if local else source
-    if args.from_job:
-        channels["sae"] = trained_model_artifact(client_for("sagemaker", settings.region), args.from_job)
+    if from_job_sae:
+        channels["sae"] = from_job_sae
         tags["from-job"] = args.from_job
     elif args.sae:
         channels["sae"] = args.sae
@@ -224,7 +248,8 @@ def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]
 
 def _submit(args: argparse.Namespace) -> int:
     settings, runs, values, names = _prepare(args)
-    # From here on AWS is called.
+    # From here on AWS is called: first the read-only look-ups, then the push and the uploads.
+    from_job_sae, checkpoint_from = _earlier_jobs(args, settings)
     if args.image:
         digest = args.image.partition("@")[2] or None
         image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit=ecr.git_commit(), digest=digest)
@@ -233,15 +258,9 @@ def _submit(args: argparse.Namespace) -> int:
     s3 = client_for("s3", settings.region)
     if not args.dry_run:
         ensure_bucket(s3, settings.bucket, settings.region)
-    channels, channel_tags = _channels(args, settings, s3)
+    channels, channel_tags = _channels(args, settings, s3, from_job_sae)
     environment = _environment(args, settings)
-    checkpoint_from = None
     sagemaker = client_for("sagemaker", settings.region)
-    if args.resume_from:
-        earlier = sagemaker.describe_training_job(TrainingJobName=args.resume_from)
-        checkpoint_from = earlier.get("CheckpointConfig", {}).get("S3Uri")
-        if not checkpoint_from:
-            raise jobs.JobError(f"--resume-from {args.resume_from}: that job had no checkpoint location")
     rows = [["job", *(runs[0].keys()), "instance", "spot", "state"]]
     for name, run, hp in zip(names, runs, values, strict=True):
         tags = {

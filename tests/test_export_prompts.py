@@ -232,6 +232,88 @@ def test_a_failed_export_keeps_the_previous_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts"]  # no temporary folder left behind
 
 
+def test_a_crash_between_the_two_renames_is_recovered_by_the_next_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The process dies (os._exit, no clean-up runs) after the previous export was moved aside and before the new
+    one was moved in: --out is missing, the old export and the finished new one lie beside it."""
+    from launcher.export_prompts import _recover
+
+    out = tmp_path / "prompts"
+    assert export(capsys, "--chroma-path", str(SNAPSHOT), "--out", str(out))[0] == 0
+    before = tree_checksums(out)
+    crash = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from launcher.export_prompts import main\n"
+        "rename, calls = Path.rename, []\n"
+        "def dying_rename(self, target):\n"
+        "    calls.append(target)\n"
+        "    if len(calls) == 2:\n"
+        "        os._exit(137)\n"
+        "    return rename(self, target)\n"
+        "Path.rename = dying_rename\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["--chroma-path", str(SNAPSHOT), "--out", str(out), "--no-progress", "--with-thought"]
+    died = subprocess.run([sys.executable, "-c", crash, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert died.returncode == 137, died.stderr
+    assert not out.exists()
+    leftovers = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+    assert leftovers == [".prompts.old", ".prompts.tmp"]
+
+    _recover(out)  # what the next export does first
+    assert tree_checksums(out) == before  # the previous export, whole; nothing of the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts"]
+
+    assert export(capsys, *args)[0] == 0  # and the next export completes
+    assert "thought" in manifest_of(out)["columns"] and len(rows_of(out)) == 95
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts"]
+
+
+def test_mapping_the_thought_exports_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """--field thought=KEY without --with-thought: the user asked for the thought, so the column comes with it."""
+    store = make_store(tmp_path / "store", [("r1", "Q?", {"response": "A.", "reasoning": "Think."})])
+    out = tmp_path / "out"
+    assert export(capsys, "--chroma-path", str(store), "--out", str(out), "--field", "thought=reasoning")[0] == 0
+    row = rows_of(out)["r1"]
+    assert (row["thought"], row["text"]) == ("Think.", "Q?\n\nThink.\n\nA.")
+    assert manifest_of(out)["columns"][-1] == "thought" and manifest_of(out)["fields"]["thought"] == ["reasoning"]
+    rc, _ = export(capsys, "--chroma-path", str(store), "--out", str(out), "--field", "thought=musings")
+    assert rc == 2 and "no row has key 'musings' for column 'thought'" in logged(caplog)
+
+
+def test_timestamps_come_out_in_one_form() -> None:
+    from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
+
+    stamps = {
+        "epoch": 1721573330,
+        "epoch-ms": 1721573330000,
+        "zulu": "2024-07-21T14:48:50Z",
+        "offset": "2024-07-21T16:48:50+02:00",
+        "space": " 2024-07-21 14:48:50.5 ",
+        "naive": "2024-07-21T14:48:50",
+        "date": "2024-07-21",
+        "words": "yesterday at noon",
+        "blank": "  ",
+    }
+    records = [Record(key, None, {"question": key, "response": "A.", "timestamp": v}) for key, v in stamps.items()]
+    built = build_rows(records, FieldMapping(fields=dict(DEFAULT_FIELDS)))
+    assert {row["id"]: row["timestamp"] for row in built.rows} == {
+        "epoch": "2024-07-21T14:48:50+00:00",
+        "epoch-ms": "2024-07-21T14:48:50+00:00",
+        "zulu": "2024-07-21T14:48:50+00:00",
+        "offset": "2024-07-21T14:48:50+00:00",
+        "space": "2024-07-21T14:48:50.500000",  # no zone given: none invented
+        "naive": "2024-07-21T14:48:50",
+        "date": "2024-07-21T00:00:00",
+        "words": "yesterday at noon",  # not a date it can read: kept as written
+        "blank": None,
+    }
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,7 @@ import boto3
 import pytest
 
 from container_src import records
-from launcher import jobs, submit
+from launcher import ecr, jobs, submit
 from tests.conftest import ROOT, SAMPLE_PROMPTS
 
 PLANTED_KEY = "wandb-planted-" + "7f3c9a" * 6
@@ -136,8 +141,6 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         {"final": 1, "explained_variance": 0.77, "explained_variance_legacy": 0.95, "ce_loss_score": 0.93,
          "mse": 2.5e-05, "cossim": 0.91, "l0": 63.5, "dead_feature_fraction": 0.0}
     )  # fmt: skip
-    import re
-
     found: dict[str, float] = {}
     for definition in jobs.metric_definitions():
         for line in (step_line, final_line):
@@ -173,7 +176,7 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "train", "--instance-type", "ml.g4dn.xlarge", "--set", "precision=bf16"], {}, "no native bf16"),
         (["--mode", "train", "--set", "wandb_api_key=abc"], {}, "secrets never go in hyperparameters"),
         (["--mode", "viz", "--set", "api_key=abc", "--sae", "s3://b/m.tar.gz"], {}, "secrets never go"),
-        (["--mode", "train", "--set", "k=many"], {}, "k"),
+        (["--mode", "train", "--set", "k=many"], {}, "hyperparameters: k='many': expected int"),
         (["--mode", "train", "--set", "lr_warm_up_fraction=0.9"], {}, "exceed the whole run"),
         (["--mode", "viz"], {}, "--from-job TRAIN_JOB or --sae"),
         (["--mode", "train", "--spot", "--max-run", "7200", "--max-wait", "3600"], {}, "at least --max-run"),
@@ -195,11 +198,24 @@ def test_bad_input_is_refused_before_any_aws_call(
         monkeypatch.setenv(key, value)
     if "--prompts" not in argv:
         argv = [*argv, "--prompts", str(export)]
-    code, _ = _run(capsys, *argv)
+    assert _refused(aws, capsys, caplog, argv, message) == []
+
+
+def _refused(
+    aws: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    argv: list[str],
+    message: str,
+) -> list[str]:
+    """Submit ``argv``, check that it is refused (status 2, ``message`` logged, no result, nothing built or pushed)
+    and return the AWS actions moto received meanwhile."""
+    code, out = _run(capsys, *argv)
     assert code == submit.EXIT_INPUT
     assert message in caplog.text
-    assert _recorded(aws["endpoint"]) == []
+    assert out == ""
     assert _docker_calls(aws) == []
+    return [r["headers"].get("X-Amz-Target") or f"{r['method']} {r['url']}" for r in _recorded(aws["endpoint"])]
 
 
 def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,10 +239,51 @@ def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.Ca
     digest = ecr.describe_images(repositoryName=aws["repo"])["imageDetails"][0]["imageDigest"]
     assert out.split() == [remote, digest]
 
-    code, out = _run(capsys, "push")  # same commit and lock: found in ECR, nothing built or pushed
+    code, out = _run(capsys, "push")  # same image files and lock: found in ECR, nothing built or pushed
     assert code == 0
     assert len(_docker_calls(aws)) == 4
     assert out.split() == [remote, digest]
+
+
+def test_image_tag_names_the_images_files_not_the_commit(tmp_path: Path) -> None:
+    """A real git repository holding the image's inputs and a README: only what the image is built from moves the
+    tag, and uncommitted image files get a tag of their own, marked dirty."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    def commit() -> tuple[str, str]:
+        git("add", "--all")
+        git("commit", "-qm", "change")
+        return ecr.content_tag(tmp_path)
+
+    for name in (*ecr.IMAGE_INPUTS, "README.md"):
+        path = tmp_path / name / "__init__.py" if name == "container_src" else tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{name}\n")
+    git("init", "-q")
+    clean, first_commit = commit()
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}", clean)
+    (tmp_path / "README.md").write_text("docs only\n")
+    assert commit() == (clean, git("rev-parse", "HEAD").strip())  # a new commit, the same image: the same tag
+    assert git("rev-parse", "HEAD").strip() != first_commit
+
+    (tmp_path / "container_src" / "__init__.py").write_text("changed\n")
+    dirty, _ = ecr.content_tag(tmp_path)
+    assert dirty.endswith("-dirty") and not dirty.startswith(clean.split("-")[0])
+    (tmp_path / "container_src" / "new.py").write_text("untracked\n")  # an untracked file is copied in too
+    dirtier, _ = ecr.content_tag(tmp_path)
+    assert dirtier.endswith("-dirty") and dirtier != dirty
+    assert git("status", "--porcelain") == " M container_src/__init__.py\n?? container_src/new.py\n"  # index untouched
+    assert commit()[0] == dirtier.removesuffix("-dirty")  # committed as it was: the content hash is the same
+
+    (tmp_path / "docker" / "container.lock").write_text("torch==2.13.0\n")
+    locked, _ = commit()
+    assert locked.split("-")[0] != dirtier.split("-")[0] and locked.split("-")[1] != clean.split("-")[1]
+    git("rm", "-q", "container_src/new.py")
+    git("checkout", first_commit, "--", "container_src", "docker")
+    assert commit()[0] == clean  # back to the first image's files: its tag, nothing to push
 
 
 def test_train_job_request(
@@ -365,13 +422,139 @@ def test_viz_from_job_then_follow_and_download(
     assert "already exists" in caplog.text
 
 
-def test_viz_from_unknown_job_is_refused(
+class _InProgressProxy(BaseHTTPRequestHandler):
+    """Forwards each request to moto and reports every training job as InProgress. moto completes a job as soon as
+    it is created; a running job is what this stands in for."""
+
+    upstream = ""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        request = urllib.request.Request(self.upstream + self.path, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request) as reply:
+                status, data = reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            status, data = exc.code, exc.read()
+        if b'"TrainingJobStatus"' in data:
+            data = json.dumps({**json.loads(data), "TrainingJobStatus": "InProgress"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def jobs_in_progress(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The launcher talks to moto through _InProgressProxy."""
+    _InProgressProxy.upstream = aws["endpoint"]
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _InProgressProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    yield
+    proxy.shutdown()
+
+
+def _make_job(name: str, mode: str = "train", checkpoints: bool = True) -> str:
+    """A training job put straight into moto (no launcher): a train job with or without checkpoints, or another mode."""
+    extra = {"CheckpointConfig": {"S3Uri": f"s3://elsewhere/checkpoints/{name}/"}} if checkpoints else {}
+    boto3.client("sagemaker").create_training_job(
+        TrainingJobName=name,
+        HyperParameters={"mode": mode},
+        AlgorithmSpecification={"TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1",
+                                "TrainingInputMode": "File"},
+        RoleArn="arn:aws:iam::123456789012:role/sae-test",
+        OutputDataConfig={"S3OutputPath": "s3://elsewhere/jobs"},
+        ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600},
+        **extra,
+    )  # fmt: skip
+    return name
+
+
+@pytest.mark.parametrize(
+    ("argv", "setup", "message"),
+    [
+        (["--mode", "viz", "--from-job", "sae-train-nope"], "", "--from-job sae-train-nope: no such training job"),
+        (["--mode", "viz", "--from-job", "viz-job"], "viz-job", "--from-job viz-job: it is a viz job"),
+        (["--mode", "viz", "--from-job", "running"], "running", "the job is InProgress, not Completed"),
+        (["--mode", "train", "--resume-from", "sae-train-nope"], "", "--resume-from sae-train-nope: no such training"),
+        (["--mode", "train", "--resume-from", "no-ckpt"], "no-ckpt", "had no checkpoint location"),
+        (["--mode", "train", "--resume-from", "running"], "running", "is InProgress and still writes its checkpoints"),
+    ],
+)
+def test_earlier_jobs_are_checked_before_the_push_and_uploads(
+    argv: list[str],
+    setup: str,
+    message: str,
+    request: pytest.FixtureRequest,
+    aws: dict[str, Any],
+    export: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No --image: without the look-up first, each of these would build, push and upload before failing."""
+    if setup:
+        _make_job(setup, mode="viz" if setup == "viz-job" else "train", checkpoints=setup != "no-ckpt")
+    if setup == "running":
+        request.getfixturevalue("jobs_in_progress")
+    _recorder(aws["endpoint"], "reset-recording")
+    _recorder(aws["endpoint"], "start-recording")
+    argv = [*argv, "--set", "preset=smoke", "--prompts", str(export)]
+    # only the look-up reached AWS: no ECR call, no S3 upload
+    assert set(_refused(aws, capsys, caplog, argv, message)) == {"SageMaker.DescribeTrainingJob"}
+
+
+def test_resume_from_an_ended_job_reuses_its_checkpoints(
     aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    code, _ = _run(capsys, "--mode", "viz", "--from-job", "sae-train-nope", "--prompts", str(export), "--image",
-                   "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1")  # fmt: skip
-    assert code == submit.EXIT_INPUT
-    assert "no such training job" in caplog.text
+    earlier = _make_job("sae-train-earlier")
+    code, out = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--resume-from", earlier, "--prompts",
+                     str(export))  # fmt: skip
+    assert code == 0, caplog.text
+    [name] = _job_names(out)
+    assert _job(name)["CheckpointConfig"]["S3Uri"] == f"s3://elsewhere/checkpoints/{earlier}/"
+
+
+NAME_RULE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+
+def test_job_names_are_unique_within_one_second_and_valid() -> None:
+    now = 1_800_000_000.0
+    first, second = jobs.job_names("train", [{}], now=now), jobs.job_names("train", [{}], now=now)
+    assert first != second
+    for [name] in (first, second):
+        assert NAME_RULE.fullmatch(name) and name.startswith("sae-train-270115-080000-")
+    runs = jobs.combinations({"dataset_path": ["x" * 80, "y" * 80], "lr": ["1e-4", "3e-4"]})
+    names = jobs.job_names("train", runs, now=now)
+    assert len(set(names)) == 4
+    assert all(NAME_RULE.fullmatch(n) and len(n) <= 63 for n in names)
+    assert len({"-".join(n.split("-")[:5]) for n in names}) == 1  # one sweep: the same time and random part
+    assert [n.split("-")[5] for n in names] == ["1", "2", "3", "4"]  # numbered, so cutting a long slug keeps them apart
+
+
+def test_two_submits_in_the_same_second_make_two_jobs(
+    aws: dict[str, Any],
+    export: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jobs, "job_names", functools.partial(jobs.job_names, now=1_800_000_000.0))  # a frozen clock
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1"
+    names = []
+    for k in ("16", "32"):
+        code, out = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--set", f"k={k}", "--prompts",
+                         str(export), "--image", image)  # fmt: skip
+        assert code == 0, caplog.text
+        names += _job_names(out)
+    assert len(set(names)) == 2
+    assert [_job(name)["HyperParameters"]["k"] for name in names] == ["16", "32"]
 
 
 def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], export: Path) -> None:
