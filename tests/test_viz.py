@@ -141,21 +141,26 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     assert summary["tokens"]["prompts"] == 3000 and summary["tokens"]["stories"] == 3000
     assert set(summary["tokens"]["categories"]) == {"official narrative", "refusal", "whataboutism"}
 
-    # Independent check: which features fire on the planted token, computed here with the model and SAE.
+    # Independent check, computed here with the model and the SAE on the planted prompts themselves: where does each
+    # feature fire, on the planted tokens or on the rest of the prompt?
+    from datasets import load_from_disk
     from sae_lens import SAE
 
     lm = container_src.model.load_model("roneneldan/TinyStories-33M", "cpu")
     sae = SAE.load_from_disk(str(planted / "model"), device="cpu")
-    text = "Once upon a time, there was a little dog." + PLANT + " The dog was happy." + PLANT + " The end."
-    tokens = lm.to_tokens(text)
     planted_ids = set(lm.to_tokens(PLANT, prepend_bos=False)[0].tolist())
     planted_texts = {lm.tokenizer.decode([t]) for t in planted_ids}  # type: ignore[union-attr]
-    is_planted = torch.tensor([t in planted_ids for t in tokens[0].tolist()])
-    with torch.no_grad():
-        _, cache = lm.run_with_cache(tokens, names_filter=["blocks.2.mlp.hook_post"])
-        feats = sae.encode(cache["blocks.2.mlp.hook_post"])[0]
-    fires_on_plant = (feats[is_planted] > 0).float().mean(0)
-    fires_elsewhere = (feats[~is_planted] > 0).float().mean(0)
+    on_plant, elsewhere = [], []
+    for text in load_from_disk(str(planted / "input" / "data" / "prompts"))["text"][:20]:
+        tokens = lm.to_tokens(text)
+        is_planted = torch.tensor([t in planted_ids for t in tokens[0].tolist()])
+        with torch.no_grad():
+            _, cache = lm.run_with_cache(tokens, names_filter=["blocks.2.mlp.hook_post"])
+            feats = sae.encode(cache["blocks.2.mlp.hook_post"])[0] > 0
+        on_plant.append(feats[is_planted])
+        elsewhere.append(feats[~is_planted])
+    fires_on_plant = torch.cat(on_plant).float().mean(0)
+    fires_elsewhere = torch.cat(elsewhere).float().mean(0)
 
     top = rows[:3]
     for row in top:
