@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke relock clean
+.PHONY: install lint test smoke bench relock clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,14 @@ smoke: install
 	@if [ ! -d $(SMOKE)/input/data/prompts ]; then cp -r data/sample_prompts $(SMOKE)/input/data/prompts; fi
 	SAGEMAKER_BASE_DIR=$(SMOKE) WANDB_MODE=offline $(PY) -m container_src train --preset smoke
 	@echo "SAE, metrics.json, resolved_config.json and plots/ are in $(SMOKE)/model"
+
+# Speed on CPU, offline: train's code path against bare SAE-Lens on random models of the tiny and of the real
+# TinyStories-33M shape (seed configuration). Figures on stdout and in $(BENCH)/*.json; see docs/BENCHMARKS.md.
+BENCH := data/bench
+bench: install
+	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tiny --repeats 2 --json $(BENCH)/cpu-tiny.json
+	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tinystories-33m --steps 6 --warmup_steps 2 \
+		--json $(BENCH)/cpu-tinystories-33m.json
 
 relock:
 	bash docker/relock.sh

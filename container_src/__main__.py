@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from container_src.config import (
+    BenchConfig,
     ConfigError,
     Resolved,
     RunConfig,
@@ -39,9 +40,16 @@ def _train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> Any:
     return run_train(resolved, paths)
 
 
+def _bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> Any:
+    from container_src.bench import run_bench
+
+    return run_bench(resolved, paths)
+
+
 # Each mode: its config schema and its runner, imported only when it runs.
 MODES: dict[str, tuple[type[RunConfig], Callable[[Any, ContainerPaths], Any]]] = {
     "train": (TrainConfig, _train),
+    "bench": (BenchConfig, _bench),
 }
 
 
