@@ -41,7 +41,7 @@ smoke: install
 BENCH := data/bench
 bench: install
 	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tiny --repeats 2 --json $(BENCH)/cpu-tiny.json
-	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tinystories-33m --steps 6 --warmup_steps 2 \
+	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tinystories-33m --steps 6 --warmup_steps 2 --lm_batches 2 \
 		--json $(BENCH)/cpu-tinystories-33m.json
 
 relock:
