@@ -318,6 +318,7 @@ def _lm_speed(
     our configuration), and the full forward pass on the same batches."""
     import torch
     from sae_lens.training.activations_store import ActivationsStore
+    from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
     from container_src.train import _sae_lens_config
 
@@ -332,20 +333,27 @@ def _lm_speed(
     tokens = store.get_batch_tokens()
     autocast = torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=runtime.autocast)
 
-    def full_forward() -> None:
-        with torch.no_grad(), autocast:
-            lm.run_with_cache(tokens, names_filter=[cfg.hook_name], prepend_bos=False)
+    def forward(stop_at_layer: int | None) -> Callable[[], Any]:
+        def run() -> None:
+            with torch.no_grad(), autocast:
+                lm.run_with_cache(tokens, names_filter=[cfg.hook_name], stop_at_layer=stop_at_layer, prepend_bos=False)
 
-    full_s = _time_batches(runtime.device, cfg.lm_batches, full_forward)
+        return run
+
+    stop = extract_stop_at_layer_from_tlens_hook_name(cfg.hook_name)
+    hook_s = _time_batches(runtime.device, cfg.lm_batches, forward(stop))
+    full_s = _time_batches(runtime.device, cfg.lm_batches, forward(None))
     total = cfg.lm_batches * batch_tokens
     return {
         "tokens_per_s": round(total / to_hook_s, 1),
+        "forward_to_hook_tokens_per_s": round(total / hook_s, 1),
         "full_forward_tokens_per_s": round(total / full_s, 1),
         "batches": cfg.lm_batches,
         "batch_tokens": batch_tokens,
         "peak_memory_bytes": memory.peak,
-        "what": "text to activations at the hook (tokenise, forward up to the hook's layer), as training fills "
-        "its buffer; full_forward: all layers and the unembedding, on the same batches",
+        "what": "tokens_per_s: text to activations at the hook (tokenise, forward up to the hook's layer), as "
+        "training fills its buffer; forward_to_hook and full_forward: the forward pass alone on ready tokens, "
+        "stopped after the hook's layer as training does, and through all layers and the unembedding",
     }
 
 
@@ -491,8 +499,9 @@ def format_table(f: dict[str, Any]) -> str:
         )
     lm = f["lm"]
     lines.append(
-        f"  model alone: {lm['tokens_per_s']:,.0f} tokens/s to the hook; full forward pass "
-        f"{lm['full_forward_tokens_per_s']:,.0f} tokens/s"
+        f"  model alone: {lm['tokens_per_s']:,.0f} tokens/s from text to the hook; forward pass alone "
+        f"{lm['forward_to_hook_tokens_per_s']:,.0f} tokens/s to the hook, {lm['full_forward_tokens_per_s']:,.0f} "
+        "through all layers"
     )
     p = f["projection"]
     cost = (
