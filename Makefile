@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke relock clean lint-docker pin-base bench-export
+.PHONY: install lint test smoke bench relock clean lint-docker pin-base bench-export
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,14 @@ smoke: install
 # Prompt export speed: a generated 100k-row embedded Chroma store, exported as a user would; prints rows/s.
 bench-export: install
 	$(PY) launcher/bench_export.py --rows $(or $(ROWS),100000)
+
+# Speed on CPU, offline: train's code path against bare SAE-Lens on random models of the tiny and of the real
+# TinyStories-33M shape (seed configuration). Figures on stdout and in $(BENCH)/*.json; see docs/BENCHMARKS.md.
+BENCH := data/bench
+bench: install
+	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tiny --repeats 2 --json $(BENCH)/cpu-tiny.json
+	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tinystories-33m --steps 6 --warmup_steps 2 --lm_batches 2 \
+		--json $(BENCH)/cpu-tinystories-33m.json
 
 relock:
 	bash docker/relock.sh

@@ -2,6 +2,7 @@
 
     python -m container_src train [--preset NAME] [--config FILE] [--key value ...]
     python -m container_src viz [--key value ...]
+    python -m container_src bench [--key value ...]
     train [--key value ...]          # the same, from the image's PATH (SageMaker runs `docker run IMAGE train`)
 
 SageMaker always passes `train`, so a `mode` hyperparameter overrides the mode on the command line. Any error is
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from container_src.config import (
+    BenchConfig,
     ConfigError,
     Resolved,
     RunConfig,
@@ -47,10 +49,17 @@ def _viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> Any:
     return run_viz(resolved, paths)
 
 
+def _bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> Any:
+    from container_src.bench import run_bench
+
+    return run_bench(resolved, paths)
+
+
 # Each mode: its config schema and its runner, imported only when it runs.
 MODES: dict[str, tuple[type[RunConfig], Callable[[Any, ContainerPaths], Any]]] = {
     "train": (TrainConfig, _train),
     "viz": (VizConfig, _viz),
+    "bench": (BenchConfig, _bench),
 }
 
 

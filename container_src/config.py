@@ -243,6 +243,49 @@ class VizConfig(RunConfig):
         return ids
 
 
+@dataclass
+class BenchConfig(TrainConfig):
+    """Everything `bench` needs: train's keys (the configuration whose speed is measured) and the benchmark's own.
+
+    The model is a random one of ``model_shape`` written to a temporary folder, so nothing is downloaded and no
+    channel is read; ``training_tokens`` only sizes the projected wall time and cost.
+    """
+
+    steps: int | None = None
+    """Training steps per pipeline after the warm-up (the timed window is whole buffer refills among them); when
+    empty, 200 on a GPU and 8 on CPU."""
+    warmup_steps: int | None = None
+    """Untimed steps before them (buffer fill, compilation, allocator); when empty, 20 on a GPU and 2 on CPU."""
+    lm_batches: int = 5
+    """Model batches (`store_batch_size_prompts` sequences each) timed for the model-only throughput."""
+    model_shape: str = "tinystories-33m"
+    """Shape of the random stand-in model: `tinystories-33m` (the real model's shape, so its speed) or `tiny`."""
+    bare: bool = True
+    """Also run bare SAE-Lens with its own default configuration on the same SAE size, and report the ratio."""
+    repeats: int = 1
+    """Run each pipeline this many times, alternating, and report the fastest of each (steadier on a busy machine)."""
+    instance_type: str = ""
+    """SageMaker instance type for the cost projection; in a SageMaker job, the job's own when empty."""
+    json: str | None = None
+    """Also write the figures to this JSON file."""
+
+    def _check_values(self) -> None:
+        super()._check_values()
+        from container_src.synthetic import SHAPES
+
+        _need(self, self.steps is None or self.steps >= 1, "steps", "must be at least 1")
+        _need(
+            self,
+            self.warmup_steps is None or self.warmup_steps >= 1,
+            "warmup_steps",
+            "must be at least 1: the first step fills the activation buffer, and the timing starts after a step",
+        )
+        _need(self, self.lm_batches >= 1, "lm_batches", "must be at least 1")
+        _need(self, self.repeats >= 1, "repeats", "must be at least 1")
+        _need(self, self.model_shape in SHAPES, "model_shape", f"must be one of {', '.join(SHAPES)}")
+        _need(self, self.json is None or bool(self.json.strip()), "json", "must be a file path")
+
+
 C = TypeVar("C", bound=RunConfig)
 
 

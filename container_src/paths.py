@@ -70,6 +70,22 @@ class ContainerPaths:
             shutil.move(str(entry), str(archive / entry.name))  # copies when model/ is a separate mount
         return archive
 
+    @property
+    def resource_config_file(self) -> Path:
+        return self.base / "input" / "config" / "resourceconfig.json"
+
+    def in_job(self) -> bool:
+        """Whether this runs as a SageMaker training job, which always writes ``resourceconfig.json``."""
+        return self.resource_config_file.is_file()
+
+    def instance_type(self) -> str | None:
+        """The instance type of the SageMaker job this runs in (``resourceconfig.json``), or None outside a job."""
+        try:
+            value = json.loads(self.resource_config_file.read_text()).get("current_instance_type")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+        return value if isinstance(value, str) and value else None
+
     def channel(self, name: str) -> Path | None:
         """The channel's directory, or None when the job was given no such channel."""
         path = self.base / "input" / "data" / name
@@ -128,4 +144,10 @@ def hub_cache_env(model_channel: Path, model_name: str) -> dict[str, str]:
             f"channel model: no entry for model_name={model_name!r} (looked for {entry}); "
             f"the channel holds {', '.join(present)}"
         )
+    return hub_env(hub)
+
+
+def hub_env(hub: Path) -> dict[str, str]:
+    """Environment that makes the HF libraries read models from the hub cache ``hub`` (``models--…`` folders) with
+    the hub off. They read it once, at import, so it must be set before the first import."""
     return {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -14,11 +14,13 @@ import argparse
 import hashlib
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "roneneldan/TinyStories-33M"
+_TOKENIZER_VOCAB = 512  # a BPE this small trains in a second on a few hundred stories
 
 _NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Sam", "Lucy", "Tim"]
 _ANIMALS = ["dog", "cat", "bird", "frog", "bunny", "duck", "fox", "bear"]
@@ -68,43 +70,66 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     )
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a GPT-Neo. TransformerLens gives it d_mlp = 4 × hidden_size, the width of ``mlp.hook_post``."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    max_position_embeddings: int
+    vocab_size: int | None = None
+    """None: the size of the locally trained tokenizer's vocabulary."""
+
+
+SHAPES = {
+    # Builds in seconds; mlp.hook_post is 256 wide.
+    "tiny": ModelShape(hidden_size=64, num_layers=4, num_heads=4, max_position_embeddings=512),
+    # roneneldan/TinyStories-33M's published config: the same matrices, so the same speed. Only token ids below the
+    # local tokenizer's vocabulary occur, which changes no matrix size.
+    "tinystories-33m": ModelShape(
+        hidden_size=768, num_layers=4, num_heads=16, max_position_embeddings=2048, vocab_size=50257
+    ),
+}
+
+
 def write_model_cache(
     cache_dir: Path,
     model_name: str = DEFAULT_MODEL_NAME,
     *,
-    hidden_size: int = 64,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    vocab_size: int = 512,
-    max_position_embeddings: int = 512,
+    shape: str = "tiny",
     seed: int = 0,
     corpus: list[str] | None = None,
 ) -> Path:
-    """Write a random GPT-Neo (global/local attention, gelu_new, like TinyStories-33M) as a hub-cache entry.
+    """Write a random GPT-Neo of ``shape`` (global/local attention, window 256, gelu_new, like TinyStories-33M) as
+    a hub-cache entry.
 
     ``cache_dir`` plays the role of ``$HF_HOME``: the files land in ``cache_dir/hub/models--org--name/``.
     Returns the snapshot folder.
     """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; known: {', '.join(SHAPES)}")
+    sizes = SHAPES[shape]
     import torch
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    tokenizer = _train_tokenizer(corpus or make_stories(400, seed), vocab_size)
+    tokenizer = _train_tokenizer(corpus or make_stories(400, seed), _TOKENIZER_VOCAB)
     torch.manual_seed(seed)
     special_id = tokenizer.get_vocab()["<|endoftext|>"]
     config = GPTNeoConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        attention_types=[[["global", "local"], num_layers // 2]],
+        vocab_size=sizes.vocab_size or len(tokenizer),
+        hidden_size=sizes.hidden_size,
+        num_layers=sizes.num_layers,
+        num_heads=sizes.num_heads,
+        attention_types=[[["global", "local"], sizes.num_layers // 2]],
         window_size=256,
-        max_position_embeddings=max_position_embeddings,
+        max_position_embeddings=sizes.max_position_embeddings,
         activation_function="gelu_new",
         bos_token_id=special_id,
         eos_token_id=special_id,
     )
     model = GPTNeoForCausalLM(config)
-    commit = hashlib.sha1(f"{model_name}:{hidden_size}:{num_layers}:{seed}".encode()).hexdigest()
+    commit = hashlib.sha1(f"{model_name}:{shape}:{seed}".encode()).hexdigest()
     repo_dir = Path(cache_dir) / "hub" / ("models--" + model_name.replace("/", "--"))
     snapshot = repo_dir / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
@@ -128,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="channel root: model/ and tinystories/ go below it")
     parser.add_argument("--stories", type=int, default=400)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model size (default: tiny)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stories = make_stories(args.stories)
-    write_model_cache(args.out / "model", corpus=stories)
+    write_model_cache(args.out / "model", shape=args.shape, corpus=stories)
     write_story_dataset(args.out / "tinystories", n=args.stories)
     return 0
 

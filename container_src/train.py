@@ -323,6 +323,14 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     return metrics
 
 
+def training_sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
+    """SAE-Lens's config for the SAE itself: architecture and size; fp32 weights (autocast does the bf16 work)."""
+    from sae_lens import BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
+
+    sae_cls = TopKTrainingSAEConfig if cfg.architecture == "topk" else BatchTopKTrainingSAEConfig
+    return sae_cls(d_in=d_in, d_sae=d_sae, k=cfg.k, dtype="float32", device=device)
+
+
 def _sae_lens_config(
     cfg: TrainConfig,
     d_in: int,
@@ -334,11 +342,10 @@ def _sae_lens_config(
     resume: Path | None,
 ) -> Any:
     """Map our flat config onto SAE-Lens's runner config."""
-    from sae_lens import BatchTopKTrainingSAEConfig, LanguageModelSAERunnerConfig, LoggingConfig, TopKTrainingSAEConfig
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
-    sae_cls = TopKTrainingSAEConfig if cfg.architecture == "topk" else BatchTopKTrainingSAEConfig
     runner_cfg = LanguageModelSAERunnerConfig(
-        sae=sae_cls(d_in=d_in, d_sae=d_sae, k=cfg.k, dtype="float32", device=runtime.device),
+        sae=training_sae_config(cfg, d_in, d_sae, runtime.device),
         model_name=cfg.model_name,
         hook_name=cfg.hook_name,
         dataset_path=cfg.tinystories_path,

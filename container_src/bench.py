@@ -1,0 +1,513 @@
+"""`bench` mode: how fast `train` runs on this machine, against bare SAE-Lens, and what a full run would cost.
+
+    python -m container_src bench                                     # TinyStories-33M's shape, this device
+    python -m container_src bench --model_shape tiny --preset smoke   # seconds, on any laptop
+    python -m container_src bench --preset tinystories-33m --instance_type ml.g5.xlarge --json bench.json
+
+Nothing is downloaded and no channel is read: a random GPT-Neo of the chosen shape (``tinystories-33m``: the real
+model's matrices, so its speed), a generated story set and generated prompts are written to a temporary folder,
+loaded through the real loading code, and removed at the end. The tree's model/ and checkpoints/ are not touched;
+in a SageMaker job the figures also go to ``model/bench.json``, so the job's model.tar.gz carries them (locally,
+``--json /opt/ml/model/bench.json`` does the same).
+
+Three measurements in one process, on the same data:
+
+- ours: `train` itself (``run_train``: data mixing, our runner, metric log) for warm-up + timed steps, with the
+  configuration given (precision, compile, buffer sizes, ...), periodic checkpoints and W&B off.
+- bare: SAE-Lens's ``LanguageModelSAETrainingRunner`` with SAE-Lens's default configuration, except what it cannot
+  default: the SAE (architecture, d_in, d_sae, k), the model, hook, device and dataset (the stories alone, as
+  text), and ``context_size`` (ours: SAE-Lens's own 128 gives a 20 × 128-token buffer, smaller than its
+  4096-token batch, which it refuses; below 205 tokens, n_batches_in_buffer is raised to the least it accepts).
+  W&B is off.
+- lm: the model alone, from text to activations at the hook (tokenising, forward pass up to the hook's layer),
+  as training feeds the buffer; and the full forward pass, for what stopping at the hook's layer saves.
+
+Timed window: whole refill cycles of the activation buffer after the warm-up steps (see StepClock), with the
+device synchronised at both ends. It holds every timed step's data (model forward, buffer) and SAE update; loading
+the model, the warm-up steps, the steps after the last refill, the final evaluation and saving the SAE are outside
+it. ``steps`` counts the steps run after the warm-up; the JSON gives how many of them were timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from container_src import records
+from container_src.config import BenchConfig, ConfigError, Resolved, TrainConfig
+from container_src.paths import ContainerPaths, hub_env
+
+logger = logging.getLogger(__name__)
+
+# On-demand prices of SageMaker training instances in us-east-1, USD per hour. Approximate: the list prices as
+# commonly quoted, gathered on PRICES_DATE without access to AWS's page; check https://aws.amazon.com/sagemaker/pricing/
+# before relying on a cost.
+PRICES_DATE = "2026-11-27"
+PRICES_USD_PER_HOUR = {
+    "ml.m5.xlarge": 0.23,
+    "ml.g4dn.xlarge": 0.736,
+    "ml.g5.xlarge": 1.408,
+    "ml.g5.2xlarge": 1.515,
+    "ml.p4d.24xlarge": 37.688,
+    "ml.p5.48xlarge": 113.068,
+}
+PRICES_NOTE = f"approximate on-demand SageMaker training prices, us-east-1, gathered {PRICES_DATE}"
+TIMED_WINDOW = (
+    "whole activation-buffer refill cycles after the warm-up steps: each timed step's data (model forward, buffer) "
+    "and SAE update; model loading, warm-up, the steps after the last refill, final evaluation and saving excluded"
+)
+# When steps / warmup_steps are empty: enough steps for a stable figure, without hours on a CPU.
+DEFAULT_STEPS = {"cuda": (200, 20), "cpu": (8, 2)}
+
+
+@dataclass
+class Speed:
+    """One pipeline's throughput over the timed window, and its peak memory."""
+
+    tokens_per_s: float
+    tokens: int
+    seconds: float
+    cpu_seconds: float
+    """CPU time of the whole process over the window: on a shared machine, less sensitive to the other load."""
+    steps: int
+    batch_tokens: int
+    peak_memory_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+class StepClock:
+    """The end time of every SAE training step (once the device has finished it), and which steps are followed by
+    a refill of the activation buffer.
+
+    It wraps SAE-Lens's ``SAETrainer.step`` and ``ActivationsStore.get_raw_llm_batch`` for the duration of a
+    ``with``, so our runner and the bare one are timed by the same code at the same points. The model runs in
+    bursts: one refill feeds several steps (2 in the seed configuration, 4 with SAE-Lens's defaults), so a window
+    that cut a burst in two would charge one pipeline more model work per token than the other. The timed window
+    therefore runs from the first step after the warm-up that ends just before a refill to the last such step:
+    whole refill cycles only.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.ends: list[tuple[float, float]] = []
+        self.refill_after: set[int] = set()
+        """Step counts after which the buffer was refilled (0: before the first step)."""
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StepClock]:
+        from sae_lens.training.activations_store import ActivationsStore
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        step, fetch = SAETrainer.step, ActivationsStore.get_raw_llm_batch
+
+        def timed_step(trainer: Any, batch: Any) -> Any:
+            output = step(trainer, batch)
+            _synchronize(self.device)
+            self.ends.append((time.perf_counter(), time.process_time()))
+            return output
+
+        def noted_fetch(store: Any, *args: Any, **kwargs: Any) -> Any:
+            self.refill_after.add(len(self.ends))
+            return fetch(store, *args, **kwargs)
+
+        self.ends, self.refill_after = [], set()
+        SAETrainer.step, ActivationsStore.get_raw_llm_batch = timed_step, noted_fetch  # type: ignore[method-assign]
+        try:
+            yield self
+        finally:
+            SAETrainer.step, ActivationsStore.get_raw_llm_batch = step, fetch  # type: ignore[method-assign]
+
+    def speed(self, warmup: int, batch_tokens: int, peak_memory: int) -> Speed:
+        bounds = [n for n in sorted(self.refill_after) if warmup <= n < len(self.ends)]
+        if len(bounds) < 2:
+            raise RuntimeError(
+                f"no whole buffer refill cycle after the {warmup} warm-up steps ({len(self.ends)} steps, refills "
+                f"after steps {sorted(self.refill_after)}): raise steps"
+            )
+        (start, cpu_start), (end, cpu_end) = self.ends[bounds[0] - 1], self.ends[bounds[-1] - 1]
+        steps = bounds[-1] - bounds[0]
+        tokens = steps * batch_tokens
+        return Speed(tokens / (end - start), tokens, end - start, cpu_end - cpu_start, steps, batch_tokens, peak_memory)
+
+
+class PeakMemory:
+    """Peak memory during a ``with``: the CUDA allocator's peak on a GPU; on CPU the process's resident set,
+    sampled every 20 ms (the process-wide peak would mix the pipelines up)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+        self.kind = "cuda_max_memory_allocated" if device.startswith("cuda") else "cpu_rss_sampled"
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[PeakMemory]:
+        import torch
+
+        _release_memory(self.device)
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield self
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        import psutil
+
+        process, stop = psutil.Process(), threading.Event()
+        self.peak = process.memory_info().rss
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                self.peak = max(self.peak, process.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            sampler.join()
+            self.peak = max(self.peak, process.memory_info().rss)
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _projection(cfg: BenchConfig, instance_type: str | None, tokens_per_s: float) -> dict[str, Any]:
+    wall_s = cfg.training_tokens / tokens_per_s
+    price = PRICES_USD_PER_HOUR.get(instance_type) if instance_type else None
+    return {
+        "training_tokens": cfg.training_tokens,
+        "wall_s": round(wall_s, 1),
+        "wall_h": round(wall_s / 3600, 3),
+        "instance_type": instance_type,
+        "usd_per_hour": price,
+        "usd": round(wall_s / 3600 * price, 2) if price is not None else None,
+        "prices": PRICES_NOTE,
+        "note": "training only, at the measured speed of ours; the job's start, model loading and evaluation add to it",
+    }
+
+
+def _instance_type(cfg: BenchConfig, paths: ContainerPaths) -> str | None:
+    """The instance type to price: the one given, else the SageMaker job's own. Checked before any work."""
+    if cfg.instance_type:
+        if cfg.instance_type not in PRICES_USD_PER_HOUR:
+            raise ConfigError(
+                f"instance_type={cfg.instance_type!r}: no price for it; known: {', '.join(PRICES_USD_PER_HOUR)}"
+            )
+        return cfg.instance_type
+    in_job = paths.instance_type()
+    if in_job and in_job not in PRICES_USD_PER_HOUR:
+        logger.warning("no price for this job's instance type %s: the projection gives time only", in_job)
+    return in_job
+
+
+def _write_assets(root: Path, cfg: BenchConfig, stories_needed: int) -> ContainerPaths:
+    """A temporary SageMaker tree with channels model (random weights of ``model_shape``), tinystories, prompts."""
+    from container_src.synthetic import make_stories, write_model_cache, write_story_dataset
+
+    channels = root / "input" / "data"
+    stories = make_stories(stories_needed, cfg.seed)
+    write_model_cache(channels / "model", cfg.model_name, shape=cfg.model_shape, corpus=stories[:400])
+    write_story_dataset(channels / "tinystories", n=stories_needed, seed=cfg.seed)
+    # Stand-in prompts: only their share of the stream matters for speed.
+    write_story_dataset(channels / "prompts", n=200, seed=cfg.seed + 1)
+    return ContainerPaths(root)
+
+
+def _train_config(cfg: BenchConfig, total_steps: int) -> TrainConfig:
+    """The configuration under test, trimmed to the benchmark's steps, without periodic checkpoints or W&B."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
+    values |= {
+        "training_tokens": total_steps * cfg.train_batch_size_tokens,
+        "n_checkpoints": 0,
+        "log_to_wandb": False,
+        "eval_batches": 1,
+    }
+    return TrainConfig(**values)
+
+
+def _run_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: int, device: str) -> Speed:
+    from container_src.train import run_train
+
+    train_cfg = _train_config(cfg, warmup + steps)
+    clock, memory = StepClock(device), PeakMemory(device)
+    with memory.measuring(), clock.installed():
+        run_train(Resolved(config=train_cfg, mode="bench"), tree)
+    return clock.speed(warmup, cfg.train_batch_size_tokens, memory.peak)
+
+
+def _run_bare(
+    cfg: BenchConfig, stories: Any, sae_size: tuple[int, int], root: Path, warmup: int, steps: int, device: str
+) -> tuple[Speed, dict[str, Any]]:
+    """SAE-Lens with its own defaults, loading the model itself; returns its speed and the settings that are not
+    SAE-Lens's defaults."""
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+
+    from container_src.train import training_sae_config
+
+    d_in, d_sae = sae_size
+    defaults = LanguageModelSAERunnerConfig.__dataclass_fields__
+    batch_tokens = defaults["train_batch_size_tokens"].default
+    set_here: dict[str, Any] = {
+        "model_name": cfg.model_name,
+        "hook_name": cfg.hook_name,
+        "dataset_path": cfg.tinystories_path,
+        "is_dataset_tokenized": False,
+        "context_size": cfg.context_size,
+        "training_tokens": (warmup + steps) * batch_tokens,
+        "device": device,
+        "checkpoint_path": str(root / "bare" / "checkpoints"),
+        "output_path": str(root / "bare" / "output"),
+    }
+    if defaults["n_batches_in_buffer"].default * cfg.context_size < batch_tokens:
+        # SAE-Lens refuses a buffer smaller than a batch: the least it accepts at this context size
+        set_here["n_batches_in_buffer"] = -(-batch_tokens // cfg.context_size)
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=training_sae_config(cfg, d_in, d_sae, device), logger=LoggingConfig(log_to_wandb=False), **set_here
+    )
+    clock, memory = StepClock(device), PeakMemory(device)
+    with memory.measuring():
+        runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=stories)
+        with clock.installed():
+            runner.run()
+        del runner
+    speed = clock.speed(warmup, batch_tokens, memory.peak)
+    not_default = {k: v for k, v in set_here.items() if "path" not in k} | {"log_to_wandb": False}
+    return speed, not_default
+
+
+def _time_batches(device: str, batches: int, run_batch: Callable[[], Any]) -> float:
+    """Seconds for ``batches`` calls, after one untimed call."""
+    run_batch()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        run_batch()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def _lm_speed(
+    cfg: BenchConfig, lm: Any, stream: Any, runtime: Any, sae_size: tuple[int, int], root: Path
+) -> dict[str, Any]:
+    """The model alone: text to activations at the hook as training gets them (SAE-Lens's activation store with
+    our configuration), and the full forward pass on the same batches."""
+    import torch
+    from sae_lens.training.activations_store import ActivationsStore
+    from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
+
+    from container_src.train import _sae_lens_config
+
+    runner_cfg = _sae_lens_config(
+        _train_config(cfg, 1), *sae_size, runtime, "bench", root / "lm", root / "lm" / "out", None
+    )
+    store = ActivationsStore.from_config(lm, runner_cfg, override_dataset=stream)
+    batch_tokens = cfg.store_batch_size_prompts * cfg.context_size
+    memory = PeakMemory(runtime.device)
+    with memory.measuring():
+        to_hook_s = _time_batches(runtime.device, cfg.lm_batches, store.get_raw_llm_batch)
+    tokens = store.get_batch_tokens()
+    autocast = torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=runtime.autocast)
+
+    def forward(stop_at_layer: int | None) -> Callable[[], Any]:
+        def run() -> None:
+            with torch.no_grad(), autocast:
+                lm.run_with_cache(tokens, names_filter=[cfg.hook_name], stop_at_layer=stop_at_layer, prepend_bos=False)
+
+        return run
+
+    stop = extract_stop_at_layer_from_tlens_hook_name(cfg.hook_name)
+    hook_s = _time_batches(runtime.device, cfg.lm_batches, forward(stop))
+    full_s = _time_batches(runtime.device, cfg.lm_batches, forward(None))
+    total = cfg.lm_batches * batch_tokens
+    return {
+        "tokens_per_s": round(total / to_hook_s, 1),
+        "forward_to_hook_tokens_per_s": round(total / hook_s, 1),
+        "full_forward_tokens_per_s": round(total / full_s, 1),
+        "batches": cfg.lm_batches,
+        "batch_tokens": batch_tokens,
+        "peak_memory_bytes": memory.peak,
+        "what": "tokens_per_s: text to activations at the hook (tokenise, forward up to the hook's layer), as "
+        "training fills its buffer; forward_to_hook and full_forward: the forward pass alone on ready tokens, "
+        "stopped after the hook's layer as training does, and through all layers and the unembedding",
+    }
+
+
+def _check_fresh_process(cache: Path) -> None:
+    """The HF libraries read the cache location once, at import: in a process that imported them already, the
+    stand-in model would be looked for elsewhere."""
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None and Path(getattr(hub, "HF_HUB_CACHE", "")) != cache:
+        raise RuntimeError(
+            "bench must run in a fresh process (python -m container_src bench): the Hugging Face "
+            "libraries were imported already, with another cache"
+        )
+
+
+def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[str, Any]:
+    """Measure, print and write the figures; returns them."""
+    cfg = resolved.config
+    instance_type = _instance_type(cfg, paths)
+    json_path = Path(cfg.json).expanduser() if cfg.json else None
+    if json_path is not None:
+        if json_path.is_dir():
+            raise ConfigError(f"json={cfg.json!r}: is a folder; give a file path")
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"json={cfg.json!r}: cannot create its folder ({exc})") from None
+
+    with tempfile.TemporaryDirectory(prefix="sae-bench-") as tmp:
+        root = Path(tmp)
+        hub = root / "input" / "data" / "model" / "hub"
+        os.environ.update(hub_env(hub) | {"HF_DATASETS_OFFLINE": "1"})
+        _check_fresh_process(hub)
+        from container_src import model, train
+
+        runtime = model.pick_runtime(cfg.device, cfg.precision)
+        kind = "cuda" if runtime.device.startswith("cuda") else "cpu"
+        steps = cfg.steps or DEFAULT_STEPS[kind][0]
+        warmup = cfg.warmup_steps or DEFAULT_STEPS[kind][1]
+        # Enough stories that no pipeline runs out (a story is about 90 tokens here), within reason.
+        stories_needed = min(max(2000, (warmup + steps) * cfg.train_batch_size_tokens // 60), 200_000)
+        logger.info("bench: writing a random %s-shaped model and %d stories", cfg.model_shape, stories_needed)
+        tree = _write_assets(root, cfg, stories_needed)
+
+        inputs = train._prepare_inputs(_train_config(cfg, 1), tree)
+        lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"])
+        d_in = model.hook_width(lm, cfg.hook_name)
+        d_sae = cfg.sae_width(d_in)
+        logger.info("bench: the model alone, %d batches", cfg.lm_batches)
+        lm_figures = _lm_speed(cfg, lm, inputs.stream, runtime, (d_in, d_sae), root)
+        del lm  # each pipeline loads its own, as it would in a job
+
+        ours_runs: list[Speed] = []
+        bare_runs: list[Speed] = []
+        bare_settings = None
+        for attempt in range(1, cfg.repeats + 1):
+            logger.info("bench %d/%d: ours (train), %d warm-up + %d timed steps", attempt, cfg.repeats, warmup, steps)
+            ours_runs.append(_run_ours(cfg, tree, warmup, steps, runtime.device))
+            for leftover in (tree.checkpoints_dir, tree.model_dir):  # or the next run would resume, not train
+                shutil.rmtree(leftover, ignore_errors=True)
+            if cfg.bare:
+                logger.info("bench %d/%d: bare SAE-Lens with its defaults", attempt, cfg.repeats)
+                speed, bare_settings = _run_bare(
+                    cfg, inputs.stories, (d_in, d_sae), root / f"bare-{attempt}", warmup, steps, runtime.device
+                )
+                bare_runs.append(speed)
+        ours = max(ours_runs, key=lambda run: run.tokens_per_s)
+        bare = max(bare_runs, key=lambda run: run.tokens_per_s) if bare_runs else None
+
+    import sae_lens
+    import torch
+
+    figures = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": runtime.device,
+        "device_name": runtime.device_name,
+        "cpu_threads": torch.get_num_threads(),
+        "precision": runtime.precision,
+        "torch": torch.__version__,
+        "sae_lens": sae_lens.__version__,
+        "model_shape": cfg.model_shape,
+        "hook_name": cfg.hook_name,
+        "architecture": cfg.architecture,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "k": cfg.k,
+        "compile_sae": cfg.compile_sae,
+        "compile_llm": cfg.compile_llm,
+        "warmup_steps": warmup,
+        "steps": steps,
+        "timed_window": TIMED_WINDOW,
+        "peak_memory_kind": PeakMemory(runtime.device).kind,
+        "repeats": cfg.repeats,
+        "ours": ours.to_json(),
+        "bare": bare.to_json() if bare else None,
+        "bare_settings_not_default": bare_settings,
+        "ratio_ours_to_bare": round(ours.tokens_per_s / bare.tokens_per_s, 3) if bare else None,
+        "ratio_ours_to_bare_cpu_time": (
+            round((ours.tokens / ours.cpu_seconds) / (bare.tokens / bare.cpu_seconds), 3) if bare else None
+        ),
+        "all_runs_tokens_per_s": {
+            "ours": [round(r.tokens_per_s, 1) for r in ours_runs],
+            "bare": [round(r.tokens_per_s, 1) for r in bare_runs],
+        },
+        "lm": lm_figures,
+        "projection": _projection(cfg, instance_type, ours.tokens_per_s),
+        "config": resolved.to_json()["values"],
+    }
+    sys.stdout.write(format_table(figures))
+    if json_path is not None:
+        records.write_json(json_path, figures)
+        logger.info("bench: figures written to %s", json_path)
+    if paths.in_job():  # the job's model.tar.gz carries the figures
+        records.write_json(paths.model_dir / "bench.json", figures)
+        logger.info("bench: figures written to %s", paths.model_dir / "bench.json")
+    return figures
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def format_table(f: dict[str, Any]) -> str:
+    """The figures as a short human-readable report."""
+    memory = "GPU peak allocated" if f["peak_memory_kind"].startswith("cuda") else "peak RSS"
+    lines = [
+        f"bench: {f['device_name']} ({f['device']}, {f['precision']}, {f['cpu_threads']} CPU threads), "
+        f"{f['model_shape']} shape, random weights",
+        f"  SAE {f['architecture']} {f['hook_name']} d_in={f['d_in']} d_sae={f['d_sae']} k={f['k']}; "
+        f"{f['warmup_steps']} warm-up + {f['steps']} timed steps each, best of {f['repeats']}",
+        f"  {'':24}{'tokens/s':>12}{'batch':>8}{'seconds':>10}{'CPU s':>10}  {memory}",
+    ]
+    for name, key in (("ours (train)", "ours"), ("bare SAE-Lens defaults", "bare")):
+        if f[key]:
+            s = f[key]
+            lines.append(
+                f"  {name:24}{s['tokens_per_s']:>12,.0f}{s['batch_tokens']:>8}{s['seconds']:>10.2f}"
+                f"{s['cpu_seconds']:>10.2f}  "
+                f"{_gib(s['peak_memory_bytes'])}"
+            )
+    if f["ratio_ours_to_bare"] is not None:
+        lines.append(
+            f"  ratio ours / bare: {f['ratio_ours_to_bare']:.3f} (by CPU time: {f['ratio_ours_to_bare_cpu_time']:.3f})"
+        )
+    lm = f["lm"]
+    lines.append(
+        f"  model alone: {lm['tokens_per_s']:,.0f} tokens/s from text to the hook; forward pass alone "
+        f"{lm['forward_to_hook_tokens_per_s']:,.0f} tokens/s to the hook, {lm['full_forward_tokens_per_s']:,.0f} "
+        "through all layers"
+    )
+    p = f["projection"]
+    cost = (
+        f", ${p['usd']:,.2f} on {p['instance_type']} at ${p['usd_per_hour']}/h ({p['prices']})"
+        if p["usd"] is not None
+        else " (give --instance_type for a cost)"
+    )
+    lines.append(f"  projection: {p['training_tokens']:,} tokens in {p['wall_h']:.2f} h{cost}")
+    return "\n".join(lines) + "\n"

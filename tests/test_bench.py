@@ -1,0 +1,90 @@
+"""`bench` mode: it runs end to end on CPU and writes its figures; bad bench keys fail before any work.
+
+Speed itself is never asserted here: the figures are checked for presence and sense, not for size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from container_src.__main__ import EXIT_CONFIG, EXIT_OK, main
+from tests.conftest import run_container
+
+SPEED_FIELDS = ("tokens_per_s", "tokens", "seconds", "cpu_seconds", "steps", "batch_tokens", "peak_memory_bytes")
+
+
+def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
+    """A fresh process, as a user runs it: the HF libraries must see the bench's own stand-in model cache."""
+    base = tmp_path / "opt_ml"
+    (base / "input" / "config").mkdir(parents=True)
+    # A SageMaker job's resource config: the instance type is priced, and model/bench.json is written.
+    (base / "input" / "config" / "resourceconfig.json").write_text(
+        json.dumps({"current_instance_type": "ml.g5.xlarge"})
+    )
+    out = tmp_path / "figures" / "bench.json"
+    result = run_container(
+        base,
+        "bench",
+        "--preset=smoke",
+        "--model_shape=tiny",
+        "--steps=3",
+        "--warmup_steps=1",
+        "--lm_batches=1",
+        "--training_tokens=204800",
+        f"--json={out}",
+        timeout=240,
+    )
+    assert result.returncode == EXIT_OK, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert json.loads((base / "model" / "bench.json").read_text()) == figures
+
+    assert figures["device"] == "cpu" and figures["model_shape"] == "tiny"
+    assert (figures["d_in"], figures["d_sae"], figures["k"]) == (256, 1024, 8)  # the smoke preset on the tiny shape
+    for pipeline in ("ours", "bare"):
+        speed = figures[pipeline]
+        assert set(SPEED_FIELDS) <= set(speed)
+        assert all(speed[key] > 0 for key in SPEED_FIELDS), speed
+        # timed: whole refills of the activation buffer among the 3 steps after the warm-up
+        assert 1 <= speed["steps"] <= 3 and speed["tokens"] == speed["steps"] * speed["batch_tokens"]
+    assert figures["ours"]["batch_tokens"] == 256 and figures["bare"]["batch_tokens"] == 4096  # SAE-Lens's default
+    assert figures["ratio_ours_to_bare"] == pytest.approx(
+        figures["ours"]["tokens_per_s"] / figures["bare"]["tokens_per_s"], rel=1e-2
+    )
+    lm = figures["lm"]
+    assert all(lm[key] > 0 for key in ("tokens_per_s", "forward_to_hook_tokens_per_s", "full_forward_tokens_per_s"))
+    projection = figures["projection"]
+    assert projection["instance_type"] == "ml.g5.xlarge" and projection["usd_per_hour"] > 0
+    assert projection["wall_s"] == pytest.approx(204800 / figures["ours"]["tokens_per_s"], rel=1e-2)
+    assert projection["usd"] == pytest.approx(projection["wall_s"] / 3600 * projection["usd_per_hour"], abs=0.01)
+    assert "tokens/s" in result.stdout and "ratio ours / bare" in result.stdout
+    # The bench trained in a temporary tree of its own: nothing of a run is left in the caller's.
+    assert sorted(p.name for p in (base / "model").iterdir()) == ["bench.json"]
+    assert not (base / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--model_shape=huge"], ["model_shape='huge'", "tinystories-33m"]),
+        (["--warmup_steps=0"], ["warmup_steps=0", "at least 1"]),
+        (["--instance_type=ml.x9.mega"], ["instance_type='ml.x9.mega'", "ml.g5.xlarge"]),
+        (["--steps=ten"], ["steps='ten'", "int"]),
+    ],
+    ids=["unknown shape", "no warm-up", "unpriced instance", "wrong type"],
+)
+def test_bad_bench_keys_fail_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], expected: list[str]
+) -> None:
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.TemporaryDirectory", _no_work)
+    assert main(["bench", *flags]) == EXIT_CONFIG
+    failure = (tmp_path / "output" / "failure").read_text()
+    for text in expected:
+        assert text in failure
+
+
+def _no_work(*args: object, **kwargs: object) -> None:
+    raise AssertionError("bench started work on a bad configuration")
