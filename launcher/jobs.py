@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from container_src.__main__ import MODES as CONTAINER_MODES
 from container_src.config import ConfigError, looks_like_secret, read_json_object, resolve
 from launcher.settings import Settings
 
-MODES = ("train", "viz", "bench")
+MODES = tuple(CONTAINER_MODES)  # the container's own table: a mode it lacks is refused here, before any AWS call
 DEFAULT_INSTANCE = "ml.g5.xlarge"  # A10G: bf16, 24 GB
 # Families with NVIDIA GPUs; everything else (ml.m, ml.c, ml.r, ml.t, Trainium, Inferentia) has no CUDA.
 GPU_FAMILIES = ("ml.g", "ml.p")
@@ -96,11 +97,11 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
                 f"{key}: secrets never go in hyperparameters; store the W&B key with `submit.py secret` "
                 "and jobs get only its Secrets Manager id"
             )
-    if mode == "train":  # the container's own schema; viz and bench check theirs when the job starts
-        try:
-            resolve(values)
-        except ConfigError as exc:
-            raise JobError(f"hyperparameters: {exc}") from None
+    schema = CONTAINER_MODES[mode][0]  # checked here exactly as the container will check them
+    try:
+        resolve(values, schema=schema)
+    except ConfigError as exc:
+        raise JobError(f"hyperparameters: {exc}") from None
     return values
 
 
