@@ -237,7 +237,7 @@ class VizConfig(RunConfig):
         for part in self.features.replace(" ", "").split(","):
             if not part:
                 continue
-            if not part.isdigit():
+            if not (part.isascii() and part.isdigit()):
                 raise ConfigError(f"features={self.features!r}: {part!r} is not a feature id; give ids like 12,873")
             ids.append(int(part))
         return ids

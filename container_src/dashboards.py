@@ -30,6 +30,7 @@ _REMOTE_SCRIPTS = {
     "https://d3js.org/d3.v6.min.js": "d3",
     "https://cdn.plot.ly/plotly-latest.min.js": "plotly",
 }
+INDEX_OTHERS = 500  # live features listed in the index besides the rendered ones; the tables hold them all
 _START_KEY = re.compile(r"const START_KEY = (\"[^\"]*\");")
 
 
@@ -84,7 +85,7 @@ def render_dashboard(
         ignore_tokens=ignore_tokens,
     )
     with warnings.catch_warnings():  # its indexing helpers warn on every feature batch; nothing a user can act on
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"sae_dashboard\.")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(sae_dashboard|eindex)")
         vis_data = SaeVisRunner(vis_cfg).run(encoder=sae, model=lm, tokens=tokens)  # type: ignore[arg-type]
     raw = out_file.with_suffix(".raw.html")
     save_feature_centric_vis(sae_vis_data=vis_data, filename=raw)
@@ -112,15 +113,15 @@ document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click'
 
 
 def _snippet_html(snippet: dict[str, Any]) -> str:
-    text = html.escape(snippet["text"]).replace("[[", "<b>").replace("]]", "</b>")
+    text = f"{html.escape(snippet['before'])}<b>{html.escape(snippet['token'])}</b>{html.escape(snippet['after'])}"
     return f'{text} <span class="muted">({html.escape(str(snippet["category"]))}, {snippet["activation"]:.2f})</span>'
 
 
 def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[str, Any], out_file: Path) -> None:
     """A sortable table of the ranked features (dead ones left out), linking to the dashboard of each rendered one."""
     categories = list(summary["tokens"]["categories"])
-    live = [r for r in rows if not r["dead"]]
-    shown = [r for r in live if r["feature"] in rendered] + [r for r in live if r["feature"] not in rendered][:500]
+    others = [r for r in rows if not r["dead"] and r["feature"] not in rendered][:INDEX_OTHERS]
+    shown = [r for r in rows if r["feature"] in rendered] + others
     shown.sort(key=lambda r: -r["score"])
     head = ["rank", "feature", "score", "log-odds", "freq prompts", "freq stories", "mean act prompts"]
     head += ["mean act stories", *[f"score: {c}" for c in categories], "top prompt snippet"]
@@ -153,7 +154,7 @@ def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[st
 <code>{html.escape(summary["sae"]["model_name"])}</code>, d_sae {summary["sae"]["d_sae"]:,}.
 Tokens: prompts {tokens["prompts"]:,} ({per_cat}), TinyStories {tokens["stories"]:,}.
 Dead (never fired on these tokens): {summary["dead_features"]:,} features. Dashboards for {len(rendered)} features;
-others are listed without a link. Full table: <a href="features.csv">features.csv</a>,
+the next {len(others)} live features are listed without a link. Full table: <a href="features.csv">features.csv</a>,
 <a href="features.json">features.json</a>.</p>
 <p class="muted">score = lower bound (one-sided 95%) of the smoothed log-odds ratio of firing on a prompt token rather
 than a TinyStories token; per category the same against the stories. Click a column to sort.</p>
@@ -174,12 +175,16 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
     (out_dir / "features.json").write_text(json.dumps(rows, indent=1) + "\n")
     categories = list(rows[0]["categories"]) if rows else []
     scalar = [k for k in rows[0] if k not in ("categories", "snippets")] if rows else []
-    columns = [*scalar, *[f"{m}:{c}" for c in categories for m in ("freq", "mean_act", "score")], "snippets"]
+    per_category = ("freq", "mean_act", "log_odds", "score")
+    columns = [*scalar, *[f"{m}:{c}" for c in categories for m in per_category], "snippets"]
     with (out_dir / "features.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in rows:
             flat = [r[k] for k in scalar]
-            flat += [r["categories"][c][m] for c in categories for m in ("freq", "mean_act", "score")]
-            flat.append(" | ".join(s["text"] for s in r.get("snippets", [])))
+            flat += [r["categories"][c][m] for c in categories for m in per_category]
+            snippets = r.get("snippets", [])
+            flat.append(
+                " | ".join(f"{s['prompt_id']} ({s['category']}, {s['activation']}): {s['text']}" for s in snippets)
+            )
             writer.writerow(flat)

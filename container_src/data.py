@@ -208,35 +208,45 @@ def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio
 def pack_documents(
     tokenizer: Any, texts: Iterable[str], context_size: int, max_tokens: int, batch: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise documents and pack them the way SAE-Lens's training stream does: every sequence starts with BOS and
-    documents are separated by BOS. Stops after ``max_tokens`` document tokens (the last document may be cut).
+    """Tokenise documents and pack them the way SAE-Lens's training stream does: every sequence starts with BOS, and
+    documents that share a sequence are separated by BOS (a document that opens a sequence gets no separator). Stops
+    after ``max_tokens`` document tokens (the last document may be cut); the last sequence is padded with BOS.
 
     Returns ``tokens`` [n_seq, context_size] and ``doc`` of the same shape: the index of the document each token
-    came from, -1 for BOS and for the BOS padding of the last sequence, so that statistics count only the
-    documents' own tokens.
+    came from, -1 for BOS and padding, so that statistics count only the documents' own tokens.
     """
     import torch
 
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    flat_tokens: list[int] = []
-    flat_docs: list[int] = []
+    rows: list[tuple[list[int], list[int]]] = []
+    row_tokens, row_docs = [bos], [-1]
+
+    def put(token: int, doc: int) -> None:
+        nonlocal row_tokens, row_docs
+        row_tokens.append(token)
+        row_docs.append(doc)
+        if len(row_tokens) == context_size:
+            rows.append((row_tokens, row_docs))
+            row_tokens, row_docs = [bos], [-1]
+
     doc_tokens = 0
     texts = iter(texts)
     index = 0
     while doc_tokens < max_tokens and (chunk := list(islice(texts, batch))):
         for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             ids = ids[: max_tokens - doc_tokens]
-            if ids:
-                flat_tokens += [bos, *ids]
-                flat_docs += [-1] + [index] * len(ids)
-                doc_tokens += len(ids)
+            if ids and len(row_tokens) > 1:
+                put(bos, -1)
+            for token in ids:
+                put(token, index)
+            doc_tokens += len(ids)
             index += 1
             if doc_tokens >= max_tokens:
                 break
-    body = context_size - 1
-    n_seq = -(-len(flat_tokens) // body)
-    pad = n_seq * body - len(flat_tokens)
-    tokens = torch.tensor(flat_tokens + [bos] * pad, dtype=torch.long).view(n_seq, body)
-    docs = torch.tensor(flat_docs + [-1] * pad, dtype=torch.long).view(n_seq, body)
-    bos_column = torch.full((n_seq, 1), bos, dtype=torch.long)
-    return torch.cat([bos_column, tokens], dim=1), torch.cat([torch.full_like(bos_column, -1), docs], dim=1)
+    if len(row_tokens) > 1:
+        pad = context_size - len(row_tokens)
+        rows.append((row_tokens + [bos] * pad, row_docs + [-1] * pad))
+    return (
+        torch.tensor([r[0] for r in rows], dtype=torch.long).view(-1, context_size),
+        torch.tensor([r[1] for r in rows], dtype=torch.long).view(-1, context_size),
+    )

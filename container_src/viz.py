@@ -134,6 +134,30 @@ class _Batches:
             yield start, feats.float()
 
 
+def _snippet(tokenizer: Any, tokens: list[int], docs: list[int], pos: int) -> dict[str, str]:
+    """The text around token ``pos`` within its document, split into before, token and after. Byte-level BPE can cut
+    a character (Chinese text often is) into several tokens: the token's span is widened to whole characters."""
+    doc = docs[pos]
+    first = pos
+    while first > 0 and pos - first < SNIPPET_BEFORE and docs[first - 1] == doc:
+        first -= 1
+    end = pos + 1
+    while end < len(docs) and end - pos <= SNIPPET_AFTER and docs[end] == doc:
+        end += 1
+    lo, hi = pos, pos + 1
+    for extra in range(1, 7):  # a UTF-8 character is at most 4 bytes: take the narrowest whole span around pos
+        if "\ufffd" not in tokenizer.decode(tokens[lo:hi]):
+            break
+        spans = [(pos - left, pos + 1 + extra - left) for left in range(extra + 1)]
+        clean = [(a, b) for a, b in spans if a >= first and b <= end and "\ufffd" not in tokenizer.decode(tokens[a:b])]
+        if clean:
+            lo, hi = clean[0]
+            break
+    before = tokenizer.decode(tokens[first:lo]).lstrip("\ufffd")
+    token, after = tokenizer.decode(tokens[lo:hi]), tokenizer.decode(tokens[hi:end]).rstrip("\ufffd")
+    return {"before": before, "token": token, "after": after, "text": f"{before}[[{token}]]{after}"}
+
+
 def _snippets(
     stats: FeatureStats, tokens: torch.Tensor, docs: torch.Tensor, meta: list[dict[str, Any]], tokenizer: Any, n: int
 ) -> dict[int, list[dict[str, Any]]]:
@@ -151,17 +175,8 @@ def _snippets(
             if doc in seen:
                 continue
             seen.add(doc)
-            start = max(0, pos - SNIPPET_BEFORE)
-            before = [flat_tokens[j] for j in range(start, pos) if flat_docs[j] == doc]
-            after = [
-                flat_tokens[j]
-                for j in range(pos + 1, pos + 1 + SNIPPET_AFTER)
-                if j < len(flat_docs) and flat_docs[j] == doc
-            ]
-            text = (
-                tokenizer.decode(before) + "[[" + tokenizer.decode([flat_tokens[pos]]) + "]]" + tokenizer.decode(after)
-            )
-            found.append({**meta[doc], "activation": round(value, 4), "text": text})
+            text = _snippet(tokenizer, flat_tokens, flat_docs, pos)
+            found.append({**meta[doc], "activation": round(value, 4), **text})
         out[feature] = found
     return out
 
@@ -221,10 +236,11 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     ids = [str(v) for v in prompts["id"]] if "id" in columns else [str(i) for i in range(len(prompts))]
     cats = [str(v) for v in prompts["category"]] if "category" in columns else ["prompts"] * len(prompts)
     prompt_meta = [{"prompt_id": i, "category": c} for i, c in zip(ids, cats, strict=True)]
-    groups = [STORIES, *sorted(set(cats))]
+    groups = [STORIES, *sorted(set(cats))]  # by position: a category may even be called "tinystories"
+    group_of = {c: i for i, c in enumerate(groups[1:], start=1)}
     p_tokens, p_docs = data.pack_documents(tokenizer, prompts["text"], context_size, cfg.prompt_tokens)
     s_tokens, s_docs = data.pack_documents(tokenizer, (row["text"] for row in stories), context_size, cfg.story_tokens)
-    doc_group = torch.tensor([groups.index(m["category"]) for m in prompt_meta], dtype=torch.long)
+    doc_group = torch.tensor([group_of[m["category"]] for m in prompt_meta], dtype=torch.long)
     logger.info(
         "tokens: %d from %d of %d prompts, %d from stories; context %d",
         int((p_docs >= 0).sum()),
@@ -238,12 +254,12 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     ranked_at = time.monotonic()
     stats = FeatureStats(d_sae, groups, top_k=4 * cfg.top_snippets, device=runtime.device)
     encode = _Batches(lm, sae, hook_name, runtime, cfg.batch_size)
-    for source, tokens, docs in (("prompts", p_tokens, p_docs), (STORIES, s_tokens, s_docs)):
-        for start, feats in encode(tokens, source):
+    for what, tokens, docs in (("prompts", p_tokens, p_docs), (STORIES, s_tokens, s_docs)):
+        for start, feats in encode(tokens, what):
             batch_docs = docs[start : start + feats.shape[0]].to(runtime.device).flatten()
             keep = batch_docs >= 0
             feats = feats.flatten(0, 1)[keep]
-            if source == STORIES:
+            if what == STORIES:
                 group = torch.zeros(feats.shape[0], dtype=torch.long, device=runtime.device)
                 stats.add(feats, group)
             else:
@@ -264,49 +280,53 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     staging = paths.model_dir / ".dashboards-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    rendered_at = time.monotonic()
-    if chosen:
-        logger.info("rendering dashboards for %d features", len(chosen))
-        dashboards.render_dashboard(
-            sae,
-            lm,
-            torch.cat([p_tokens, s_tokens]),
-            chosen,
-            device=runtime.device,
-            ignore_tokens={int(p_tokens[0, 0])},
-            out_file=staging / "dashboard.html",
-            title=f"SAE features: {hook_name}",
-        )
-    else:
-        logger.warning("no feature fired on these tokens: no dashboards to render")
-    summary = {
-        "sae": {
-            "source": str(source),
-            "model_name": model_name,
-            "hook_name": hook_name,
-            "d_in": sae_cfg["d_in"],
-            "d_sae": d_sae,
-        },
-        "tokens": {
-            "prompts": int(stats.tokens[1:].sum()),
-            "stories": int(stats.tokens[0]),
-            "categories": {g: int(n) for g, n in zip(groups[1:], stats.tokens[1:].tolist(), strict=True) if n},
-            "prompts_used": int(p_docs.max()) + 1,
-            "context_size": context_size,
-        },
-        "stories_source": stories_identity,
-        "dead_features": sum(r["dead"] for r in rows),
-        "rendered": chosen,
-        "top": [{k: r[k] for k in ("feature", "score", "freq_prompts", "freq_stories")} for r in rows[:10]],
-        "config": asdict(cfg),
-        "device": runtime.device_name,
-        "seconds": {"ranking": round(ranked_s, 2), "dashboards": round(time.monotonic() - rendered_at, 2)},
-    }
-    dashboards.write_tables(rows, staging)
-    dashboards.write_index(rows, set(chosen), summary, staging / "index.html")
-    summary["seconds"]["total"] = round(time.monotonic() - started, 2)
-    records.write_json(staging / "summary.json", summary)
-    _publish(staging, paths.model_dir / "dashboards")
+    try:  # a failed run leaves no half-written folder in model/
+        rendered_at = time.monotonic()
+        if chosen:
+            logger.info("rendering dashboards for %d features", len(chosen))
+            dashboards.render_dashboard(
+                sae,
+                lm,
+                torch.cat([p_tokens, s_tokens]),
+                chosen,
+                device=runtime.device,
+                ignore_tokens={int(p_tokens[0, 0])},
+                out_file=staging / "dashboard.html",
+                title=f"SAE features: {hook_name}",
+            )
+        else:
+            logger.warning("no feature fired on these tokens: no dashboards to render")
+        summary = {
+            "sae": {
+                "source": str(source),
+                "model_name": model_name,
+                "hook_name": hook_name,
+                "d_in": sae_cfg["d_in"],
+                "d_sae": d_sae,
+            },
+            "tokens": {
+                "prompts": int(stats.tokens[1:].sum()),
+                "stories": int(stats.tokens[0]),
+                "categories": {g: int(n) for g, n in zip(groups[1:], stats.tokens[1:].tolist(), strict=True) if n},
+                "prompts_used": int(p_docs.max()) + 1,
+                "context_size": context_size,
+            },
+            "stories_source": stories_identity,
+            "dead_features": sum(r["dead"] for r in rows),
+            "rendered": chosen,
+            "top": [{k: r[k] for k in ("feature", "score", "freq_prompts", "freq_stories")} for r in rows[:10]],
+            "config": asdict(cfg),
+            "device": runtime.device_name,
+            "seconds": {"ranking": round(ranked_s, 2), "dashboards": round(time.monotonic() - rendered_at, 2)},
+        }
+        dashboards.write_tables(rows, staging)
+        dashboards.write_index(rows, set(chosen), summary, staging / "index.html")
+        summary["seconds"]["total"] = round(time.monotonic() - started, 2)
+        records.write_json(staging / "summary.json", summary)
+        _publish(staging, paths.model_dir / "dashboards")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info(
         "viz done in %.1f s: %d features ranked, %d dead, %d dashboards in %s; most prompt-specific: %s",
         summary["seconds"]["total"],

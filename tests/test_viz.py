@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -35,10 +37,12 @@ class _Tokenizer:
 
 def test_pack_documents_like_training() -> None:
     tokens, docs = pack_documents(_Tokenizer(), ["a bb ccc", "dddd", "ee f"], context_size=4, max_tokens=5)
-    # stream: BOS a bb ccc BOS dddd BOS ee (cut at 5 tokens) -> rows of 3 after a leading BOS, padded with BOS
-    assert tokens.tolist() == [[0, 0, 1, 2], [0, 3, 0, 4], [0, 0, 2, 0]]
-    assert docs.tolist() == [[-1, -1, 0, 0], [-1, 0, -1, 1], [-1, -1, 2, -1]]
-    assert int((docs >= 0).sum()) == 5
+    # each row opens with BOS; documents sharing a row are separated by BOS; cut after 5 document tokens
+    assert tokens.tolist() == [[0, 1, 2, 3], [0, 4, 0, 2]]
+    assert docs.tolist() == [[-1, 0, 0, 0], [-1, 1, -1, 2]]
+    tokens, docs = pack_documents(_Tokenizer(), ["a bb", "ccc"], context_size=4, max_tokens=100)
+    assert tokens.tolist() == [[0, 1, 2, 0], [0, 3, 0, 0]]  # the last row is padded with BOS
+    assert docs.tolist() == [[-1, 0, 0, -1], [-1, 1, -1, -1]]
 
 
 def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
@@ -69,6 +73,24 @@ def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     assert set(stats.top_positions[:, 3].tolist()) <= set(range(10, 30))
 
 
+def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
+    """Byte-level BPE splits a Chinese character into several tokens; a snippet must never show half of one."""
+    from transformers import AutoTokenizer
+
+    from container_src.viz import _snippet
+
+    tokenizer = AutoTokenizer.from_pretrained("roneneldan/TinyStories-33M")
+    text = "The 中国 story"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    partial = [i for i, t in enumerate(ids) if "\ufffd" in tokenizer.decode([t])]
+    assert partial, "expected the characters to be split into byte tokens"
+    for pos in partial:
+        snippet = _snippet(tokenizer, ids, [0] * len(ids), pos)
+        assert "\ufffd" not in snippet["text"]
+        assert snippet["token"].strip() in ("中", "国") and snippet["before"].startswith("The")
+        assert (snippet["before"] + snippet["token"] + snippet["after"]) in text
+
+
 def test_dashboard_page_is_made_self_contained() -> None:
     page = (
         "<div id='dropdown-container'></div>\n"
@@ -77,7 +99,7 @@ def test_dashboard_page_is_made_self_contained() -> None:
         '<script>\nconst START_KEY = "7";\n</script>'
     )
     out = make_self_contained(page, "t")
-    assert "https://" not in out.split("<script>")[0] and 'src="http' not in out
+    assert not re.search(r"<script[^>]*\ssrc=", out)  # nothing is loaded from elsewhere
     assert "d3js.org v6.7.0" in out and "plotly.js v" in out
     assert "location.hash.slice(1) in DASHBOARD_DATA" in out and '<meta charset="utf-8">' in out
     with pytest.raises(RuntimeError, match="no longer loads"):
@@ -140,6 +162,7 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tokens"]["prompts"] == 3000 and summary["tokens"]["stories"] == 3000
     assert set(summary["tokens"]["categories"]) == {"official narrative", "refusal", "whataboutism"}
+    assert summary["sae"]["source"] == str(base / "input" / "data" / "sae")
 
     # Independent check, computed here with the model and the SAE on the planted prompts themselves: where does each
     # feature fire, on the planted tokens or on the rest of the prompt?
@@ -167,14 +190,14 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
         f = row["feature"]
         assert fires_on_plant[f] > fires_elsewhere[f], (row, fires_on_plant[f], fires_elsewhere[f])
         assert row["freq_prompts"] > 2 * row["freq_stories"]
-        marked = row["snippets"][0]["text"].split("[[")[1].split("]]")[0]
-        assert marked in planted_texts, row["snippets"]
+        assert row["snippets"][0]["token"] in planted_texts, row["snippets"]
     # Features that fire about as often on both sources rank below every one of the top features.
     even = [r for r in rows if not r["dead"] and r["freq_stories"] > 0.01 and abs(r["log_odds"]) < 0.2]
     assert even, "expected some features that fire equally on both sources"
     assert max(r["score"] for r in even) < min(r["score"] for r in top)
     # The tables agree with each other, and the dashboards cover the top features.
-    csv_ids = [int(line.split(",")[0]) for line in (out / "features.csv").read_text().splitlines()[1:]]
+    with (out / "features.csv").open(newline="") as f:
+        csv_ids = [int(record[0]) for record in list(csv.reader(f))[1:]]
     assert csv_ids == [r["feature"] for r in rows]
     assert summary["rendered"] == [r["feature"] for r in rows if not r["dead"]][:6]
 
