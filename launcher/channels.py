@@ -7,12 +7,12 @@ one never overwrites what an earlier job read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from container_src.data import channel_fingerprint
 from launcher.aws import split_s3_uri
 from launcher.upload import UploadError, read_manifest
 
@@ -31,18 +31,6 @@ def read_fingerprint(export_dir: Path) -> str:
         raise ChannelError(str(exc)) from None
 
 
-def dir_fingerprint(folder: Path) -> str:
-    """sha256 over every file's relative path and content."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def check_local_dir(name: str, folder: Path) -> Path:
     folder = folder.resolve()  # the model channel may be symlinked hub caches; upload what they point at
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -56,7 +44,7 @@ def upload_dir(s3: Any, folder: Path, s3_base: str, *, dry_run: bool = False) ->
     A marker object beside the prefix (not inside it, where the container would read it as data) says the
     upload finished.
     """
-    fingerprint = dir_fingerprint(folder)[:16]
+    fingerprint = channel_fingerprint(folder)  # the container's own hash of a channel's files
     bucket, base = split_s3_uri(s3_base.rstrip("/"))
     prefix, marker = f"{base}/{fingerprint}/", f"{base}/{fingerprint}.complete"
     uri = f"s3://{bucket}/{prefix}"
