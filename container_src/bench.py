@@ -22,8 +22,8 @@ Three measurements in one process, on the same data:
 - lm: the model alone, from text to activations at the hook (tokenising, forward pass up to the hook's layer),
   as training feeds the buffer; and the full forward pass, for what stopping at the hook's layer saves.
 
-Timed window: whole refill cycles of the activation buffer after the warm-up steps (see StepClock), with the
-device synchronised at both ends. It holds every timed step's data (model forward, buffer) and SAE update; loading
+Timed window: whole refill cycles of the activation buffer after the warm-up steps (see StepClock), timed on
+the GPU's own stream on a GPU. It holds every timed step's data (model forward, buffer) and SAE update; loading
 the model, the warm-up steps, the steps after the last refill, the final evaluation and saving the SAE are outside
 it. ``steps`` counts the steps run after the warm-up; the JSON gives how many of them were timed.
 """
@@ -98,13 +98,32 @@ class StepClock:
     that cut a burst in two would charge one pipeline more model work per token than the other. The timed window
     therefore runs from the first step after the warm-up that ends just before a refill to the last such step:
     whole refill cycles only.
+
+    On a GPU each step's end is a CUDA event recorded on the stream, read once at the end: synchronising after every
+    step would stall the CPU's queueing of the next step's kernels, which training itself never does.
     """
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self.ends: list[tuple[float, float]] = []
+        self.ends: list[tuple[Any, float]] = []
+        """(wall clock or CUDA event, process CPU time) at the end of each step."""
         self.refill_after: set[int] = set()
         """Step counts after which the buffer was refilled (0: before the first step)."""
+
+    def _mark(self) -> Any:
+        if not self.device.startswith("cuda"):
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _seconds(self, start: Any, end: Any) -> float:
+        if not self.device.startswith("cuda"):
+            return end - start
+        _synchronize(self.device)
+        return start.elapsed_time(end) / 1000
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StepClock]:
@@ -115,8 +134,7 @@ class StepClock:
 
         def timed_step(trainer: Any, batch: Any) -> Any:
             output = step(trainer, batch)
-            _synchronize(self.device)
-            self.ends.append((time.perf_counter(), time.process_time()))
+            self.ends.append((self._mark(), time.process_time()))
             return output
 
         def noted_fetch(store: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,9 +156,10 @@ class StepClock:
                 f"after steps {sorted(self.refill_after)}): raise steps"
             )
         (start, cpu_start), (end, cpu_end) = self.ends[bounds[0] - 1], self.ends[bounds[-1] - 1]
+        seconds = self._seconds(start, end)
         steps = bounds[-1] - bounds[0]
         tokens = steps * batch_tokens
-        return Speed(tokens / (end - start), tokens, end - start, cpu_end - cpu_start, steps, batch_tokens, peak_memory)
+        return Speed(tokens / seconds, tokens, seconds, cpu_end - cpu_start, steps, batch_tokens, peak_memory)
 
 
 class PeakMemory:
@@ -320,12 +339,14 @@ def _lm_speed(
     from sae_lens.training.activations_store import ActivationsStore
     from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
+    from container_src.data import PackedRows
     from container_src.train import _sae_lens_config
 
     runner_cfg = _sae_lens_config(
         _train_config(cfg, 1), *sae_size, runtime, "bench", root / "lm", root / "lm" / "out", None
     )
-    store = ActivationsStore.from_config(lm, runner_cfg, override_dataset=stream)
+    rows: Any = PackedRows(stream, lm, runner_cfg)
+    store = ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)
     batch_tokens = cfg.store_batch_size_prompts * cfg.context_size
     memory = PeakMemory(runtime.device)
     with memory.measuring():

@@ -33,6 +33,7 @@ _NOT_IN_RUN_ID = {
     "device",
     "compile_sae",
     "compile_llm",
+    "prefetch_llm_batches",
     "n_checkpoints",
 }
 

@@ -115,6 +115,9 @@ class TrainConfig(RunConfig):
     """torch.compile the SAE."""
     compile_llm: bool = False
     """torch.compile the language model."""
+    prefetch_llm_batches: int = 2
+    """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
+    buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead."""
     feature_sampling_window: int = 2000
@@ -159,6 +162,7 @@ class TrainConfig(RunConfig):
         )
         need(self.context_size >= 2, "context_size", "must be at least 2")
         need(self.store_batch_size_prompts >= 1, "store_batch_size_prompts", "must be at least 1")
+        need(self.prefetch_llm_batches >= 0, "prefetch_llm_batches", "must be 0 (off) or more")
         need(
             self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
             "n_batches_in_buffer",

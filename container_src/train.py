@@ -207,7 +207,8 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         stream=data.mixed_stream(stories, prompts, cfg.prompt_ratio, cfg.seed),
         prompts=prompts,
         stories=stories,
-        data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}",
+        # "rows": the resume position counts packed rows (data.PackedRows), not documents as in older checkpoints
+        data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}|rows",
         channels=channels,
         runtime=model.pick_runtime(cfg.device, cfg.precision),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
@@ -260,7 +261,13 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         runner_cfg = _sae_lens_config(cfg, d_in, d_sae, runtime, _wandb_id(run_dir, latest), run_dir, staging, resume)
-        runner = _runner_class()(runner_cfg, override_dataset=inputs.stream, override_model=lm)
+        rows = data.PackedRows(inputs.stream, lm, runner_cfg)
+        # SAE-Lens seeds nothing itself: the SAE's initial weights and the shuffling buffer's order come from torch's
+        # global generators, so `seed` must set them for a run to be repeatable
+        import torch
+
+        torch.manual_seed(cfg.seed)
+        runner = _runner_class()(runner_cfg, override_dataset=rows, override_model=lm)
         runner.metric_log, runner.log_every = metric_log, cfg.log_every
         runner.run()
         _StopRequest.phase = "finishing"
@@ -368,6 +375,7 @@ def _sae_lens_config(
         autocast_lm=runtime.autocast,
         compile_sae=cfg.compile_sae,
         compile_llm=cfg.compile_llm,
+        prefetch_llm_batches=cfg.prefetch_llm_batches,
         seed=cfg.seed,
         n_checkpoints=cfg.n_checkpoints,
         checkpoint_path=str(run_dir),  # replaced below: SAE-Lens appends logger.wandb_id to it

@@ -60,15 +60,19 @@ def tiny_assets() -> dict[str, Path]:
     return {"hf_home": HF_HOME, "stories": story_dir}
 
 
-@pytest.fixture
-def opt_ml(tmp_path: Path, tiny_assets: dict[str, Path]) -> Path:
-    """A SageMaker /opt/ml tree with channels model, tinystories and prompts (the shipped sample)."""
-    channels = tmp_path / "opt_ml" / "input" / "data"
+def make_opt_ml(base: Path, tiny_assets: dict[str, Path]) -> Path:
+    """A SageMaker /opt/ml tree at ``base`` with channels model, tinystories and prompts (the shipped sample)."""
+    channels = base / "input" / "data"
     channels.mkdir(parents=True)
     (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
     (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
     shutil.copytree(SAMPLE_PROMPTS, channels / "prompts")
-    return tmp_path / "opt_ml"
+    return base
+
+
+@pytest.fixture
+def opt_ml(tmp_path: Path, tiny_assets: dict[str, Path]) -> Path:
+    return make_opt_ml(tmp_path / "opt_ml", tiny_assets)
 
 
 def write_hyperparameters(base: Path, values: dict[str, str]) -> None:

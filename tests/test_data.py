@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from container_src.config import ConfigError
-from container_src.data import load_prompts, load_stories, mixed_stream, token_share
+from container_src.data import PackedRows, load_prompts, load_stories, mixed_stream, token_share
 from container_src.synthetic import make_stories
 from tests.conftest import SAMPLE_PROMPTS
 
@@ -157,3 +157,41 @@ def test_token_share_weighs_documents_by_length(many_stories: Dataset) -> None:
     assert share == pytest.approx(0.1 * 400 / (0.1 * 400 + 0.9 * story_words))
     assert share > 0.1  # these prompts are longer than the stories
     assert token_share(words, None, many_stories.to_iterable_dataset(), 0.1) == 0.0
+
+
+def test_packed_rows_are_the_tokens_sae_lens_packs_from_text(
+    tiny_assets: dict[str, Path], many_stories: Dataset, tmp_path: Path
+) -> None:
+    """Training feeds SAE-Lens rows packed on the CPU (PackedRows) instead of text: the store must see the very
+    tokens it would have packed from the text itself, documents split across rows and BOS separators included."""
+    import torch
+    from sae_lens.training.activations_store import ActivationsStore
+
+    from container_src.config import TrainConfig
+    from container_src.model import load_model, pick_runtime
+    from container_src.train import _sae_lens_config
+
+    lm = load_model("roneneldan/TinyStories-33M", "cpu")
+    cfg = TrainConfig(context_size=64, train_batch_size_tokens=256, store_batch_size_prompts=4, training_tokens=256)
+    runner_cfg = _sae_lens_config(
+        cfg, 256, 1024, pick_runtime("cpu", "auto"), "t", tmp_path / "r", tmp_path / "o", None
+    )
+    stream = mixed_stream(many_stories.to_iterable_dataset(), _prompts(), 0.3, seed=7)
+    rows = PackedRows(stream, lm, runner_cfg)
+    from_text = ActivationsStore.from_config(lm, runner_cfg, override_dataset=stream)
+    from_rows = ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)  # type: ignore[arg-type]
+    assert from_rows.is_dataset_tokenized and not from_text.is_dataset_tokenized
+
+    assert lm.tokenizer is not None
+    batches = []
+    for _ in range(30):  # 120 rows of 64 tokens, about 90 documents
+        expected, got = from_text.get_batch_tokens(), from_rows.get_batch_tokens()
+        assert got.shape == (4, 64) and got.device.type == "cpu"
+        assert torch.equal(got, expected)
+        batches.append(got)
+    assert all(bool((batch[:, 0] == lm.tokenizer.bos_token_id).all()) for batch in batches)
+    # the resume position counts rows (SAE-Lens counts a row once the next one is asked for: 120 served, 119
+    # counted); each iteration starts the stream afresh, which is what fast-forwarding relies on
+    assert from_rows.n_dataset_processed == 119
+    fresh = [row["input_ids"] for row in islice(iter(rows), 8)]
+    assert fresh == torch.cat(batches[:2]).tolist()

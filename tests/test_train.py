@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from container_src.__main__ import main
-from tests.conftest import ROOT, TINY_RUN, container_cmd, run_container, write_hyperparameters
+from tests.conftest import ROOT, TINY_RUN, container_cmd, make_opt_ml, run_container, write_hyperparameters
 
 pytestmark = pytest.mark.slow
 
@@ -247,3 +247,22 @@ def test_signal_handling_by_phase() -> None:
         _StopRequest.handle(signal.SIGTERM, None)
     _StopRequest.phase = "done"
     _StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
+
+
+def test_prefetching_trains_the_same_sae(
+    tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefetch_llm_batches only moves the data work to a background thread: the SAE trained with it is the one
+    trained without it, weight for weight."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = []
+    for prefetch in ("0", "2"):
+        base = make_opt_ml(tmp_path / f"prefetch-{prefetch}", tiny_assets)
+        write_hyperparameters(base, {**TINY_RUN, "training_tokens": "4096", "prefetch_llm_batches": prefetch})
+        assert _run_in_process(base, monkeypatch) == 0
+        weights.append(load_file(str(base / "model" / "sae_weights.safetensors")))
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
