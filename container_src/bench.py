@@ -10,7 +10,7 @@ loaded through the real loading code, and removed at the end. The tree's model/ 
 in a SageMaker job the figures also go to ``model/bench.json``, so the job's model.tar.gz carries them (locally,
 ``--json /opt/ml/model/bench.json`` does the same).
 
-Three measurements in one process, on the same data:
+Four measurements in one process, the first three on the same data:
 
 - ours: `train` itself (``run_train``: data mixing, our runner, metric log) for warm-up + timed steps, with the
   configuration given (precision, compile, buffer sizes, ...), periodic checkpoints and W&B off.
@@ -21,6 +21,8 @@ Three measurements in one process, on the same data:
   W&B is off.
 - lm: the model alone, from text to activations at the hook (tokenising, forward pass up to the hook's layer),
   as training feeds the buffer; and the full forward pass, for what stopping at the hook's layer saves.
+- sae_alone: SAE-Lens's training step alone, as train configures it, on one random batch served again and again:
+  what ours would reach if the model and the data cost nothing.
 
 Timed window: whole refill cycles of the activation buffer after the warm-up steps (see StepClock), timed on
 the GPU's own stream on a GPU. It holds every timed step's data (model forward, buffer) and SAE update; loading
@@ -378,6 +380,51 @@ def _lm_speed(
     }
 
 
+def _sae_speed(
+    cfg: BenchConfig, sae_size: tuple[int, int], runtime: Any, root: Path, warmup: int, steps: int
+) -> dict[str, Any]:
+    """The SAE step alone: SAE-Lens's trainer step, as train configures it (precision, compile), on one random batch
+    served again and again, with no model and no data pipeline. The pipelines above approach it as their data side
+    gets out of the way: on a GPU it is the ceiling of ours."""
+    import itertools
+
+    import torch
+    from sae_lens import TrainingSAE, TrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from container_src.train import _sae_lens_config
+
+    runner_cfg = _sae_lens_config(
+        _train_config(cfg, warmup + steps), *sae_size, runtime, "bench", root / "sae", root / "sae" / "out", None
+    )
+    memory = PeakMemory(runtime.device)
+    with memory.measuring():
+        sae = TrainingSAE.from_dict(TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict())
+        sae.to(runtime.device)
+        if cfg.compile_sae:
+            sae.training_forward_pass = torch.compile(sae.training_forward_pass)  # type: ignore[method-assign]
+        batch = torch.randn(cfg.train_batch_size_tokens, sae_size[0], generator=torch.Generator().manual_seed(0))
+        batch = batch.to(runtime.device)
+        trainer = SAETrainer(cfg=runner_cfg.to_sae_trainer_config(), sae=sae, data_provider=itertools.repeat(batch))
+        clock = StepClock(runtime.device)
+        for _ in range(warmup):
+            trainer.step(batch)
+        start = clock._mark()
+        for _ in range(steps):
+            trainer.step(batch)
+        seconds = clock._seconds(start, clock._mark())
+        del trainer, sae, batch
+    tokens = steps * cfg.train_batch_size_tokens
+    return {
+        "tokens_per_s": round(tokens / seconds, 1),
+        "steps": steps,
+        "seconds": round(seconds, 6),
+        "peak_memory_bytes": memory.peak,
+        "what": "SAE-Lens's training step alone (forward, loss, backward, Adam) on one random batch served again "
+        "and again: no model, no data pipeline",
+    }
+
+
 def _check_fresh_process(cache: Path) -> None:
     """The HF libraries read the cache location once, at import: in a process that imported them already, the
     stand-in model would be looked for elsewhere."""
@@ -440,6 +487,8 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
                     cfg, inputs.stories, (d_in, d_sae), root / f"bare-{attempt}", warmup, steps, runtime.device
                 )
                 bare_runs.append(speed)
+        logger.info("bench: the SAE step alone, %d warm-up + %d steps", warmup, steps)
+        sae_figures = _sae_speed(cfg, (d_in, d_sae), runtime, root, warmup, steps)
         ours = max(ours_runs, key=lambda run: run.tokens_per_s)
         bare = max(bare_runs, key=lambda run: run.tokens_per_s) if bare_runs else None
 
@@ -479,6 +528,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
             "bare": [round(r.tokens_per_s, 1) for r in bare_runs],
         },
         "lm": lm_figures,
+        "sae_alone": sae_figures,
         "projection": _projection(cfg, instance_type, ours.tokens_per_s),
         "config": resolved.to_json()["values"],
     }
@@ -524,6 +574,7 @@ def format_table(f: dict[str, Any]) -> str:
         f"{lm['forward_to_hook_tokens_per_s']:,.0f} tokens/s to the hook, {lm['full_forward_tokens_per_s']:,.0f} "
         "through all layers"
     )
+    lines.append(f"  SAE step alone: {f['sae_alone']['tokens_per_s']:,.0f} tokens/s (no model, no data pipeline)")
     p = f["projection"]
     cost = (
         f", ${p['usd']:,.2f} on {p['instance_type']} at ${p['usd_per_hour']}/h ({p['prices']})"

@@ -269,6 +269,10 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         runner = _runner_class()(runner_cfg, override_dataset=rows, override_model=lm)
         runner.metric_log, runner.log_every = metric_log, cfg.log_every
+        if resume is not None:
+            # SAE-Lens 6.54 starts the prefetching thread on the stream before it fast-forwards that stream to the
+            # checkpoint ("generator already executing"); done here first, its own fast-forward has nothing to do
+            runner.activations_store.load_from_checkpoint(resume)
         runner.run()
         _StopRequest.phase = "finishing"
         if _StopRequest.requested:  # it came during the final save, when only the flag was set

@@ -55,11 +55,14 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     )
     lm = figures["lm"]
     assert all(lm[key] > 0 for key in ("tokens_per_s", "forward_to_hook_tokens_per_s", "full_forward_tokens_per_s"))
+    sae_alone = figures["sae_alone"]
+    assert sae_alone["steps"] == 3 and sae_alone["seconds"] > 0 and sae_alone["peak_memory_bytes"] > 0
+    assert sae_alone["tokens_per_s"] == pytest.approx(3 * 256 / sae_alone["seconds"], rel=1e-2)
     projection = figures["projection"]
     assert projection["instance_type"] == "ml.g5.xlarge" and projection["usd_per_hour"] > 0
     assert projection["wall_s"] == pytest.approx(204800 / figures["ours"]["tokens_per_s"], rel=1e-2)
     assert projection["usd"] == pytest.approx(projection["wall_s"] / 3600 * projection["usd_per_hour"], abs=0.01)
-    assert "tokens/s" in result.stdout and "ratio ours / bare" in result.stdout
+    assert "tokens/s" in result.stdout and "ratio ours / bare" in result.stdout and "SAE step alone" in result.stdout
     # The bench trained in a temporary tree of its own: nothing of a run is left in the caller's.
     assert sorted(p.name for p in (base / "model").iterdir()) == ["bench.json"]
     assert not (base / "checkpoints").exists()
