@@ -1,8 +1,9 @@
 """The training stream: TinyStories (the negative control) interleaved with the user's prompts.
 
-Every row has ``text`` (what SAE-Lens tokenizes) and ``source`` (``tinystories`` or ``prompts``). Prompts are drawn
-with probability ``prompt_ratio`` per document and cycled; the stream ends when TinyStories is exhausted, and SAE-Lens
-then starts it again. The order is a function of ``seed`` alone, which is what lets a resumed run fast-forward.
+Every row has ``text`` and ``source`` (``tinystories`` or ``prompts``); ``PackedRows`` turns the texts into the
+token rows SAE-Lens trains on. Prompts are drawn with probability ``prompt_ratio`` per document and cycled; the
+stream ends when TinyStories is exhausted, and SAE-Lens then starts it again. The order is a function of ``seed``
+alone, which is what lets a resumed run fast-forward.
 """
 
 from __future__ import annotations
