@@ -117,7 +117,8 @@ class TrainConfig(RunConfig):
     """torch.compile the language model."""
     prefetch_llm_batches: int = 2
     """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
-    buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged."""
+    buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged; a checkpoint's data
+    position includes the batches prepared ahead, which a resumed run skips."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead."""
     feature_sampling_window: int = 2000

@@ -269,6 +269,10 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         runner = _runner_class()(runner_cfg, override_dataset=rows, override_model=lm)
         runner.metric_log, runner.log_every = metric_log, cfg.log_every
+        # Evaluations (W&B's during training, ours at the end) read a stream of their own, so they never take rows
+        # from training: what trains is then the same with or without prefetching, and with or without W&B.
+        eval_store = _eval_store(inputs, cfg, lm, runner_cfg)
+        runner.evaluator.activations_store = eval_store
         if resume is not None:
             # SAE-Lens 6.54 starts the prefetching thread on the stream before it fast-forwards that stream to the
             # checkpoint ("generator already executing"); done here first, its own fast-forward has nothing to do
@@ -282,7 +286,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
 
         # Evaluate what is shipped: a BatchTopK SAE is saved as JumpReLU, which is not the model that trained.
         shipped = SAE.load_from_disk(str(staging), device=runtime.device)
-        metrics = evaluate.evaluate(shipped, lm, runner.activations_store, cfg.eval_batches)
+        metrics = evaluate.evaluate(shipped, lm, eval_store, cfg.eval_batches)
         trainer = runner.trainer
         dead = trainer.dead_neurons
         metrics |= {
@@ -332,6 +336,15 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         raise
     logger.info("SAE and records written to %s", paths.model_dir)
     return metrics
+
+
+def _eval_store(inputs: Inputs, cfg: TrainConfig, lm: Any, runner_cfg: Any) -> Any:
+    """An activation store for evaluation over the same mix of documents in another order (seed + 1)."""
+    from sae_lens.training.activations_store import ActivationsStore
+
+    stream = data.mixed_stream(inputs.stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
+    rows: Any = data.PackedRows(stream, lm, runner_cfg)
+    return ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)
 
 
 def training_sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:

@@ -253,16 +253,47 @@ def test_prefetching_trains_the_same_sae(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """prefetch_llm_batches only moves the data work to a background thread: the SAE trained with it is the one
-    trained without it, weight for weight."""
+    trained without it, weight for weight, also with W&B's evaluations running during training (they read a stream
+    of their own, so they take no rows from training)."""
+    import sae_lens.llm_sae_training_runner as runner_module
     import torch
+    from sae_lens.training.prefetch import PrefetchingIterator
     from safetensors.torch import load_file
 
+    import container_src.train
+
+    evaluations: list[int] = []
+    prefetchers: list[int] = []
+    sae_lens_config = container_src.train._sae_lens_config
+
+    def evaluating_every_log(*args: object, **kwargs: object) -> object:
+        runner_cfg = sae_lens_config(*args, **kwargs)  # type: ignore[arg-type]
+        runner_cfg.logger.eval_every_n_wandb_logs = 1
+        return runner_cfg
+
+    class CountedPrefetcher(PrefetchingIterator):
+        def __init__(self, source: object, prefetch: int = 4) -> None:
+            prefetchers.append(prefetch)
+            super().__init__(source, prefetch)  # type: ignore[arg-type]
+
+    evaluator_call = runner_module.LLMSaeEvaluator.__call__
+
+    def counted_evaluation(self: object, *args: object, **kwargs: object) -> object:
+        evaluations.append(1)
+        return evaluator_call(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(container_src.train, "_sae_lens_config", evaluating_every_log)
+    monkeypatch.setattr(runner_module, "PrefetchingIterator", CountedPrefetcher)
+    monkeypatch.setattr(runner_module.LLMSaeEvaluator, "__call__", counted_evaluation)
     weights = []
     for prefetch in ("0", "2"):
         base = make_opt_ml(tmp_path / f"prefetch-{prefetch}", tiny_assets)
-        write_hyperparameters(base, {**TINY_RUN, "training_tokens": "4096", "prefetch_llm_batches": prefetch})
+        hyperparameters = {**TINY_RUN, "training_tokens": "4096", "log_to_wandb": "true"}
+        write_hyperparameters(base, hyperparameters | {"prefetch_llm_batches": prefetch})
         assert _run_in_process(base, monkeypatch) == 0
         weights.append(load_file(str(base / "model" / "sae_weights.safetensors")))
+    assert prefetchers == [2]  # the second run prefetched, the first did not
+    assert len(evaluations) >= 6  # 16 steps, a W&B log every 4 and an evaluation at each: 4 per run
     assert weights[0].keys() == weights[1].keys() and weights[0]
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
