@@ -374,7 +374,7 @@ def _sae_lens_config(
         hook_name=cfg.hook_name,
         dataset_path=cfg.tinystories_path,
         streaming=True,
-        is_dataset_tokenized=False,
+        is_dataset_tokenized=True,  # the store is given data.PackedRows
         context_size=cfg.context_size,
         training_tokens=cfg.training_tokens,
         train_batch_size_tokens=cfg.train_batch_size_tokens,
