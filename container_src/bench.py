@@ -271,6 +271,13 @@ def _train_config(cfg: BenchConfig, total_steps: int) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _runner_config(cfg: BenchConfig, sae_size: tuple[int, int], runtime: Any, folder: Path, total_steps: int) -> Any:
+    """SAE-Lens's runner configuration as train builds it for this configuration, writing under ``folder``."""
+    from container_src.train import _sae_lens_config
+
+    return _sae_lens_config(_train_config(cfg, total_steps), *sae_size, runtime, "bench", folder, folder / "out", None)
+
+
 def _run_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: int, device: str) -> Speed:
     from container_src.train import run_train
 
@@ -338,17 +345,12 @@ def _lm_speed(
     """The model alone: text to activations at the hook as training gets them (SAE-Lens's activation store with
     our configuration), and the full forward pass on the same batches."""
     import torch
-    from sae_lens.training.activations_store import ActivationsStore
     from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
-    from container_src.data import PackedRows
-    from container_src.train import _sae_lens_config
+    from container_src.train import packed_store
 
-    runner_cfg = _sae_lens_config(
-        _train_config(cfg, 1), *sae_size, runtime, "bench", root / "lm", root / "lm" / "out", None
-    )
-    rows: Any = PackedRows(stream, lm, runner_cfg)
-    store = ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)
+    runner_cfg = _runner_config(cfg, sae_size, runtime, root / "lm", 1)
+    store = packed_store(stream, lm, runner_cfg)
     batch_tokens = cfg.store_batch_size_prompts * cfg.context_size
     memory = PeakMemory(runtime.device)
     with memory.measuring():
@@ -392,11 +394,7 @@ def _sae_speed(
     from sae_lens import TrainingSAE, TrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from container_src.train import _sae_lens_config
-
-    runner_cfg = _sae_lens_config(
-        _train_config(cfg, warmup + steps), *sae_size, runtime, "bench", root / "sae", root / "sae" / "out", None
-    )
+    runner_cfg = _runner_config(cfg, sae_size, runtime, root / "sae", warmup + steps)
     memory = PeakMemory(runtime.device)
     with memory.measuring():
         sae = TrainingSAE.from_dict(TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict())

@@ -271,7 +271,8 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         runner.metric_log, runner.log_every = metric_log, cfg.log_every
         # Evaluations (W&B's during training, ours at the end) read a stream of their own, so they never take rows
         # from training: what trains is then the same with or without prefetching, and with or without W&B.
-        eval_store = _eval_store(inputs, cfg, lm, runner_cfg)
+        eval_stream = data.mixed_stream(inputs.stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
+        eval_store = packed_store(eval_stream, lm, runner_cfg)
         runner.evaluator.activations_store = eval_store
         if resume is not None:
             # SAE-Lens 6.54 starts the prefetching thread on the stream before it fast-forwards that stream to the
@@ -338,11 +339,10 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     return metrics
 
 
-def _eval_store(inputs: Inputs, cfg: TrainConfig, lm: Any, runner_cfg: Any) -> Any:
-    """An activation store for evaluation over the same mix of documents in another order (seed + 1)."""
+def packed_store(stream: Any, lm: Any, runner_cfg: Any) -> Any:
+    """SAE-Lens's activation store over ``stream``'s documents packed into rows on the CPU, as training reads them."""
     from sae_lens.training.activations_store import ActivationsStore
 
-    stream = data.mixed_stream(inputs.stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
     rows: Any = data.PackedRows(stream, lm, runner_cfg)
     return ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)
 
