@@ -10,7 +10,7 @@ loaded through the real loading code, and removed at the end. The tree's model/ 
 in a SageMaker job the figures also go to ``model/bench.json``, so the job's model.tar.gz carries them (locally,
 ``--json /opt/ml/model/bench.json`` does the same).
 
-Four measurements in one process, the first three on the same data:
+Five measurements in one process, the first three on the same data:
 
 - ours: `train` itself (``run_train``: data mixing, our runner, metric log) for warm-up + timed steps, with the
   configuration given (precision, compile, buffer sizes, ...), periodic checkpoints and W&B off.
@@ -21,8 +21,9 @@ Four measurements in one process, the first three on the same data:
   W&B is off.
 - lm: the model alone, from text to activations at the hook (tokenising, forward pass up to the hook's layer),
   as training feeds the buffer; and the full forward pass, for what stopping at the hook's layer saves.
-- sae_alone: SAE-Lens's training step alone, as train configures it, on one random batch served again and again:
-  what ours would reach if the model and the data cost nothing.
+- sae_alone: the SAE training step alone, as train runs it (our step with ``lean_step``, see sae_step.py), on one
+  random batch served again and again: what ours would reach if the model and the data cost nothing; and
+  sae_lens_step_alone, the same with SAE-Lens's own TopK step and Adam, for comparison.
 
 Timed window: whole refill cycles of the activation buffer after the warm-up steps (see StepClock), timed on
 the GPU's own stream on a GPU. It holds every timed step's data (model forward, buffer) and SAE update; loading
@@ -383,27 +384,31 @@ def _lm_speed(
 
 
 def _sae_speed(
-    cfg: BenchConfig, sae_size: tuple[int, int], runtime: Any, root: Path, warmup: int, steps: int
+    cfg: BenchConfig, sae_size: tuple[int, int], runtime: Any, root: Path, warmup: int, steps: int, lean: bool
 ) -> dict[str, Any]:
-    """The SAE step alone: SAE-Lens's trainer step, as train configures it (precision, compile), on one random batch
-    served again and again, with no model and no data pipeline. The pipelines above approach it as their data side
-    gets out of the way: on a GPU it is the ceiling of ours."""
+    """The SAE step alone: SAE-Lens's trainer step on one random batch served again and again, with no model and no
+    data pipeline, with the SAE and optimiser as train builds them (``lean``: our step, see container_src/sae_step.py)
+    or as SAE-Lens does, at train's precision and compile setting. The pipelines above approach it as their data
+    side gets out of the way: on a GPU it is the ceiling of ours."""
     import itertools
 
     import torch
-    from sae_lens import TrainingSAE, TrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
+
+    from container_src.sae_step import training_sae, use_fused_adam
 
     runner_cfg = _runner_config(cfg, sae_size, runtime, root / "sae", warmup + steps)
     memory = PeakMemory(runtime.device)
     with memory.measuring():
-        sae = TrainingSAE.from_dict(TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict())
+        sae = training_sae(runner_cfg, lean)
         sae.to(runtime.device)
         if cfg.compile_sae:
-            sae.training_forward_pass = torch.compile(sae.training_forward_pass)  # type: ignore[method-assign]
+            sae.training_forward_pass = torch.compile(sae.training_forward_pass)
         batch = torch.randn(cfg.train_batch_size_tokens, sae_size[0], generator=torch.Generator().manual_seed(0))
         batch = batch.to(runtime.device)
         trainer = SAETrainer(cfg=runner_cfg.to_sae_trainer_config(), sae=sae, data_provider=itertools.repeat(batch))
+        if lean:
+            use_fused_adam(trainer.optimizer)
         clock = StepClock(runtime.device)
         for _ in range(warmup):
             trainer.step(batch)
@@ -413,13 +418,15 @@ def _sae_speed(
         seconds = clock._seconds(start, clock._mark())
         del trainer, sae, batch
     tokens = steps * cfg.train_batch_size_tokens
+    step = "our step (container_src/sae_step.py)" if lean else "SAE-Lens's own TopK step and Adam"
     return {
         "tokens_per_s": round(tokens / seconds, 1),
         "steps": steps,
         "seconds": round(seconds, 6),
         "peak_memory_bytes": memory.peak,
-        "what": "SAE-Lens's training step alone (forward, loss, backward, Adam) on one random batch served again "
-        "and again: no model, no data pipeline",
+        "lean_step": lean,
+        "what": f"the SAE training step alone (forward, loss, backward, Adam), {step}, on one random batch served "
+        "again and again: no model, no data pipeline",
     }
 
 
@@ -486,7 +493,10 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
                 )
                 bare_runs.append(speed)
         logger.info("bench: the SAE step alone, %d warm-up + %d steps", warmup, steps)
-        sae_figures = _sae_speed(cfg, (d_in, d_sae), runtime, root, warmup, steps)
+        sae_figures = _sae_speed(cfg, (d_in, d_sae), runtime, root, warmup, steps, cfg.lean_step)
+        sae_lens_figures = (
+            _sae_speed(cfg, (d_in, d_sae), runtime, root, warmup, steps, lean=False) if cfg.lean_step else sae_figures
+        )
         ours = max(ours_runs, key=lambda run: run.tokens_per_s)
         bare = max(bare_runs, key=lambda run: run.tokens_per_s) if bare_runs else None
 
@@ -527,6 +537,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         },
         "lm": lm_figures,
         "sae_alone": sae_figures,
+        "sae_lens_step_alone": sae_lens_figures,
         "projection": _projection(cfg, instance_type, ours.tokens_per_s),
         "config": resolved.to_json()["values"],
     }
@@ -572,7 +583,10 @@ def format_table(f: dict[str, Any]) -> str:
         f"{lm['forward_to_hook_tokens_per_s']:,.0f} tokens/s to the hook, {lm['full_forward_tokens_per_s']:,.0f} "
         "through all layers"
     )
-    lines.append(f"  SAE step alone: {f['sae_alone']['tokens_per_s']:,.0f} tokens/s (no model, no data pipeline)")
+    lines.append(
+        f"  SAE step alone: {f['sae_alone']['tokens_per_s']:,.0f} tokens/s as train runs it, "
+        f"{f['sae_lens_step_alone']['tokens_per_s']:,.0f} with SAE-Lens's own step (no model, no data pipeline)"
+    )
     p = f["projection"]
     cost = (
         f", ${p['usd']:,.2f} on {p['instance_type']} at ${p['usd_per_hour']}/h ({p['prices']})"

@@ -34,6 +34,7 @@ _NOT_IN_RUN_ID = {
     "compile_sae",
     "compile_llm",
     "prefetch_llm_batches",
+    "lean_step",
     "n_checkpoints",
 }
 

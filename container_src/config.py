@@ -119,6 +119,10 @@ class TrainConfig(RunConfig):
     """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
     buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged; a checkpoint's data
     position includes the batches prepared ahead, which a resumed run skips."""
+    lean_step: bool = True
+    """Train with our SAE step (container_src/sae_step.py): Adam's fused kernel, and for `topk` a training forward
+    pass without the dense decoder products. The loss and the updates are SAE-Lens's, to rounding; false runs
+    SAE-Lens's own step."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead."""
     feature_sampling_window: int = 2000

@@ -88,7 +88,7 @@ class Inputs:
 
 
 def _runner_class() -> type:
-    """SAE-Lens's runner with full checkpoints on interrupt, checkpoint markers and our metric log.
+    """SAE-Lens's runner with full checkpoints on interrupt, checkpoint markers, our metric log and our SAE step.
 
     Built on demand so importing this module stays cheap (SAE-Lens pulls in torch and transformers).
     """
@@ -97,11 +97,16 @@ def _runner_class() -> type:
     class Runner(LanguageModelSAETrainingRunner):
         metric_log: records.MetricLog
         log_every: int
+        lean_step: bool
         trainer: Any = None
 
         def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
             # SAE-Lens 6.54's own interrupt path saves only the store state, into a folder it never creates.
             self.trainer = trainer
+            if self.lean_step:  # after SAE-Lens has loaded a checkpoint's optimizer state
+                from container_src.sae_step import use_fused_adam
+
+                use_fused_adam(trainer.optimizer)
             # SAE-Lens writes periodic checkpoints before its step counter moves on; the token count is the truth.
             trainer.n_training_steps = _steps_done(trainer)
             trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
@@ -267,8 +272,11 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         import torch
 
         torch.manual_seed(cfg.seed)
-        runner = _runner_class()(runner_cfg, override_dataset=rows, override_model=lm)
-        runner.metric_log, runner.log_every = metric_log, cfg.log_every
+        from container_src.sae_step import training_sae
+
+        sae = training_sae(runner_cfg, cfg.lean_step)
+        runner = _runner_class()(runner_cfg, override_dataset=rows, override_model=lm, override_sae=sae)
+        runner.metric_log, runner.log_every, runner.lean_step = metric_log, cfg.log_every, cfg.lean_step
         # Evaluations (W&B's during training, ours at the end) read a stream of their own, so they never take rows
         # from training: what trains is then the same with or without prefetching, and with or without W&B.
         eval_stream = data.mixed_stream(inputs.stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)

@@ -55,9 +55,11 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     )
     lm = figures["lm"]
     assert all(lm[key] > 0 for key in ("tokens_per_s", "forward_to_hook_tokens_per_s", "full_forward_tokens_per_s"))
-    sae_alone = figures["sae_alone"]
-    assert sae_alone["steps"] == 3 and sae_alone["seconds"] > 0 and sae_alone["peak_memory_bytes"] > 0
-    assert sae_alone["tokens_per_s"] == pytest.approx(3 * 256 / sae_alone["seconds"], rel=1e-2)
+    for key, lean in (("sae_alone", True), ("sae_lens_step_alone", False)):  # our step, and SAE-Lens's own
+        sae_alone = figures[key]
+        assert sae_alone["steps"] == 3 and sae_alone["seconds"] > 0 and sae_alone["peak_memory_bytes"] > 0
+        assert sae_alone["tokens_per_s"] == pytest.approx(3 * 256 / sae_alone["seconds"], rel=1e-2)
+        assert sae_alone["lean_step"] is lean
     projection = figures["projection"]
     assert projection["instance_type"] == "ml.g5.xlarge" and projection["usd_per_hour"] > 0
     assert projection["wall_s"] == pytest.approx(204800 / figures["ours"]["tokens_per_s"], rel=1e-2)
