@@ -441,18 +441,67 @@ def _check_fresh_process(cache: Path) -> None:
         )
 
 
+def _output_path(key: str, value: str | None) -> Path | None:
+    """A file the bench will write, its folder created now: a bad path fails before any measurement."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{key}={value!r}: is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{key}={value!r}: cannot create its folder ({exc})") from None
+    return path
+
+
+def _profile_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: int, device: str, out: Path) -> None:
+    """ours once more, under torch.profiler from the first step after the warm-up to the end of the last step (model
+    loading, the warm-up, the final evaluation and saving outside it); writes the operator table to ``out``."""
+    from sae_lens.training.sae_trainer import SAETrainer
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity, profile
+
+    from container_src.train import run_train
+
+    cuda = device.startswith("cuda")
+    try:  # the prefetching thread's work too, where this torch can (2.13 can)
+        threads, experimental = "all threads", _ExperimentalConfig(profile_all_threads=True)
+    except TypeError:
+        threads, experimental = "the training thread only (and all device kernels)", None
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    profiler = profile(activities=activities, experimental_config=experimental)
+    step, done = SAETrainer.step, 0
+
+    def profiled_step(trainer: Any, batch: Any) -> Any:
+        nonlocal done
+        if done == warmup:
+            profiler.start()
+        output = step(trainer, batch)
+        done += 1
+        if done == warmup + steps:
+            _synchronize(device)
+            profiler.stop()
+        return output
+
+    SAETrainer.step = profiled_step  # type: ignore[method-assign]
+    try:
+        run_train(Resolved(config=_train_config(cfg, warmup + steps), mode="bench"), tree)
+    finally:
+        SAETrainer.step = step  # type: ignore[method-assign]
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=50)
+    out.write_text(
+        f"ours (train), {steps} steps after {warmup} warm-up steps on {device}, sorted by {sort}; CPU "
+        f"operators of {threads}\n{table}"
+    )
+
+
 def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[str, Any]:
     """Measure, print and write the figures; returns them."""
     cfg = resolved.config
     instance_type = _instance_type(cfg, paths)
-    json_path = Path(cfg.json).expanduser() if cfg.json else None
-    if json_path is not None:
-        if json_path.is_dir():
-            raise ConfigError(f"json={cfg.json!r}: is a folder; give a file path")
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"json={cfg.json!r}: cannot create its folder ({exc})") from None
+    json_path, profile_path = _output_path("json", cfg.json), _output_path("profile", cfg.profile)
 
     with tempfile.TemporaryDirectory(prefix="sae-bench-") as tmp:
         root = Path(tmp)
@@ -497,6 +546,10 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         sae_lens_figures = (
             _sae_speed(cfg, (d_in, d_sae), runtime, root, warmup, steps, lean=False) if cfg.lean_step else sae_figures
         )
+        if profile_path is not None:
+            logger.info("bench: ours once more, under the profiler")
+            _profile_ours(cfg, tree, warmup, steps, runtime.device, profile_path)
+            logger.info("bench: profile written to %s", profile_path)
         ours = max(ours_runs, key=lambda run: run.tokens_per_s)
         bare = max(bare_runs, key=lambda run: run.tokens_per_s) if bare_runs else None
 

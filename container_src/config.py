@@ -277,6 +277,9 @@ class BenchConfig(TrainConfig):
     """SageMaker instance type for the cost projection; in a SageMaker job, the job's own when empty."""
     json: str | None = None
     """Also write the figures to this JSON file."""
+    profile: str | None = None
+    """Also run ours once more under torch.profiler, over the steps after the warm-up, and write its operator table
+    to this file (the figures come from the runs without the profiler)."""
 
     def _check_values(self) -> None:
         super()._check_values()
@@ -293,6 +296,7 @@ class BenchConfig(TrainConfig):
         _need(self, self.repeats >= 1, "repeats", "must be at least 1")
         _need(self, self.model_shape in SHAPES, "model_shape", f"must be one of {', '.join(SHAPES)}")
         _need(self, self.json is None or bool(self.json.strip()), "json", "must be a file path")
+        _need(self, self.profile is None or bool(self.profile.strip()), "profile", "must be a file path")
 
 
 C = TypeVar("C", bound=RunConfig)

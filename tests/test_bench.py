@@ -24,7 +24,7 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     (base / "input" / "config" / "resourceconfig.json").write_text(
         json.dumps({"current_instance_type": "ml.g5.xlarge"})
     )
-    out = tmp_path / "figures" / "bench.json"
+    out, profile = tmp_path / "figures" / "bench.json", tmp_path / "figures" / "profile.txt"
     result = run_container(
         base,
         "bench",
@@ -35,6 +35,7 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         "--lm_batches=1",
         "--training_tokens=204800",
         f"--json={out}",
+        f"--profile={profile}",
         timeout=240,
     )
     assert result.returncode == EXIT_OK, result.stdout[-3000:] + result.stderr[-3000:]
@@ -65,6 +66,14 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert projection["wall_s"] == pytest.approx(204800 / figures["ours"]["tokens_per_s"], rel=1e-2)
     assert projection["usd"] == pytest.approx(projection["wall_s"] / 3600 * projection["usd_per_hour"], abs=0.01)
     assert "tokens/s" in result.stdout and "ratio ours / bare" in result.stdout and "SAE step alone" in result.stdout
+    # ours once more under the profiler: the 3 steps after the warm-up, one SAE update (fused Adam) each
+    table = profile.read_text()
+    assert table.startswith(
+        "ours (train), 3 steps after 1 warm-up steps on cpu, sorted by self_cpu_time_total; CPU "
+        "operators of all threads"
+    )
+    adam = next(line for line in table.splitlines() if "aten::_fused_adam" in line)
+    assert adam.split()[-1] == "3", adam  # the last column counts the calls
     # The bench trained in a temporary tree of its own: nothing of a run is left in the caller's.
     assert sorted(p.name for p in (base / "model").iterdir()) == ["bench.json"]
     assert not (base / "checkpoints").exists()
@@ -77,8 +86,9 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         (["--warmup_steps=0"], ["warmup_steps=0", "at least 1"]),
         (["--instance_type=ml.x9.mega"], ["instance_type='ml.x9.mega'", "ml.g5.xlarge"]),
         (["--steps=ten"], ["steps='ten'", "int"]),
+        (["--profile=."], ["profile='.'", "is a folder"]),
     ],
-    ids=["unknown shape", "no warm-up", "unpriced instance", "wrong type"],
+    ids=["unknown shape", "no warm-up", "unpriced instance", "wrong type", "profile to a folder"],
 )
 def test_bad_bench_keys_fail_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], expected: list[str]
