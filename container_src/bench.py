@@ -395,7 +395,7 @@ def _sae_speed(
     import torch
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from container_src.sae_step import training_sae, use_fused_adam
+    from container_src.sae_step import set_adam_kernel, training_sae
 
     runner_cfg = _runner_config(cfg, sae_size, runtime, root / "sae", warmup + steps)
     memory = PeakMemory(runtime.device)
@@ -407,8 +407,7 @@ def _sae_speed(
         batch = torch.randn(cfg.train_batch_size_tokens, sae_size[0], generator=torch.Generator().manual_seed(0))
         batch = batch.to(runtime.device)
         trainer = SAETrainer(cfg=runner_cfg.to_sae_trainer_config(), sae=sae, data_provider=itertools.repeat(batch))
-        if lean:
-            use_fused_adam(trainer.optimizer)
+        set_adam_kernel(trainer.optimizer, fused=lean)
         clock = StepClock(runtime.device)
         for _ in range(warmup):
             trainer.step(batch)

@@ -121,8 +121,8 @@ class TrainConfig(RunConfig):
     position includes the batches prepared ahead, which a resumed run skips."""
     lean_step: bool = True
     """Train with our SAE step (container_src/sae_step.py): Adam's fused kernel, and for `topk` a training forward
-    pass without the dense decoder products. The loss and the updates are SAE-Lens's, to rounding; false runs
-    SAE-Lens's own step."""
+    pass with less dense work. The loss and the updates are SAE-Lens's, to rounding; false runs SAE-Lens's own step
+    and Adam."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead."""
     feature_sampling_window: int = 2000

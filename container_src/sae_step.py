@@ -1,22 +1,25 @@
-"""A lean training step for SAE-Lens's TopK SAE: the same loss and gradients, without the dense decoder work.
+"""A lean training step for SAE-Lens's TopK SAE: the same loss and gradients, with less dense work; and fused Adam.
 
-SAE-Lens's ``TopKTrainingSAE`` scatters the top k latents into a dense [tokens × d_sae] tensor and multiplies it by
-the whole decoder, although only k of d_sae latents are non-zero per token (64 of 24,576 in the seed configuration);
-its backward pass runs the same dense products and element-wise passes again. ``LeanTopKTrainingSAE`` is that SAE
-(SAE-Lens's config, initialisation, saving, inference format, trainer, statistics and dead-latent loss) with one
-method replaced, ``training_forward_pass``:
+SAE-Lens's ``TopKTrainingSAE`` scatters the top k latents into a dense [tokens × d_sae] tensor, scales it by the
+decoder norms and multiplies it by the whole decoder, although only k of d_sae latents are non-zero per token (64 of
+24,576 in the seed configuration); its backward pass runs the matching dense products and element-wise passes.
+``LeanTopKTrainingSAE`` is that SAE (SAE-Lens's config, initialisation, saving, inference format, trainer,
+statistics and dead-latent loss) with one method replaced, ``training_forward_pass``:
 
 - encoder: ``(x - b_dec) @ W_enc + b_enc``, scaled by the decoder's row norms, then the top k, as SAE-Lens does. Its
   backward pass builds the dense gradient once, from the k selected entries per token, and gets the gradients of
-  ``b_enc``, ``b_dec`` and the norms from those entries alone (``b_dec``'s by one matrix-vector product instead of a
-  matrix product);
-- decoder: each token's k decoder rows gathered and summed with their weights (``embedding_bag``, as sparsify does)
-  instead of a dense [tokens × d_sae] @ [d_sae × d_in] product.
+  ``b_enc``, ``b_dec`` and the norms from those entries alone (``b_dec``'s by a matrix-vector product where
+  SAE-Lens's autograd runs a third [tokens × d_sae] @ [d_sae × d_in] product);
+- decoder: on CPU each token's k decoder rows are gathered and summed with their weights (``embedding_bag``, as
+  sparsify does) instead of the dense product; on a GPU the code is scattered straight into a dense matrix in the
+  autocast dtype and multiplied, which skips SAE-Lens's fp32 scaling and casting passes (see ``gather_decoder``).
 
-Precision follows SAE-Lens's under autocast: the encoder's product and the decoder's rows and weights in the
-autocast dtype with fp32 accumulation, everything else fp32; without autocast all is fp32 and the step matches
-SAE-Lens's to rounding (tests/test_sae_step.py). Configurations it does not cover (activation normalisation,
-hook_z reshaping, no decoder-norm rescaling, hooks attached to the SAE) take SAE-Lens's own step.
+``set_adam_kernel`` switches SAE-Lens's Adam to torch's fused kernel.
+
+Precision follows SAE-Lens's under autocast: the encoder's and decoder's products in the autocast dtype with fp32
+accumulation, everything else fp32; without autocast all is fp32 and the step matches SAE-Lens's to rounding
+(tests/test_sae_step.py). What it does not cover (activation normalisation, hook_z reshaping, no decoder-norm
+rescaling, hooks attached to the SAE, inputs that are not [tokens × d_in]) takes SAE-Lens's own step.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class _TopKEncode(torch.autograd.Function):
         hidden_pre = unscaled * norm
         values, indices = hidden_pre.topk(k, dim=-1, sorted=False)
         ctx.save_for_backward(sae_in.to(pre.dtype), w_enc, norm, indices, unscaled)
-        ctx.pre_dtype = pre.dtype
+        ctx.pre_dtype, ctx.x_dtype = pre.dtype, x.dtype
         ctx.mark_non_differentiable(indices)
         ctx.set_materialize_grads(False)
         return values, indices, hidden_pre
@@ -81,44 +84,60 @@ class _TopKEncode(torch.autograd.Function):
         grad_w_enc = (sae_in.T @ grad_pre).to(w_enc.dtype)
         # d(loss)/d(sae_in) = grad_pre @ w_enc.T; b_dec needs only its sum over tokens, which is w_enc @ grad_b_enc
         grad_b_dec = -(w_enc @ grad_b_enc) if ctx.needs_input_grad[3] else None
-        grad_x = (grad_pre @ w_enc.to(ctx.pre_dtype).T).float() if ctx.needs_input_grad[0] else None
+        grad_x = (grad_pre @ w_enc.to(ctx.pre_dtype).T).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return grad_x, grad_w_enc, grad_b_enc, grad_b_dec, grad_norm, None
 
 
-def sparse_decode(indices: torch.Tensor, weights: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
-    """``sum_j weights[t, j] * w_dec[indices[t, j]]`` for each token t: the decoder product of a TopK code, from its
-    k rows. Under autocast the rows and weights are in the autocast dtype (SAE-Lens's dense product casts them
-    likewise), accumulated in fp32."""
+def decode(indices: torch.Tensor, weights: torch.Tensor, w_dec: torch.Tensor, gather: bool) -> torch.Tensor:
+    """``sum_j weights[t, j] * w_dec[indices[t, j]]`` for each token t: the decoder product of a TopK code.
+
+    ``gather``: each token's k rows gathered and summed (``embedding_bag``, as sparsify does), k / d_sae of the dense
+    product's work. Otherwise the code is scattered into a dense [tokens × d_sae] matrix and multiplied, as
+    SAE-Lens does. Under autocast both work in the autocast dtype, accumulating in fp32, as SAE-Lens's product."""
     device = w_dec.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else w_dec.dtype
-    with torch.autocast(device_type=device, enabled=False):
-        rows, weights = w_dec.to(dtype), weights.to(dtype)
-        return torch.nn.functional.embedding_bag(indices, rows, per_sample_weights=weights, mode="sum")
+    weights = weights.to(dtype)
+    if gather:
+        with torch.autocast(device_type=device, enabled=False):
+            return torch.nn.functional.embedding_bag(indices, w_dec.to(dtype), per_sample_weights=weights, mode="sum")
+    code = torch.zeros(indices.shape[0], w_dec.shape[0], dtype=dtype, device=w_dec.device)
+    return code.scatter(-1, indices, weights) @ w_dec
 
 
 class LeanTopKTrainingSAE(TopKTrainingSAE):
     """SAE-Lens's TopK training SAE with the lean training step described in this module's docstring."""
 
-    def lean_step_applies(self) -> bool:
-        """Whether this SAE's configuration is one the lean step reproduces; otherwise SAE-Lens's step runs."""
+    gather_decoder: bool | None = None
+    """Decode by gathering each token's k decoder rows (see ``decode``); when None, on CPU only. On a GPU the dense
+    product runs on tensor cores in bf16 and is likely the cheaper one: gathering tokens × k rows moves gigabytes
+    (torch's ``embedding_bag`` backward also stages a [tokens·k × d_in] fp32 buffer), and some torch releases have
+    no CUDA backward for bf16 ``embedding_bag`` weights."""
+
+    def lean_step_applies(self, sae_in: torch.Tensor) -> bool:
+        """Whether the lean step reproduces SAE-Lens's for this SAE and input; otherwise SAE-Lens's step runs."""
         cfg = self.cfg
-        hooked = any(hook.fwd_hooks or hook.bwd_hooks for hook in self.hook_dict.values())
+        hooked = any(
+            hook.fwd_hooks or hook.bwd_hooks or hook._forward_hooks or hook._backward_hooks
+            for hook in self.hook_dict.values()
+        )
         return (
             cfg.rescale_acts_by_decoder_norm
             and cfg.normalize_activations == "none"
             and cfg.reshape_activations == "none"
+            and sae_in.dim() == 2
             and not hooked
         )
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if not self.lean_step_applies():
+        if not self.lean_step_applies(step_input.sae_in):
             return super().training_forward_pass(step_input)
         x = step_input.sae_in.to(self.dtype)
         norm = self.W_dec.norm(dim=-1)
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
         values, indices, hidden_pre = _TopKEncode.apply(x, self.W_enc, self.b_enc, b_dec, norm, self.cfg.k)
         acts = values.relu()
-        sae_out = sparse_decode(indices, acts * (1 / norm)[indices], self.W_dec) + self.b_dec
+        gather = self.W_dec.device.type == "cpu" if self.gather_decoder is None else self.gather_decoder
+        sae_out = decode(indices, acts * (1 / norm)[indices], self.W_dec, gather) + self.b_dec
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         with torch.no_grad():  # what the trainer's statistics and logs read, as SAE-Lens gives it
             feature_acts = torch.zeros_like(hidden_pre).scatter_(-1, indices, acts)
@@ -145,13 +164,14 @@ def training_sae(runner_cfg: Any, lean: bool) -> Any:
     return TrainingSAE.from_dict(sae_cfg.to_dict())
 
 
-def use_fused_adam(optimizer: torch.optim.Optimizer) -> None:
-    """Switch SAE-Lens's Adam (built with its per-tensor ``foreach`` kernels) to the fused kernel: the same update in
-    one pass over the parameters. Its step counts move to the parameters' device, where the fused kernel reads them;
-    a checkpoint's optimizer state loads either way."""
+def set_adam_kernel(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """Run SAE-Lens's Adam with the fused kernel (one pass over the parameters: the same update) or, if not
+    ``fused``, with torch's default, the per-tensor kernels SAE-Lens builds it with. Set after a checkpoint's
+    optimizer state is loaded, since loading restores the kernel it was saved with. Each kernel keeps its step counts
+    where it reads them: the fused one on the parameters' device, the others on the CPU."""
     for group in optimizer.param_groups:
-        group["fused"], group["foreach"] = True, False
+        group["fused"], group["foreach"] = (True, False) if fused else (None, None)
         for param in group["params"]:
             state = optimizer.state.get(param)
             if state and "step" in state:
-                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+                state["step"] = state["step"].to(device=param.device if fused else "cpu", dtype=torch.float32)

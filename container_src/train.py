@@ -103,10 +103,9 @@ def _runner_class() -> type:
         def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
             # SAE-Lens 6.54's own interrupt path saves only the store state, into a folder it never creates.
             self.trainer = trainer
-            if self.lean_step:  # after SAE-Lens has loaded a checkpoint's optimizer state
-                from container_src.sae_step import use_fused_adam
+            from container_src.sae_step import set_adam_kernel
 
-                use_fused_adam(trainer.optimizer)
+            set_adam_kernel(trainer.optimizer, fused=self.lean_step)  # after SAE-Lens loaded a checkpoint's state
             # SAE-Lens writes periodic checkpoints before its step counter moves on; the token count is the truth.
             trainer.n_training_steps = _steps_done(trainer)
             trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]

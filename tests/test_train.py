@@ -303,36 +303,38 @@ def test_lean_step_trains_what_sae_lens_step_trains(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """lean_step (the default) trains with our step, fused Adam included, and gives SAE-Lens's SAE to rounding;
-    lean_step=false runs SAE-Lens's own step."""
+    lean_step=false runs SAE-Lens's own step and Adam."""
     import torch
     from safetensors.torch import load_file
 
     from container_src import sae_step
 
     lean_steps: list[bool] = []
-    fused: list[bool] = []
-    applies, fuse = sae_step.LeanTopKTrainingSAE.lean_step_applies, sae_step.use_fused_adam
+    kernels: list[bool] = []
+    applies, set_kernel = sae_step.LeanTopKTrainingSAE.lean_step_applies, sae_step.set_adam_kernel
 
-    def counted_applies(self: sae_step.LeanTopKTrainingSAE) -> bool:
-        lean_steps.append(applies(self))
+    def counted_applies(self: sae_step.LeanTopKTrainingSAE, sae_in: torch.Tensor) -> bool:
+        lean_steps.append(applies(self, sae_in))
         return lean_steps[-1]
 
-    def counted_fuse(optimizer: torch.optim.Optimizer) -> None:
-        fuse(optimizer)
-        fused.append(all(group["fused"] for group in optimizer.param_groups))
+    def counted_kernel(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+        set_kernel(optimizer, fused)
+        kernels.append(all(group["fused"] for group in optimizer.param_groups))
 
     monkeypatch.setattr(sae_step.LeanTopKTrainingSAE, "lean_step_applies", counted_applies)
-    monkeypatch.setattr(sae_step, "use_fused_adam", counted_fuse)
+    monkeypatch.setattr(sae_step, "set_adam_kernel", counted_kernel)
     weights = []
     for lean in ("false", "true"):
         base = make_opt_ml(tmp_path / f"lean-{lean}", tiny_assets)
         write_hyperparameters(base, {**TINY_RUN, "training_tokens": "4096", "lean_step": lean})
+        lean_steps.clear()
+        kernels.clear()
         assert _run_in_process(base, monkeypatch) == 0
         weights.append(load_file(str(base / "model" / "sae_weights.safetensors")))
-        if lean == "true":  # 16 steps of 256 tokens, each through the lean step, after fused Adam was switched on
-            assert len(lean_steps) >= 16 and all(lean_steps) and fused == [True]
+        if lean == "true":  # 16 steps of 256 tokens, each through the lean step, with fused Adam
+            assert len(lean_steps) >= 16 and all(lean_steps) and kernels == [True]
         else:
-            assert not lean_steps and not fused
+            assert not lean_steps and kernels == [False]
     assert weights[0].keys() == weights[1].keys() and weights[0]
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
