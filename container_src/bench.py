@@ -25,7 +25,7 @@ Five measurements in one process, the first three on the same data:
   random batch served again and again: what ours would reach if the model and the data cost nothing; and
   sae_lens_step_alone, the same with SAE-Lens's own TopK step and Adam, for comparison.
 
-Timed window: whole refill cycles of the activation buffer after the warm-up steps (see StepClock), timed on
+Timed window: whole refill cycles of the activation buffer after the warm-up steps (see timing.StepClock), timed on
 the GPU's own stream on a GPU. It holds every timed step's data (model forward, buffer) and SAE update; loading
 the model, the warm-up steps, the steps after the last refill, the final evaluation and saving the SAE are outside
 it. ``steps`` counts the steps run after the warm-up; the JSON gives how many of them were timed.
@@ -33,23 +33,21 @@ it. ``steps`` counts the steps run after the warm-up; the JSON gives how many of
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from container_src import records
 from container_src.config import BenchConfig, ConfigError, Resolved, TrainConfig
 from container_src.paths import ContainerPaths, hub_env
+from container_src.timing import PeakMemory, Speed, StepClock, synchronize, time_batches
 
 logger = logging.getLogger(__name__)
 
@@ -72,150 +70,6 @@ TIMED_WINDOW = (
 )
 # When steps / warmup_steps are empty: enough steps for a stable figure, without hours on a CPU.
 DEFAULT_STEPS = {"cuda": (200, 20), "cpu": (8, 2)}
-
-
-@dataclass
-class Speed:
-    """One pipeline's throughput over the timed window, and its peak memory."""
-
-    tokens_per_s: float
-    tokens: int
-    seconds: float
-    cpu_seconds: float
-    """CPU time of the whole process over the window: on a shared machine, less sensitive to the other load."""
-    steps: int
-    batch_tokens: int
-    peak_memory_bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
-
-
-class StepClock:
-    """The end time of every SAE training step (once the device has finished it), and which steps are followed by
-    a refill of the activation buffer.
-
-    It wraps SAE-Lens's ``SAETrainer.step`` and ``ActivationsStore.get_raw_llm_batch`` for the duration of a
-    ``with``, so our runner and the bare one are timed by the same code at the same points. The model runs in
-    bursts: one refill feeds several steps (2 in the seed configuration, 4 with SAE-Lens's defaults), so a window
-    that cut a burst in two would charge one pipeline more model work per token than the other. The timed window
-    therefore runs from the first step after the warm-up that ends just before a refill to the last such step:
-    whole refill cycles only.
-
-    On a GPU each step's end is a CUDA event recorded on the stream, read once at the end: synchronising after every
-    step would stall the CPU's queueing of the next step's kernels, which training itself never does.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.ends: list[tuple[Any, float]] = []
-        """(wall clock or CUDA event, process CPU time) at the end of each step."""
-        self.refill_after: set[int] = set()
-        """Step counts after which the buffer was refilled (0: before the first step)."""
-
-    def _mark(self) -> Any:
-        if not self.device.startswith("cuda"):
-            return time.perf_counter()
-        import torch
-
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def _seconds(self, start: Any, end: Any) -> float:
-        if not self.device.startswith("cuda"):
-            return end - start
-        _synchronize(self.device)
-        return start.elapsed_time(end) / 1000
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StepClock]:
-        from sae_lens.training.activations_store import ActivationsStore
-        from sae_lens.training.sae_trainer import SAETrainer
-
-        step, fetch = SAETrainer.step, ActivationsStore.get_raw_llm_batch
-
-        def timed_step(trainer: Any, batch: Any) -> Any:
-            output = step(trainer, batch)
-            self.ends.append((self._mark(), time.process_time()))
-            return output
-
-        def noted_fetch(store: Any, *args: Any, **kwargs: Any) -> Any:
-            self.refill_after.add(len(self.ends))
-            return fetch(store, *args, **kwargs)
-
-        self.ends, self.refill_after = [], set()
-        SAETrainer.step, ActivationsStore.get_raw_llm_batch = timed_step, noted_fetch  # type: ignore[method-assign]
-        try:
-            yield self
-        finally:
-            SAETrainer.step, ActivationsStore.get_raw_llm_batch = step, fetch  # type: ignore[method-assign]
-
-    def speed(self, warmup: int, batch_tokens: int, peak_memory: int) -> Speed:
-        bounds = [n for n in sorted(self.refill_after) if warmup <= n < len(self.ends)]
-        if len(bounds) < 2:
-            raise RuntimeError(
-                f"no whole buffer refill cycle after the {warmup} warm-up steps ({len(self.ends)} steps, refills "
-                f"after steps {sorted(self.refill_after)}): raise steps"
-            )
-        (start, cpu_start), (end, cpu_end) = self.ends[bounds[0] - 1], self.ends[bounds[-1] - 1]
-        seconds = self._seconds(start, end)
-        steps = bounds[-1] - bounds[0]
-        tokens = steps * batch_tokens
-        return Speed(tokens / seconds, tokens, seconds, cpu_end - cpu_start, steps, batch_tokens, peak_memory)
-
-
-class PeakMemory:
-    """Peak memory during a ``with``: the CUDA allocator's peak on a GPU; on CPU the process's resident set,
-    sampled every 20 ms (the process-wide peak would mix the pipelines up)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak = 0
-        self.kind = "cuda_max_memory_allocated" if device.startswith("cuda") else "cpu_rss_sampled"
-
-    @contextlib.contextmanager
-    def measuring(self) -> Iterator[PeakMemory]:
-        import torch
-
-        _release_memory(self.device)
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(self.device)
-            yield self
-            self.peak = int(torch.cuda.max_memory_allocated(self.device))
-            return
-        import psutil
-
-        process, stop = psutil.Process(), threading.Event()
-        self.peak = process.memory_info().rss
-
-        def sample() -> None:
-            while not stop.wait(0.02):
-                self.peak = max(self.peak, process.memory_info().rss)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            sampler.join()
-            self.peak = max(self.peak, process.memory_info().rss)
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
-def _release_memory(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def _projection(cfg: BenchConfig, instance_type: str | None, tokens_per_s: float) -> dict[str, Any]:
@@ -329,17 +183,6 @@ def _run_bare(
     return speed, not_default
 
 
-def _time_batches(device: str, batches: int, run_batch: Callable[[], Any]) -> float:
-    """Seconds for ``batches`` calls, after one untimed call."""
-    run_batch()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(batches):
-        run_batch()
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
 def _lm_speed(
     cfg: BenchConfig, lm: Any, stream: Any, runtime: Any, sae_size: tuple[int, int], root: Path
 ) -> dict[str, Any]:
@@ -355,7 +198,7 @@ def _lm_speed(
     batch_tokens = cfg.store_batch_size_prompts * cfg.context_size
     memory = PeakMemory(runtime.device)
     with memory.measuring():
-        to_hook_s = _time_batches(runtime.device, cfg.lm_batches, store.get_raw_llm_batch)
+        to_hook_s = time_batches(runtime.device, cfg.lm_batches, store.get_raw_llm_batch)
     tokens = store.get_batch_tokens()
     autocast = torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=runtime.autocast)
 
@@ -367,8 +210,8 @@ def _lm_speed(
         return run
 
     stop = extract_stop_at_layer_from_tlens_hook_name(cfg.hook_name)
-    hook_s = _time_batches(runtime.device, cfg.lm_batches, forward(stop))
-    full_s = _time_batches(runtime.device, cfg.lm_batches, forward(None))
+    hook_s = time_batches(runtime.device, cfg.lm_batches, forward(stop))
+    full_s = time_batches(runtime.device, cfg.lm_batches, forward(None))
     total = cfg.lm_batches * batch_tokens
     return {
         "tokens_per_s": round(total / to_hook_s, 1),
@@ -411,10 +254,10 @@ def _sae_speed(
         clock = StepClock(runtime.device)
         for _ in range(warmup):
             trainer.step(batch)
-        start = clock._mark()
+        start = clock.mark()
         for _ in range(steps):
             trainer.step(batch)
-        seconds = clock._seconds(start, clock._mark())
+        seconds = clock.seconds_between(start, clock.mark())
         del trainer, sae, batch
     tokens = steps * cfg.train_batch_size_tokens
     step = "our step (container_src/sae_step.py)" if lean else "SAE-Lens's own TopK step and Adam"
@@ -479,7 +322,7 @@ def _profile_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: in
         output = step(trainer, batch)
         done += 1
         if done == warmup + steps:
-            _synchronize(device)
+            synchronize(device)
             profiler.stop()
         return output
 

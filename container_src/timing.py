@@ -1,0 +1,170 @@
+"""Measuring tools for `bench`: a step clock over SAE-Lens's trainer, a peak-memory sampler, and a batch timer.
+
+On a GPU, time is read from CUDA events recorded on the stream, so that measuring never makes the CPU wait for the
+device where training itself would not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Speed:
+    """One pipeline's throughput over the timed window, and its peak memory."""
+
+    tokens_per_s: float
+    tokens: int
+    seconds: float
+    cpu_seconds: float
+    """CPU time of the whole process over the window: on a shared machine, less sensitive to the other load."""
+    steps: int
+    batch_tokens: int
+    peak_memory_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+class StepClock:
+    """The end time of every SAE training step (once the device has finished it), and which steps are followed by
+    a refill of the activation buffer.
+
+    It wraps SAE-Lens's ``SAETrainer.step`` and ``ActivationsStore.get_raw_llm_batch`` for the duration of a
+    ``with``, so our runner and the bare one are timed by the same code at the same points. The model runs in
+    bursts: one refill feeds several steps (2 in the seed configuration, 4 with SAE-Lens's defaults), so a window
+    that cut a burst in two would charge one pipeline more model work per token than the other. The timed window
+    therefore runs from the first step after the warm-up that ends just before a refill to the last such step:
+    whole refill cycles only.
+
+    On a GPU each step's end is a CUDA event recorded on the stream, read once at the end: synchronising after every
+    step would stall the CPU's queueing of the next step's kernels, which training itself never does.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.ends: list[tuple[Any, float]] = []
+        """(wall clock or CUDA event, process CPU time) at the end of each step."""
+        self.refill_after: set[int] = set()
+        """Step counts after which the buffer was refilled (0: before the first step)."""
+
+    def mark(self) -> Any:
+        if not self.device.startswith("cuda"):
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds_between(self, start: Any, end: Any) -> float:
+        if not self.device.startswith("cuda"):
+            return end - start
+        synchronize(self.device)
+        return start.elapsed_time(end) / 1000
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StepClock]:
+        from sae_lens.training.activations_store import ActivationsStore
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        step, fetch = SAETrainer.step, ActivationsStore.get_raw_llm_batch
+
+        def timed_step(trainer: Any, batch: Any) -> Any:
+            output = step(trainer, batch)
+            self.ends.append((self.mark(), time.process_time()))
+            return output
+
+        def noted_fetch(store: Any, *args: Any, **kwargs: Any) -> Any:
+            self.refill_after.add(len(self.ends))
+            return fetch(store, *args, **kwargs)
+
+        self.ends, self.refill_after = [], set()
+        SAETrainer.step, ActivationsStore.get_raw_llm_batch = timed_step, noted_fetch  # type: ignore[method-assign]
+        try:
+            yield self
+        finally:
+            SAETrainer.step, ActivationsStore.get_raw_llm_batch = step, fetch  # type: ignore[method-assign]
+
+    def speed(self, warmup: int, batch_tokens: int, peak_memory: int) -> Speed:
+        bounds = [n for n in sorted(self.refill_after) if warmup <= n < len(self.ends)]
+        if len(bounds) < 2:
+            raise RuntimeError(
+                f"no whole buffer refill cycle after the {warmup} warm-up steps ({len(self.ends)} steps, refills "
+                f"after steps {sorted(self.refill_after)}): raise steps"
+            )
+        (start, cpu_start), (end, cpu_end) = self.ends[bounds[0] - 1], self.ends[bounds[-1] - 1]
+        seconds = self.seconds_between(start, end)
+        steps = bounds[-1] - bounds[0]
+        tokens = steps * batch_tokens
+        return Speed(tokens / seconds, tokens, seconds, cpu_end - cpu_start, steps, batch_tokens, peak_memory)
+
+
+class PeakMemory:
+    """Peak memory during a ``with``: the CUDA allocator's peak on a GPU; on CPU the process's resident set,
+    sampled every 20 ms (the process-wide peak would mix the pipelines up)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+        self.kind = "cuda_max_memory_allocated" if device.startswith("cuda") else "cpu_rss_sampled"
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[PeakMemory]:
+        import torch
+
+        release_memory(self.device)
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield self
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        import psutil
+
+        process, stop = psutil.Process(), threading.Event()
+        self.peak = process.memory_info().rss
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                self.peak = max(self.peak, process.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            sampler.join()
+            self.peak = max(self.peak, process.memory_info().rss)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def time_batches(device: str, batches: int, run_batch: Callable[[], Any]) -> float:
+    """Seconds for ``batches`` calls, after one untimed call."""
+    run_batch()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        run_batch()
+    synchronize(device)
+    return time.perf_counter() - start
