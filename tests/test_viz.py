@@ -45,6 +45,29 @@ def test_pack_documents_like_training() -> None:
     assert docs.tolist() == [[-1, 0, 0, -1], [-1, 1, -1, -1]]
 
 
+def test_pack_documents_packs_as_sae_lens_does() -> None:
+    """viz packs its documents itself (it needs each token's document): the rows must be the ones SAE-Lens's own
+    packing gives training (BOS opening each row and between documents), with the documents' tokens in order."""
+    import random
+
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    rng = random.Random(5)
+    texts = [" ".join("x" * rng.randint(1, 9) for _ in range(rng.randint(1, 40))) for _ in range(60)]
+    tokens, docs = pack_documents(_Tokenizer(), texts, context_size=16, max_tokens=10**6, batch=7)
+    ids = _Tokenizer()(texts)["input_ids"]
+    sae_lens_rows = list(
+        concat_and_batch_sequences(
+            iter(torch.tensor(i) for i in ids), 16, begin_batch_token_id=0, sequence_separator_token_id=0
+        )
+    )
+    assert len(sae_lens_rows) == len(tokens) - 1  # SAE-Lens drops the last, partial row; viz pads it
+    assert torch.equal(torch.stack(sae_lens_rows), tokens[:-1])
+    assert torch.equal(docs == -1, tokens == 0)  # BOS (and the padding) belong to no document
+    for index, doc_ids in enumerate(ids):  # each document's tokens, in order, under its own index
+        assert tokens[docs == index].tolist() == doc_ids
+
+
 def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     # features: 0 fires on 40% of prompt tokens and 1% of stories; 1 fires on 30% of both; 2 never fires;
     # 3 fires on 20 prompt tokens and no story token: a higher log-odds than 0's, on far less evidence.
