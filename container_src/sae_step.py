@@ -18,8 +18,10 @@ statistics and dead-latent loss) with one method replaced, ``training_forward_pa
 
 Precision follows SAE-Lens's under autocast: the encoder's and decoder's products in the autocast dtype with fp32
 accumulation, everything else fp32; without autocast all is fp32 and the step matches SAE-Lens's to rounding
-(tests/test_sae_step.py). What it does not cover (activation normalisation, hook_z reshaping, no decoder-norm
-rescaling, hooks attached to the SAE, inputs that are not [tokens × d_in]) takes SAE-Lens's own step.
+(tests/test_sae_step.py). On a GPU the norms' and ``b_enc``'s gradients are sums in no fixed order (atomic adds),
+so runs are not bit-repeatable there, as GPU training rarely is. What it does not cover (activation normalisation,
+hook_z reshaping, no decoder-norm rescaling, hooks attached to the SAE, inputs that are not [tokens × d_in]) takes
+SAE-Lens's own step.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def decode(indices: torch.Tensor, weights: torch.Tensor, w_dec: torch.Tensor, ga
         with torch.autocast(device_type=device, enabled=False):
             return torch.nn.functional.embedding_bag(indices, w_dec.to(dtype), per_sample_weights=weights, mode="sum")
     code = torch.zeros(indices.shape[0], w_dec.shape[0], dtype=dtype, device=w_dec.device)
-    return code.scatter(-1, indices, weights) @ w_dec
+    return code.scatter_(-1, indices, weights) @ w_dec
 
 
 class LeanTopKTrainingSAE(TopKTrainingSAE):
@@ -117,7 +119,12 @@ class LeanTopKTrainingSAE(TopKTrainingSAE):
         """Whether the lean step reproduces SAE-Lens's for this SAE and input; otherwise SAE-Lens's step runs."""
         cfg = self.cfg
         hooked = any(
-            hook.fwd_hooks or hook.bwd_hooks or hook._forward_hooks or hook._backward_hooks
+            hook.fwd_hooks
+            or hook.bwd_hooks
+            or hook._forward_hooks
+            or hook._forward_pre_hooks
+            or hook._backward_hooks
+            or hook._backward_pre_hooks
             for hook in self.hook_dict.values()
         )
         return (

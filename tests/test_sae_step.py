@@ -142,9 +142,30 @@ def test_what_it_does_not_cover_takes_sae_lens_step() -> None:
     # a hook must see the dense latents, as SAE-Lens's step gives them: TransformerLens's hooks and torch's
     lean.hook_sae_acts_post.add_hook(lambda tensor, *, hook: tensor)
     assert not lean.lean_step_applies(x)
+    for register in ("register_forward_hook", "register_forward_pre_hook"):
+        _, lean = _pair()
+        getattr(lean.hook_sae_recons, register)(lambda module, *args: None)
+        assert not lean.lean_step_applies(x), register
+
+
+def test_decoder_rows_are_gathered_on_cpu_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gather_decoder=None: the gathered decoder on CPU (where it is the cheaper one), the dense product elsewhere."""
+    gathered: list[int] = []
+    embedding_bag = torch.nn.functional.embedding_bag
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        gathered.append(1)
+        return embedding_bag(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "embedding_bag", counted)
     _, lean = _pair()
-    lean.hook_sae_recons.register_forward_hook(lambda module, args, output: output)
-    assert not lean.lean_step_applies(x)
+    x = torch.randn(TOKENS, D_IN)
+    assert lean.gather_decoder is None
+    _step(lean, x, None)
+    assert gathered == [1]
+    lean.gather_decoder = False
+    _step(lean, x, None)
+    assert gathered == [1]
 
 
 def _adam(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
@@ -169,7 +190,9 @@ def test_adam_kernel_switch_keeps_the_updates_and_survives_checkpoints(tmp_path:
                 optimizer = _adam(params)
                 optimizer.load_state_dict(torch.load(tmp_path / "optimizer.pt"))
                 set_adam_kernel(optimizer, fused)
-                assert all(g["fused"] is (True if fused else None) for g in optimizer.param_groups)
+                flags = (True, False) if fused else (None, None)  # SAE-Lens's Adam: torch's default kernel
+                assert all((g["fused"], g["foreach"]) == flags for g in optimizer.param_groups)
+                # (on CPU both kernels keep the step counts on the CPU; a GPU moves the fused ones to the device)
                 assert all(s["step"].dtype == torch.float32 for s in optimizer.state.values())
             for p, g in zip(params, step_grads, strict=True):
                 p.grad = g.clone()
