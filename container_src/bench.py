@@ -47,7 +47,7 @@ from typing import Any
 from container_src import records
 from container_src.config import BenchConfig, ConfigError, Resolved, TrainConfig
 from container_src.paths import ContainerPaths, hub_env
-from container_src.timing import PeakMemory, Speed, StepClock, synchronize, time_batches
+from container_src.timing import PeakMemory, Speed, StepClock, replaced, synchronize, time_batches
 
 logger = logging.getLogger(__name__)
 
@@ -326,11 +326,8 @@ def _profile_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: in
             profiler.stop()
         return output
 
-    SAETrainer.step = profiled_step  # type: ignore[method-assign]
-    try:
+    with replaced(SAETrainer, step=profiled_step):
         run_train(Resolved(config=_train_config(cfg, warmup + steps), mode="bench"), tree)
-    finally:
-        SAETrainer.step = step  # type: ignore[method-assign]
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     table = profiler.key_averages().table(sort_by=sort, row_limit=50)
     out.write_text(

@@ -32,6 +32,20 @@ class Speed:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
+@contextlib.contextmanager
+def replaced(owner: Any, **attributes: Any) -> Iterator[None]:
+    """``owner``'s attributes set to ``attributes`` for the duration of a ``with`` (a library's method wrapped to
+    measure it), the originals put back after."""
+    originals = {name: getattr(owner, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(owner, name, value)
+
+
 class StepClock:
     """The end time of every SAE training step (once the device has finished it), and which steps are followed by
     a refill of the activation buffer.
@@ -86,11 +100,8 @@ class StepClock:
             return fetch(store, *args, **kwargs)
 
         self.ends, self.refill_after = [], set()
-        SAETrainer.step, ActivationsStore.get_raw_llm_batch = timed_step, noted_fetch  # type: ignore[method-assign]
-        try:
+        with replaced(SAETrainer, step=timed_step), replaced(ActivationsStore, get_raw_llm_batch=noted_fetch):
             yield self
-        finally:
-            SAETrainer.step, ActivationsStore.get_raw_llm_batch = step, fetch  # type: ignore[method-assign]
 
     def speed(self, warmup: int, batch_tokens: int, peak_memory: int) -> Speed:
         bounds = [n for n in sorted(self.refill_after) if warmup <= n < len(self.ends)]

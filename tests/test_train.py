@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,6 +250,18 @@ def test_signal_handling_by_phase() -> None:
     _StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
 
 
+def _train_16_steps(
+    base: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch, **hyperparameters: str
+) -> dict[str, Any]:
+    """The smoke preset for 16 steps of 256 tokens in a SageMaker tree of its own; returns the SAE's saved weights."""
+    from safetensors.torch import load_file
+
+    make_opt_ml(base, tiny_assets)
+    write_hyperparameters(base, {**TINY_RUN, "training_tokens": "4096", **hyperparameters})
+    assert _run_in_process(base, monkeypatch) == 0
+    return load_file(str(base / "model" / "sae_weights.safetensors"))
+
+
 def test_prefetching_trains_the_same_sae(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,7 +271,6 @@ def test_prefetching_trains_the_same_sae(
     import sae_lens.llm_sae_training_runner as runner_module
     import torch
     from sae_lens.training.prefetch import PrefetchingIterator
-    from safetensors.torch import load_file
 
     import container_src.train
 
@@ -285,13 +297,16 @@ def test_prefetching_trains_the_same_sae(
     monkeypatch.setattr(container_src.train, "_sae_lens_config", evaluating_every_log)
     monkeypatch.setattr(runner_module, "PrefetchingIterator", CountedPrefetcher)
     monkeypatch.setattr(runner_module.LLMSaeEvaluator, "__call__", counted_evaluation)
-    weights = []
-    for prefetch in ("0", "2"):
-        base = make_opt_ml(tmp_path / f"prefetch-{prefetch}", tiny_assets)
-        hyperparameters = {**TINY_RUN, "training_tokens": "4096", "log_to_wandb": "true"}
-        write_hyperparameters(base, hyperparameters | {"prefetch_llm_batches": prefetch})
-        assert _run_in_process(base, monkeypatch) == 0
-        weights.append(load_file(str(base / "model" / "sae_weights.safetensors")))
+    weights = [
+        _train_16_steps(
+            tmp_path / f"prefetch-{prefetch}",
+            tiny_assets,
+            monkeypatch,
+            log_to_wandb="true",
+            prefetch_llm_batches=prefetch,
+        )
+        for prefetch in ("0", "2")
+    ]
     assert prefetchers == [2]  # the second run prefetched, the first did not
     assert len(evaluations) >= 6  # 16 steps, a W&B log every 4 and an evaluation at each: 4 per run
     assert weights[0].keys() == weights[1].keys() and weights[0]
@@ -305,7 +320,6 @@ def test_lean_step_trains_what_sae_lens_step_trains(
     """lean_step (the default) trains with our step, fused Adam included, and gives SAE-Lens's SAE to rounding;
     lean_step=false runs SAE-Lens's own step and Adam."""
     import torch
-    from safetensors.torch import load_file
 
     from container_src import sae_step
 
@@ -325,12 +339,9 @@ def test_lean_step_trains_what_sae_lens_step_trains(
     monkeypatch.setattr(sae_step, "set_adam_kernel", counted_kernel)
     weights = []
     for lean in ("false", "true"):
-        base = make_opt_ml(tmp_path / f"lean-{lean}", tiny_assets)
-        write_hyperparameters(base, {**TINY_RUN, "training_tokens": "4096", "lean_step": lean})
         lean_steps.clear()
         kernels.clear()
-        assert _run_in_process(base, monkeypatch) == 0
-        weights.append(load_file(str(base / "model" / "sae_weights.safetensors")))
+        weights.append(_train_16_steps(tmp_path / f"lean-{lean}", tiny_assets, monkeypatch, lean_step=lean))
         if lean == "true":  # 16 steps of 256 tokens, each through the lean step, with fused Adam
             assert len(lean_steps) >= 16 and all(lean_steps) and kernels == [True]
         else:
