@@ -191,15 +191,16 @@ def _lm_speed(
     import torch
     from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
-    from container_src.train import packed_store
+    from container_src.store import packed_store
 
     runner_cfg = _runner_config(cfg, sae_size, runtime, root / "lm", 1)
-    store = packed_store(stream, lm, runner_cfg)
+    store = packed_store(stream, lm, runner_cfg, worker=cfg.data_worker)
     batch_tokens = cfg.store_batch_size_prompts * cfg.context_size
     memory = PeakMemory(runtime.device)
     with memory.measuring():
         to_hook_s = time_batches(runtime.device, cfg.lm_batches, store.get_raw_llm_batch)
     tokens = store.get_batch_tokens()
+    store.close()
     autocast = torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=runtime.autocast)
 
     def forward(stop_at_layer: int | None) -> Callable[[], Any]:

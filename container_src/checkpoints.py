@@ -32,6 +32,7 @@ _NOT_IN_RUN_ID = {
     "run_name",
     "device",
     "compile_sae",
+    "data_worker",
     "compile_llm",
     "prefetch_llm_batches",
     "lean_step",

@@ -119,6 +119,10 @@ class TrainConfig(RunConfig):
     """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
     buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged; a checkpoint's data
     position includes the batches prepared ahead, which a resumed run skips."""
+    data_worker: bool = True
+    """Read, tokenise and pack the training stream in a process of its own, which hands the rows back in order; the
+    training process then spends neither its interpreter lock nor its cores on them. The rows are the same; false
+    does the work in the training process."""
     lean_step: bool = True
     """Train with our SAE step (container_src/sae_step.py): Adam's fused kernel, and for `topk` a training forward
     pass with less dense work. The loss and the updates are SAE-Lens's, to rounding; false runs SAE-Lens's own step

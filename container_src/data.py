@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,6 +185,11 @@ def token_share(tokenizer: Any, prompts: Dataset | None, stories: IterableDatase
     return prompt_tokens / (prompt_tokens + (1 - prompt_ratio) * story_len)
 
 
+def _tag(row: dict[str, Any], source: str) -> dict[str, str]:
+    """A row of the mixed stream; a module-level function so that the stream can be sent to a worker process."""
+    return {"text": row["text"], "source": source}
+
+
 def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio: float, seed: int) -> IterableDataset:
     """Interleave documents: a prompt with probability ``prompt_ratio``, else a story; prompts cycle."""
     from datasets import Features, Value, interleave_datasets
@@ -191,7 +197,7 @@ def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio
     features = Features({"text": Value("string"), "source": Value("string")})
 
     def tagged(stream: IterableDataset, source: str) -> IterableDataset:
-        return stream.map(lambda row: {"text": row["text"], "source": source}, features=features)
+        return stream.map(partial(_tag, source=source), features=features)
 
     if prompts is None or prompt_ratio == 0:
         return tagged(stories, "tinystories")
@@ -237,7 +243,7 @@ class PackedRows:
             for ids in self.tokenizer(chunk)["input_ids"]:
                 yield torch.tensor(ids[1:] if self.drop_first else ids, dtype=torch.long)
 
-    def __iter__(self) -> Iterator[dict[str, list[int]]]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
         rows = concat_and_batch_sequences(
@@ -248,7 +254,7 @@ class PackedRows:
             disable_concat_sequences=self.disable_concat,
         )
         for row in rows:
-            yield {"input_ids": row.tolist()}
+            yield {"input_ids": row}
 
 
 def pack_documents(

@@ -23,7 +23,8 @@ class Speed:
     tokens: int
     seconds: float
     cpu_seconds: float
-    """CPU time of the whole process over the window: on a shared machine, less sensitive to the other load."""
+    """CPU time of the whole process and its worker processes (``data_worker``) over the window: on a shared
+    machine, less sensitive to the other load."""
     steps: int
     batch_tokens: int
     peak_memory_bytes: int
@@ -64,7 +65,9 @@ class StepClock:
     def __init__(self, device: str) -> None:
         self.device = device
         self.ends: list[tuple[Any, float]] = []
-        """(wall clock or CUDA event, process CPU time) at the end of each step."""
+        """(wall clock or CUDA event, CPU time of the process and its workers) at the end of each step."""
+        self.worker_cpu: dict[int, float] = {}
+        """The last CPU time read for each worker process, by pid: a worker that has ended keeps its share."""
         self.refill_after: set[int] = set()
         """Step counts after which the buffer was refilled (0: before the first step)."""
 
@@ -76,6 +79,18 @@ class StepClock:
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
+
+    def cpu_seconds(self) -> float:
+        """CPU time so far of this process and of the worker processes it has started (``data_worker``)."""
+        import multiprocessing
+
+        import psutil
+
+        for pid in [child.pid for child in multiprocessing.active_children() if child.pid is not None]:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                self.worker_cpu[pid] = times.user + times.system
+        return time.process_time() + sum(self.worker_cpu.values())
 
     def seconds_between(self, start: Any, end: Any) -> float:
         if not self.device.startswith("cuda"):
@@ -92,7 +107,7 @@ class StepClock:
 
         def timed_step(trainer: Any, batch: Any) -> Any:
             output = step(trainer, batch)
-            self.ends.append((self.mark(), time.process_time()))
+            self.ends.append((self.mark(), self.cpu_seconds()))
             return output
 
         def noted_fetch(store: Any, *args: Any, **kwargs: Any) -> Any:

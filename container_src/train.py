@@ -265,16 +265,19 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         runner_cfg = _sae_lens_config(cfg, d_in, d_sae, runtime, _wandb_id(run_dir, latest), run_dir, staging, resume)
-        rows = data.PackedRows(inputs.stream, lm, runner_cfg)
         # SAE-Lens seeds nothing itself: the SAE's initial weights and the shuffling buffer's order come from torch's
         # global generators, so `seed` must set them for a run to be repeatable
         import torch
 
         torch.manual_seed(cfg.seed)
         from container_src.sae_step import training_sae
+        from container_src.store import packed_store
 
         sae = training_sae(runner_cfg, cfg.lean_step)
+        rows: Any = data.PackedRows(inputs.stream, lm, runner_cfg)
         runner = _runner_class()(runner_cfg, override_dataset=rows, override_model=lm, override_sae=sae)
+        # replaces SAE-Lens's own store
+        runner.activations_store = packed_store(inputs.stream, lm, runner_cfg, worker=cfg.data_worker)
         runner.metric_log, runner.log_every, runner.lean_step = metric_log, cfg.log_every, cfg.lean_step
         # Evaluations (W&B's during training, ours at the end) read a stream of their own, so they never take rows
         # from training: what trains is then the same with or without prefetching, and with or without W&B.
@@ -285,7 +288,10 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
             # SAE-Lens 6.54 starts the prefetching thread on the stream before it fast-forwards that stream to the
             # checkpoint ("generator already executing"); done here first, its own fast-forward has nothing to do
             runner.activations_store.load_from_checkpoint(resume)
-        runner.run()
+        try:
+            runner.run()
+        finally:
+            runner.activations_store.close()
         _StopRequest.phase = "finishing"
         if _StopRequest.requested:  # it came during the final save, when only the flag was set
             raise _StopRequest.after_training()
@@ -344,14 +350,6 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         raise
     logger.info("SAE and records written to %s", paths.model_dir)
     return metrics
-
-
-def packed_store(stream: Any, lm: Any, runner_cfg: Any) -> Any:
-    """SAE-Lens's activation store over ``stream``'s documents packed into rows on the CPU, as training reads them."""
-    from sae_lens.training.activations_store import ActivationsStore
-
-    rows: Any = data.PackedRows(stream, lm, runner_cfg)
-    return ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)
 
 
 def training_sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:

@@ -6,7 +6,10 @@ Speed itself is never asserted here: the figures are checked for presence and se
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +106,29 @@ def test_bad_bench_keys_fail_before_any_work(
 
 def _no_work(*args: object, **kwargs: object) -> None:
     raise AssertionError("bench started work on a bad configuration")
+
+
+def _burn_then_wait(seconds: float, burnt: Any, release: Any) -> None:
+    while time.process_time() < seconds:
+        pass
+    burnt.set()
+    release.wait(30)
+
+
+def test_cpu_time_includes_worker_processes() -> None:
+    """With data_worker the packing runs in a process of its own: the CPU time bench reports must count it, also
+    after that worker has ended."""
+    from container_src.timing import StepClock
+
+    context = multiprocessing.get_context("spawn")
+    burnt, release = context.Event(), context.Event()
+    clock = StepClock("cpu")
+    before = clock.cpu_seconds()
+    worker = context.Process(target=_burn_then_wait, args=(0.5, burnt, release))
+    worker.start()
+    assert burnt.wait(60)
+    during = clock.cpu_seconds()
+    release.set()
+    worker.join(30)
+    assert during - before >= 0.45  # the worker burnt 0.5 s; psutil reads CPU time in clock ticks
+    assert clock.cpu_seconds() >= during  # the ended worker keeps its share

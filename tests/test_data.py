@@ -7,6 +7,7 @@ import os
 import shutil
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datasets import Dataset, DatasetDict
@@ -24,6 +25,17 @@ def many_stories() -> Dataset:
 
 def _prompts(n: int = 95) -> Dataset:
     return Dataset.from_dict({"text": [f"prompt number {i}" for i in range(n)]})
+
+
+def _tiny_lm_and_config(tmp_path: Path) -> tuple[Any, Any]:
+    """The tiny model and SAE-Lens's runner config for 64-token rows, 4 rows per model batch."""
+    from container_src.config import TrainConfig
+    from container_src.model import load_model, pick_runtime
+    from container_src.train import _sae_lens_config
+
+    lm = load_model("roneneldan/TinyStories-33M", "cpu")
+    cfg = TrainConfig(context_size=64, train_batch_size_tokens=256, store_batch_size_prompts=4, training_tokens=256)
+    return lm, _sae_lens_config(cfg, 256, 1024, pick_runtime("cpu", "auto"), "t", tmp_path / "r", tmp_path / "o", None)
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3])
@@ -167,19 +179,13 @@ def test_packed_rows_are_the_tokens_sae_lens_packs_from_text(
     import torch
     from sae_lens.training.activations_store import ActivationsStore
 
-    from container_src.config import TrainConfig
-    from container_src.model import load_model, pick_runtime
-    from container_src.train import _sae_lens_config
+    from container_src.store import PackedStore
 
-    lm = load_model("roneneldan/TinyStories-33M", "cpu")
-    cfg = TrainConfig(context_size=64, train_batch_size_tokens=256, store_batch_size_prompts=4, training_tokens=256)
-    runner_cfg = _sae_lens_config(
-        cfg, 256, 1024, pick_runtime("cpu", "auto"), "t", tmp_path / "r", tmp_path / "o", None
-    )
+    lm, runner_cfg = _tiny_lm_and_config(tmp_path)
     stream = mixed_stream(many_stories.to_iterable_dataset(), _prompts(), 0.3, seed=7)
     rows = PackedRows(stream, lm, runner_cfg)
     from_text = ActivationsStore.from_config(lm, runner_cfg, override_dataset=stream)
-    from_rows = ActivationsStore.from_config(lm, runner_cfg, override_dataset=rows)  # type: ignore[arg-type]
+    from_rows = PackedStore.from_config(lm, runner_cfg, override_dataset=rows)  # type: ignore[arg-type]
     assert from_rows.is_dataset_tokenized and not from_text.is_dataset_tokenized
 
     assert lm.tokenizer is not None
@@ -194,4 +200,45 @@ def test_packed_rows_are_the_tokens_sae_lens_packs_from_text(
     # counted); each iteration starts the stream afresh, which is what fast-forwarding relies on
     assert from_rows.n_dataset_processed == 119
     fresh = [row["input_ids"] for row in islice(iter(rows), 8)]
-    assert fresh == torch.cat(batches[:2]).tolist()
+    assert torch.equal(torch.stack(fresh), torch.cat(batches[:2]))
+
+
+def test_worker_rows_are_packed_rows_in_order(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
+    """data_worker packs in a process of its own: the same rows in the same order, iteration after iteration
+    (SAE-Lens starts each epoch with a fresh iteration), from the channels as train reads them, and the worker
+    stops when the store is closed."""
+    import multiprocessing
+
+    import torch
+
+    from container_src.store import WorkerRows, packed_store
+
+    lm, runner_cfg = _tiny_lm_and_config(tmp_path)
+    stories, _ = load_stories(tiny_assets["stories"], "unused", "train")
+    stream = mixed_stream(stories, load_prompts(SAMPLE_PROMPTS), 0.3, seed=7)
+    rows = PackedRows(stream, lm, runner_cfg)
+    expected = torch.stack([row["input_ids"] for row in rows])
+    assert expected.shape[0] > 64  # more than one chunk from the worker
+    for _ in range(2):
+        got = torch.stack([row["input_ids"] for row in WorkerRows(rows)])
+        assert torch.equal(got, expected)
+
+    store = packed_store(stream, lm, runner_cfg, worker=True)
+    assert torch.equal(store.get_batch_tokens(), expected[:4])
+    assert len(multiprocessing.active_children()) == 1
+    store.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_an_error_in_the_worker_reaches_training(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
+    """A document the worker cannot tokenise fails the training process's read, with the worker's error, instead of
+    leaving it waiting for rows."""
+    from container_src.store import WorkerRows
+
+    lm, runner_cfg = _tiny_lm_and_config(tmp_path)
+    texts: list[Any] = make_stories(200)
+    texts[150] = 12345  # not text: the tokenizer refuses it
+    rows = WorkerRows(PackedRows([{"text": t} for t in texts], lm, runner_cfg))
+    with pytest.raises(TypeError, match=r"(?s)in DataLoader worker process 0.*TextEncodeInput"):
+        for _ in rows:
+            pass

@@ -314,6 +314,32 @@ def test_prefetching_trains_the_same_sae(
         assert torch.equal(tensor, weights[1][name]), name
 
 
+def test_data_worker_trains_the_same_sae(
+    tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data_worker (the default) packs the training rows in a worker process; the SAE is the one trained with the
+    rows packed in the training process, weight for weight."""
+    import torch
+
+    from container_src import store
+
+    iterations: list[bool] = []
+    worker_iter = store.WorkerRows.__iter__
+
+    def counted(self: store.WorkerRows) -> Any:
+        iterations.append(True)
+        return worker_iter(self)
+
+    monkeypatch.setattr(store.WorkerRows, "__iter__", counted)
+    without = _train_16_steps(tmp_path / "in-process", tiny_assets, monkeypatch, data_worker="false")
+    assert not iterations
+    with_worker = _train_16_steps(tmp_path / "worker", tiny_assets, monkeypatch)
+    assert iterations  # the training rows came from the worker
+    assert without.keys() == with_worker.keys() and without
+    for name, tensor in without.items():
+        assert torch.equal(with_worker[name], tensor), name
+
+
 def test_lean_step_trains_what_sae_lens_step_trains(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
