@@ -16,9 +16,10 @@ threads, no CUDA context and no tokenizer thread pool; the rows come back in ord
 from __future__ import annotations
 
 import multiprocessing
-import signal
+import os
 from collections.abc import Generator, Iterator
 from itertools import islice
+from multiprocessing import forkserver
 from typing import Any
 
 import torch
@@ -69,14 +70,23 @@ class _Chunks(torch.utils.data.IterableDataset):
 
 
 def _worker_start(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; stopping is the training process's to do (it checkpoints first), and
-    # a worker gone before that would leave it without rows. SIGTERM stays: it is how the worker is ended.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of its own: a signal sent to the group (Ctrl-C in a terminal, a scheduler's SIGTERM) is the
+    # training process's to handle, and it checkpoints before it stops; a worker gone first would leave it without
+    # rows. The DataLoader still ends the worker by pid.
+    os.setpgrp()
+    # Like every forkserver child, the worker holds the pipe whose closing tells the forkserver that the training
+    # process is gone. Letting go of it means that if training dies abruptly (SIGKILL, the OOM killer) the
+    # forkserver ends, and then the worker, which torch ends when its parent changes; otherwise both would linger.
+    server: Any = forkserver._forkserver  # the standard library keeps that pipe in its private singleton
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
 
 
 def _worker_context() -> Any:
     """A fresh interpreter per worker, forked from a server that has imported what the worker needs (forkserver);
-    spawn where there is no forkserver."""
+    spawn where there is no forkserver. The server imports this module only where ``container_src`` is importable
+    from the working folder or PYTHONPATH (the image sets it); elsewhere each worker start imports it afresh."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -102,9 +112,13 @@ class WorkerRows:
         )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for chunk in self.loader:
-            for row in chunk:
-                yield {"input_ids": row}
+        chunks = iter(self.loader)
+        try:
+            for chunk in chunks:
+                for row in chunk:
+                    yield {"input_ids": row}
+        finally:  # also after an error, whose traceback would otherwise keep the worker until garbage collection
+            chunks._shutdown_workers()  # type: ignore[union-attr]
 
 
 def packed_store(stream: Any, lm: Any, runner_cfg: Any, worker: bool = False) -> PackedStore:

@@ -284,14 +284,15 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         eval_stream = data.mixed_stream(inputs.stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
         eval_store = packed_store(eval_stream, lm, runner_cfg)
         runner.evaluator.activations_store = eval_store
-        if resume is not None:
-            # SAE-Lens 6.54 starts the prefetching thread on the stream before it fast-forwards that stream to the
-            # checkpoint ("generator already executing"); done here first, its own fast-forward has nothing to do
-            runner.activations_store.load_from_checkpoint(resume)
         try:
+            if resume is not None:
+                # SAE-Lens 6.54 starts the prefetching thread on the stream before it fast-forwards that stream to
+                # the checkpoint ("generator already executing"); done here first, its own fast-forward has nothing
+                # to do
+                runner.activations_store.load_from_checkpoint(resume)
             runner.run()
         finally:
-            runner.activations_store.close()
+            runner.activations_store.close()  # stops data_worker's worker now, not at garbage collection
         _StopRequest.phase = "finishing"
         if _StopRequest.requested:  # it came during the final save, when only the flag was set
             raise _StopRequest.after_training()

@@ -242,3 +242,57 @@ def test_an_error_in_the_worker_reaches_training(tiny_assets: dict[str, Path], t
     with pytest.raises(TypeError, match=r"(?s)in DataLoader worker process 0.*TextEncodeInput"):
         for _ in rows:
             pass
+
+
+_HOLDER = """
+import multiprocessing, sys, time
+from pathlib import Path
+from container_src.data import PackedRows
+from container_src.store import WorkerRows
+from tests.test_data import _tiny_lm_and_config
+
+if __name__ == "__main__":
+    lm, runner_cfg = _tiny_lm_and_config(Path(sys.argv[1]))
+    rows = iter(WorkerRows(PackedRows([{"text": "Once upon a time, a cat sat."}] * 20000, lm, runner_cfg)))
+    next(rows)
+    print("workers:", *[child.pid for child in multiprocessing.active_children()], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_worker_ends_when_training_is_killed(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives the training process no chance to stop its worker: the worker and the
+    forkserver it came from must end by themselves instead of lingering with their memory."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.conftest import ROOT
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        line = next(line for line in holder.stdout if line.startswith("workers:"))  # the model's loader prints too
+        pids = [int(pid) for pid in line.split()[1:]]
+        assert len(pids) == 1, pids
+        worker = psutil.Process(pids[0])
+        server = worker.parent()
+        assert server is not None and server.pid != holder.pid  # the forkserver, not the training process
+    finally:
+        holder.kill()
+        holder.wait()
+
+    def ended(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 30  # torch's worker checks its parent every 5 s
+    while not (ended(worker) and ended(server)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ended(server) and ended(worker)
