@@ -12,6 +12,12 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/program
 
+# A C compiler and the C library's headers, at bookworm's versions: Triton builds its kernel launchers with them when
+# torch.compile runs on a GPU, and train compiles the SAE there by default (compile_sae).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
 # `make install` (and so CI) runs; nothing is installed when a container starts. One gap: the lock is resolved on a
 # CPU machine, so torch's CUDA runtime wheels (nvidia-*, triton) are not in it; they come with torch==2.13.0 at the

@@ -246,7 +246,7 @@ def _sae_speed(
     with memory.measuring():
         sae = training_sae(runner_cfg, lean)
         sae.to(runtime.device)
-        if cfg.compile_sae:
+        if runner_cfg.compile_sae:
             sae.training_forward_pass = torch.compile(sae.training_forward_pass)
         batch = torch.randn(cfg.train_batch_size_tokens, sae_size[0], generator=torch.Generator().manual_seed(0))
         batch = batch.to(runtime.device)
@@ -350,7 +350,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         _check_fresh_process(hub)
         from container_src import model, train
 
-        runtime = model.pick_runtime(cfg.device, cfg.precision)
+        runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae)
         kind = "cuda" if runtime.device.startswith("cuda") else "cpu"
         steps = cfg.steps or DEFAULT_STEPS[kind][0]
         warmup = cfg.warmup_steps or DEFAULT_STEPS[kind][1]
@@ -360,7 +360,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         tree = _write_assets(root, cfg, stories_needed)
 
         inputs = train._prepare_inputs(_train_config(cfg, 1), tree)
-        lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"])
+        lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"], cfg.fused_lm)
         d_in = model.hook_width(lm, cfg.hook_name)
         d_sae = cfg.sae_width(d_in)
         logger.info("bench: the model alone, %d batches", cfg.lm_batches)
@@ -410,7 +410,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         "d_in": d_in,
         "d_sae": d_sae,
         "k": cfg.k,
-        "compile_sae": cfg.compile_sae,
+        "compile_sae": runtime.compile_sae,
         "compile_llm": cfg.compile_llm,
         "warmup_steps": warmup,
         "steps": steps,

@@ -36,6 +36,7 @@ _NOT_IN_RUN_ID = {
     "compile_llm",
     "prefetch_llm_batches",
     "lean_step",
+    "fused_lm",
     "n_checkpoints",
 }
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,14 +27,22 @@ class Runtime:
     device_name: str
     autocast: bool
     """bf16 autocast for the SAE step and the model's forward pass."""
+    compile_sae: bool = False
+    """torch.compile the SAE's training forward pass."""
 
     @property
     def precision(self) -> str:
         return "bf16-autocast" if self.autocast else "fp32"
 
 
-def pick_runtime(device: str, precision: str) -> Runtime:
-    """Resolve ``device``/``precision`` of the config against the hardware; bf16 only where the GPU supports it."""
+def c_compiler() -> str | None:
+    """The C compiler Triton builds its kernel launchers with (``$CC``, else gcc, else clang), or None."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+
+
+def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) -> Runtime:
+    """Resolve ``device``/``precision``/``compile_sae`` of the config against the hardware: bf16 only where the GPU
+    supports it; the SAE compiled by default on a CUDA device where Triton finds a C compiler."""
     import torch
 
     if device == "auto":
@@ -50,11 +60,22 @@ def pick_runtime(device: str, precision: str) -> Runtime:
     if precision == "bf16" and not bf16_ok:
         raise ConfigError(f"precision='bf16': {name} has no bf16 support; use precision=auto or fp32")
     autocast = precision == "bf16" or (precision == "auto" and bf16_ok)
-    return Runtime(device=device, device_name=name, autocast=autocast)
+    cuda, compiler = device.startswith("cuda"), c_compiler()
+    if compile_sae and cuda and compiler is None:
+        raise ConfigError(
+            "compile_sae=true: torch.compile on a CUDA device needs a C compiler (Triton builds its kernel launchers "
+            "with one) and none was found ($CC, gcc, clang); install gcc, or set compile_sae=false"
+        )
+    if compile_sae is None:
+        compile_sae = cuda and compiler is not None
+        if cuda and not compile_sae:
+            logger.warning("compile_sae: off, since no C compiler was found for Triton ($CC, gcc, clang)")
+    return Runtime(device=device, device_name=name, autocast=autocast, compile_sae=compile_sae)
 
 
-def load_model(model_name: str, device: str, channel: Path | None = None) -> HookedTransformer:
-    """The model through SAE-Lens's own loader (TransformerLens ``from_pretrained_no_processing``).
+def load_model(model_name: str, device: str, channel: Path | None = None, fused: bool = False) -> HookedTransformer:
+    """The model through SAE-Lens's own loader (TransformerLens ``from_pretrained_no_processing``), with the fused
+    kernels of container_src/fused.py when ``fused``.
 
     The same call serves the hub and a hub-cache channel; the caller sets the HF environment before import.
     """
@@ -73,6 +94,10 @@ def load_model(model_name: str, device: str, channel: Path | None = None) -> Hoo
             f"model_name={model_name!r}: could not load from the Hugging Face hub ({reason}). Without network "
             "access, pass the weights as channel `model` in hub-cache layout."
         ) from None
+    if fused:
+        from container_src.fused import fuse_model
+
+        fuse_model(model)  # type: ignore[arg-type]
     return model  # type: ignore[return-value]
 
 

@@ -214,7 +214,7 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         # "rows": the resume position counts packed rows (data.PackedRows), not documents as in older checkpoints
         data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}|rows",
         channels=channels,
-        runtime=model.pick_runtime(cfg.device, cfg.precision),
+        runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
     )
 
@@ -238,7 +238,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     runtime = inputs.runtime
 
     logger.info("loading %s on %s (%s)", cfg.model_name, runtime.device_name, runtime.precision)
-    lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"])
+    lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"], cfg.fused_lm)
     d_in = model.hook_width(lm, cfg.hook_name)
     d_sae = cfg.sae_width(d_in)
     if cfg.context_size > lm.cfg.n_ctx:
@@ -396,7 +396,7 @@ def _sae_lens_config(
         dtype="float32",
         autocast=runtime.autocast,
         autocast_lm=runtime.autocast,
-        compile_sae=cfg.compile_sae,
+        compile_sae=runtime.compile_sae,
         compile_llm=cfg.compile_llm,
         prefetch_llm_batches=cfg.prefetch_llm_batches,
         seed=cfg.seed,

@@ -69,6 +69,27 @@ def test_gpu_precision_follows_the_card(
             pick_runtime("cuda", "bf16")
 
 
+def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU runs here: torch.cuda is stubbed to report an H100; the compiler lookup is pointed at a folder with and
+    without a gcc in it."""
+    import types
+
+    import torch
+
+    assert not pick_runtime("cpu", "auto", None).compile_sae and pick_runtime("cpu", "auto", True).compile_sae
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(name="H100", major=9))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/gcc" if name == "gcc" else None)
+    assert pick_runtime("cuda", "auto", None).compile_sae and not pick_runtime("cuda", "auto", False).compile_sae
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert not pick_runtime("cuda", "auto", None).compile_sae
+    with pytest.raises(ConfigError, match=r"compile_sae=true: .*needs a C compiler.*set compile_sae=false"):
+        pick_runtime("cuda", "auto", True)
+    monkeypatch.setenv("CC", "/opt/cc")
+    assert pick_runtime("cuda", "auto", None).compile_sae
+
+
 def test_hub_cache_channel_layouts(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
     env = hub_cache_env(tiny_assets["hf_home"], "roneneldan/TinyStories-33M")
     assert env["HF_HUB_CACHE"] == str(tiny_assets["hf_home"] / "hub") and env["HF_HUB_OFFLINE"] == "1"
@@ -79,3 +100,79 @@ def test_hub_cache_channel_layouts(tmp_path: Path, tiny_assets: dict[str, Path])
     (tmp_path / "weights.bin").write_text("x")
     with pytest.raises(ConfigError, match="not a Hugging Face hub-cache layout"):
         hub_cache_env(tmp_path, "roneneldan/TinyStories-33M")
+
+
+@pytest.fixture
+def fused_model(tiny_assets: dict[str, Path]):
+    return load_model("roneneldan/TinyStories-33M", "cpu", fused=True)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of torch's fused attention kernel."""
+    from torch.nn import functional
+
+    calls: list[int] = []
+    kernel = functional.scaled_dot_product_attention
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return kernel(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(functional, "scaled_dot_product_attention", counted)
+    return calls
+
+
+def _tokens(model, positions: int):
+    import torch
+
+    return torch.randint(0, model.cfg.d_vocab, (3, positions), generator=torch.Generator().manual_seed(0))
+
+
+def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model, kernel_calls) -> None:
+    import torch
+
+    from container_src.fused import FusedAttention, gelu_tanh
+
+    for fused, model in ((4, fused_model), (0, tiny_model)):
+        assert sum(isinstance(m, FusedAttention) for m in model.modules()) == fused
+        assert sum(getattr(m, "act_fn", None) is gelu_tanh for m in model.modules()) == fused
+    tokens = _tokens(tiny_model, 320)  # longer than the local layers' window of 256: their band matters
+    names = [f"blocks.{layer}.{point}" for layer in range(4) for point in ("mlp.hook_post", "attn.hook_z")]
+    with torch.no_grad():
+        logits, cache = tiny_model.run_with_cache(tokens, names_filter=names)
+        assert not kernel_calls
+        fused_logits, fused_cache = fused_model.run_with_cache(tokens, names_filter=names)
+    assert len(kernel_calls) == 4  # every layer took the fused path, global and local
+    for name in names:
+        torch.testing.assert_close(fused_cache[name], cache[name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(fused_logits, logits, rtol=1e-4, atol=1e-4)
+    # training's forward pass: stopped after the hook's layer, under bf16 autocast where the GPU has it
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=names[4], stop_at_layer=3)
+        _, fused_cache = fused_model.run_with_cache(tokens, names_filter=names[4], stop_at_layer=3)
+    assert fused_cache[names[4]].dtype == cache[names[4]].dtype
+    torch.testing.assert_close(fused_cache[names[4]].float(), cache[names[4]].float(), rtol=0.05, atol=0.05)
+
+
+def test_fused_attention_leaves_hooked_patterns_and_masks_to_transformer_lens(
+    tiny_model, fused_model, kernel_calls
+) -> None:
+    """A hooked pattern (or score) still exists, from TransformerLens's code, and so does a padding mask's effect."""
+    import torch
+
+    tokens = _tokens(tiny_model, 64)
+    names = ["blocks.1.attn.hook_pattern", "blocks.2.attn.hook_attn_scores", "blocks.3.mlp.hook_post"]
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=names)
+        _, fused_cache = fused_model.run_with_cache(tokens, names_filter=names)
+        assert len(kernel_calls) == 2  # layers 0 and 3
+        for name in names:  # layer 0 was fused: what follows agrees to rounding
+            torch.testing.assert_close(fused_cache[name], cache[name], rtol=1e-4, atol=1e-5, msg=name)
+        kernel_calls.clear()
+        padding = torch.ones_like(tokens)
+        padding[:, :5] = 0
+        expected = tiny_model(tokens, attention_mask=padding)
+        got = fused_model(tokens, attention_mask=padding)
+    assert not kernel_calls
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # the GELU is fused still
