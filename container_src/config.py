@@ -113,7 +113,8 @@ class TrainConfig(RunConfig):
     """Share of documents drawn from the prompts channel (cycled); the rest are TinyStories."""
     compile_sae: bool | None = None
     """torch.compile the SAE's training forward pass; when empty, on for a CUDA device where Triton finds a C
-    compiler (the image has gcc; +14% end to end on an H100, for about 15 s of compiling) and off on CPU."""
+    compiler (the image has gcc; +14% end to end on an H100, for about 15 s of compiling), where a failed compile
+    then runs the step eagerly; off on CPU."""
     compile_llm: bool = False
     """SAE-Lens's torch.compile of the model's run_with_cache (on an H100 it failed with a KeyError at the hook, with
     fused_lm on)."""

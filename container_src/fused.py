@@ -1,5 +1,5 @@
-"""The model's attention and MLP activation through torch's fused kernels, for the forward passes that fill the
-activation buffer.
+"""The model's attention and MLP activation through torch's fused kernels, for train's forward passes (filling the
+activation buffer, and the evaluations).
 
 TransformerLens computes attention in the open so that its scores and pattern can be hooked: for every layer it
 writes the [batch, head, query, key] scores, masks them, takes the softmax, clears NaNs and multiplies by the values,
@@ -17,7 +17,8 @@ and under bf16 autocast it never rounds the scores to bf16, where TransformerLen
 
 It also gives each MLP whose activation is TransformerLens's ``gelu_new`` (GPT-2's and GPT-Neo's tanh approximation,
 written as six elementwise operations) torch's one-kernel ``gelu(approximate="tanh")``, the same function, which
-TransformerLens itself uses for ``gelu_pytorch_tanh``. ``hook_pre`` and ``hook_post`` are unchanged.
+TransformerLens itself uses for ``gelu_pytorch_tanh``, with ``gelu_new``'s output dtype on a GPU (`gelu_tanh`).
+``hook_pre`` and ``hook_post`` are unchanged.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _global_module_hooks() -> bool:
 
 
 class FusedAttention(Attention):
-    """TransformerLens's ``Attention`` with a fused path for what training's forward passes need (module docstring)."""
+    """TransformerLens's ``Attention`` with a fused path for what train's forward passes need (module docstring)."""
 
     def fusable(self, **kwargs: Any) -> bool:
         cfg = self.cfg
@@ -107,8 +108,12 @@ class FusedAttention(Attention):
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """``gelu_new`` in one kernel."""
-    return functional.gelu(x, approximate="tanh")
+    """``gelu_new`` in one kernel, with ``gelu_new``'s output dtype. That dtype follows autocast: CUDA autocast runs
+    ``gelu_new``'s ``torch.pow`` in fp32, and type promotion then makes the result fp32 for a bf16 input, so the
+    activations at ``hook_post`` that the SAE trains on are fp32 on a GPU; CPU autocast keeps ``pow`` in bf16. The
+    zero-size ``pow`` asks the dispatcher which applies here."""
+    dtype = torch.promote_types(x.dtype, torch.pow(x.new_empty(0), 3.0).dtype)
+    return functional.gelu(x.to(dtype), approximate="tanh")
 
 
 def fuse_model(lm: HookedTransformer) -> None:

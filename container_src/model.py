@@ -66,6 +66,11 @@ def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) 
             "compile_sae=true: torch.compile on a CUDA device needs a C compiler (Triton builds its kernel launchers "
             "with one) and none was found ($CC, gcc, clang); install gcc, or set compile_sae=false"
         )
+    if compile_sae and not cuda and shutil.which(os.environ.get("CXX") or "g++") is None:
+        raise ConfigError(
+            "compile_sae=true: torch.compile on CPU needs a C++ compiler and none was found ($CXX, g++); install "
+            "g++, or set compile_sae=false"
+        )
     if compile_sae is None:
         compile_sae = cuda and compiler is not None
         if cuda and not compile_sae:

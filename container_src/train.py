@@ -270,6 +270,12 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         import torch
 
         torch.manual_seed(cfg.seed)
+        if runtime.compile_sae and cfg.compile_sae is None:
+            # compiled by default, not by request: a compile that fails (a toolchain the image lacks, say) then
+            # runs the step eagerly, with torch's warning, instead of ending the job
+            import torch._dynamo
+
+            torch._dynamo.config.suppress_errors = True
         from container_src.sae_step import training_sae
         from container_src.store import packed_store
 

@@ -70,13 +70,18 @@ def test_gpu_precision_follows_the_card(
 
 
 def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No GPU runs here: torch.cuda is stubbed to report an H100; the compiler lookup is pointed at a folder with and
-    without a gcc in it."""
+    """No GPU runs here: torch.cuda is stubbed to report an H100, and the compiler lookup (shutil.which) to find
+    every compiler or none."""
     import types
 
     import torch
 
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
     assert not pick_runtime("cpu", "auto", None).compile_sae and pick_runtime("cpu", "auto", True).compile_sae
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"compile_sae=true: torch.compile on CPU needs a C\+\+ compiler"):
+        pick_runtime("cpu", "auto", True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(name="H100", major=9))
     monkeypatch.delenv("CC", raising=False)
@@ -155,6 +160,28 @@ def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model
     torch.testing.assert_close(fused_cache[names[4]].float(), cache[names[4]].float(), rtol=0.05, atol=0.05)
 
 
+def test_fused_gelu_is_gelu_new_with_its_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same function and the same output dtype: fp32, bf16, and bf16 under autocast. CUDA autocast runs
+    ``torch.pow`` in fp32 (gelu_new's result is then fp32); no GPU here, so a ``pow`` that answers fp32, as CUDA
+    autocast's does, stands in for it."""
+    import torch
+    from transformer_lens.utils import gelu_new
+
+    from container_src.fused import gelu_tanh
+
+    x = torch.linspace(-8, 8, 4001)
+    half = x.to(torch.bfloat16)
+    torch.testing.assert_close(gelu_tanh(x), gelu_new(x), rtol=1e-6, atol=1e-6)
+    for inputs in (half, half.reshape(1, -1)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inputs.dim() == 2):
+            assert gelu_tanh(inputs).dtype == gelu_new(inputs).dtype == torch.bfloat16
+            torch.testing.assert_close(gelu_tanh(inputs).float(), gelu_new(inputs).float(), rtol=2e-2, atol=2e-2)
+    pow_ = torch.pow
+    monkeypatch.setattr(torch, "pow", lambda a, b: pow_(a.float(), b))
+    assert gelu_tanh(half).dtype == gelu_new(half).dtype == torch.float32
+    torch.testing.assert_close(gelu_tanh(half), gelu_new(half), rtol=1e-6, atol=1e-6)
+
+
 def test_fused_attention_leaves_hooked_patterns_and_masks_to_transformer_lens(
     tiny_model, fused_model, kernel_calls
 ) -> None:
@@ -176,3 +203,38 @@ def test_fused_attention_leaves_hooked_patterns_and_masks_to_transformer_lens(
         got = fused_model(tokens, attention_mask=padding)
     assert not kernel_calls
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # the GELU is fused still
+
+
+@pytest.mark.parametrize(
+    ("settings", "fused_layers"),
+    [
+        ({}, 2),  # GPT-2's layout: scores scaled by 1/sqrt(d_head), which GPT-Neo's attention leaves out
+        ({"scale_attn_by_inverse_layer_idx": True}, 2),
+        ({"positional_embedding_type": "rotary", "rotary_dim": 8}, 0),
+        ({"attn_scores_soft_cap": 5.0}, 0),
+        ({"attention_dir": "bidirectional"}, 0),
+    ],
+)
+def test_fused_attention_on_other_layouts(kernel_calls, settings: dict, fused_layers: int) -> None:
+    """Randomly initialised TransformerLens models of other layouts: what the fused path admits gives
+    TransformerLens's output, and what it does not admit runs TransformerLens's code."""
+    import copy
+
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from container_src.fused import fuse_model
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=64, d_vocab=50, act_fn="gelu_new", seed=0, **settings
+    )
+    reference = HookedTransformer(cfg)
+    model = copy.deepcopy(reference)
+    fuse_model(model)
+    tokens = torch.randint(0, 50, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(tokens)
+        kernel_calls.clear()
+        got = model(tokens)
+    assert len(kernel_calls) == fused_layers
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
