@@ -88,9 +88,7 @@ class FusedAttention(Attention):
         if not self.fusable(**extras):
             return super().forward(query_input, key_input, value_input, **extras)
         q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
-        positions = q.shape[1]
-        if positions > self.mask.shape[0]:
-            self._extend_mask(positions)
+        positions = q.shape[1]  # at most n_ctx, the mask's size: standard positional embeddings stop there
         # A global layer's mask is the causal one, which the kernel applies itself (and may then use flash
         # attention); a local layer's is banded. [batch, pos, head, d_head] -> [batch, head, pos, d_head] and back.
         causal = self.attn_type == "global"
