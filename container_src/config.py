@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 PRESETS_DIR = Path(__file__).parent / "presets"
 ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_LLM_REFUSED = (
+    "must stay false: SAE-Lens compiles the model's run_with_cache, whose caching hook is a new function on every "
+    "call, so torch.compile recompiles on every forward pass until its recompile limit and then runs it uncompiled, "
+    "and on an H100 the compiled model lost the hook's activations (KeyError at the hook); fused_lm is what makes "
+    "the model fast"
+)
 # Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
 META_KEYS = ("mode", "preset", "config")
 # SageMaker itself adds hyperparameters in some set-ups (script-mode SDK settings, the tuner's objective); they are
@@ -116,8 +122,8 @@ class TrainConfig(RunConfig):
     compiler (the image has gcc; +14% end to end on an H100, for about 15 s of compiling), where a failed compile
     then runs the step eagerly; off on CPU."""
     compile_llm: bool = False
-    """SAE-Lens's torch.compile of the model's run_with_cache (on an H100 it failed with a KeyError at the hook, with
-    fused_lm on)."""
+    """SAE-Lens's torch.compile of the model's run_with_cache: refused, since it does not work with this SAE-Lens
+    (see ``COMPILE_LLM_REFUSED``); the model's speed comes from ``fused_lm``."""
     prefetch_llm_batches: int = 2
     """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
     buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged; a checkpoint's data
@@ -179,6 +185,7 @@ class TrainConfig(RunConfig):
         need(self.context_size >= 2, "context_size", "must be at least 2")
         need(self.store_batch_size_prompts >= 1, "store_batch_size_prompts", "must be at least 1")
         need(self.prefetch_llm_batches >= 0, "prefetch_llm_batches", "must be 0 (off) or more")
+        need(not self.compile_llm, "compile_llm", COMPILE_LLM_REFUSED)
         need(
             self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
             "n_batches_in_buffer",
