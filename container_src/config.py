@@ -137,9 +137,9 @@ class TrainConfig(RunConfig):
     pass with less dense work. The loss and the updates are SAE-Lens's, to rounding; false runs SAE-Lens's own step
     and Adam."""
     fused_lm: bool = True
-    """Run the model's attention and its MLP activation through torch's fused kernels (container_src/fused.py): no
-    [batch, head, query, key] tensors are written, and GELU is one kernel instead of six. The activations are
-    TransformerLens's, to rounding; false runs TransformerLens's own code."""
+    """Run the model's attention, layer norms and MLP activation through torch's fused kernels
+    (container_src/fused.py): no [batch, head, query, key] tensors are written, and each norm and GELU is one kernel
+    instead of several. The activations are TransformerLens's, to rounding; false runs TransformerLens's own code."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead."""
     feature_sampling_window: int = 2000

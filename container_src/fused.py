@@ -19,6 +19,12 @@ It also gives each MLP whose activation is TransformerLens's ``gelu_new`` (GPT-2
 written as six elementwise operations) torch's one-kernel ``gelu(approximate="tanh")``, the same function, which
 TransformerLens itself uses for ``gelu_pytorch_tanh``, with ``gelu_new``'s output dtype on a GPU (`gelu_tanh`).
 ``hook_pre`` and ``hook_post`` are unchanged.
+
+And each ``LayerNorm`` (the model is loaded unfolded, so its norms have weights) runs as torch's one-kernel
+``layer_norm`` (`FusedLayerNorm`) rather than TransformerLens's nine passes (two means, a power, a square root and
+five elementwise operations), unless its scale is hooked, which that kernel does not give; ``hook_normalized`` runs
+either way. It matters more than its size suggests: TransformerLens's block applies ``ln1`` three times, once each
+to the queries', keys' and values' input.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional
-from transformer_lens.components import Attention
+from transformer_lens.components import Attention, LayerNorm
 from transformer_lens.utils import gelu_new
 
 if TYPE_CHECKING:
@@ -105,6 +111,18 @@ class FusedAttention(Attention):
         return functional.linear(z.reshape(z.shape[0], positions, -1), w_o, self.b_O)
 
 
+class FusedLayerNorm(LayerNorm):
+    """TransformerLens's ``LayerNorm`` through torch's ``layer_norm`` (module docstring): the same centring, biased
+    variance, epsilon, weight and bias, in the input's dtype (fp32 or fp64, as TransformerLens's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.dtype != self.w.dtype or self.cfg.dtype not in (torch.float32, torch.float64):
+            return super().forward(x)
+        if _hooked(self.hook_scale) or _global_module_hooks():
+            return super().forward(x)
+        return self.hook_normalized(functional.layer_norm(x, (self.length,), self.w, self.b, self.eps))
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """``gelu_new`` in one kernel, with ``gelu_new``'s output dtype. That dtype follows autocast: CUDA autocast runs
     ``gelu_new``'s ``torch.pow`` in fp32, and type promotion then makes the result fp32 for a bf16 input, so the
@@ -115,14 +133,17 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_model(lm: HookedTransformer) -> None:
-    """Give each plain ``Attention`` module of ``lm`` the fused path, and each ``gelu_new`` MLP the fused GELU.
-    Attention subclasses (grouped-query attention, say) keep their own forward."""
-    attention = activations = 0
+    """Give each plain ``Attention`` and ``LayerNorm`` module of ``lm`` the fused path, and each ``gelu_new`` MLP
+    the fused GELU. Subclasses (grouped-query attention, say) keep their own forward."""
+    attention = norms = activations = 0
     for module in lm.modules():
         if type(module) is Attention:
             module.__class__ = FusedAttention
             attention += 1
+        elif type(module) is LayerNorm:
+            module.__class__ = FusedLayerNorm
+            norms += 1
         elif getattr(module, "act_fn", None) is gelu_new:
             setattr(module, "act_fn", gelu_tanh)  # noqa: B010 (a function, which nn.Module's typing omits)
             activations += 1
-    logger.info("fused kernels: attention in %d modules, GELU in %d", attention, activations)
+    logger.info("fused kernels: attention in %d modules, layer norm in %d, GELU in %d", attention, norms, activations)

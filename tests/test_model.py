@@ -112,20 +112,30 @@ def fused_model(tiny_assets: dict[str, Path]):
     return load_model("roneneldan/TinyStories-33M", "cpu", fused=True)
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the calls of torch's fused attention kernel."""
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     from torch.nn import functional
 
     calls: list[int] = []
-    kernel = functional.scaled_dot_product_attention
+    kernel = getattr(functional, name)
 
     def counted(*args: object, **kwargs: object) -> object:
         calls.append(1)
-        return kernel(*args, **kwargs)  # type: ignore[arg-type]
+        return kernel(*args, **kwargs)
 
-    monkeypatch.setattr(functional, "scaled_dot_product_attention", counted)
+    monkeypatch.setattr(functional, name, counted)
     return calls
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of torch's fused attention kernel."""
+    return _count_calls(monkeypatch, "scaled_dot_product_attention")
+
+
+@pytest.fixture
+def norm_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of torch's layer norm kernel, which TransformerLens's own LayerNorm never calls."""
+    return _count_calls(monkeypatch, "layer_norm")
 
 
 def _tokens(model, positions: int):
@@ -134,21 +144,24 @@ def _tokens(model, positions: int):
     return torch.randint(0, model.cfg.d_vocab, (3, positions), generator=torch.Generator().manual_seed(0))
 
 
-def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model, kernel_calls) -> None:
+def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model, kernel_calls, norm_calls) -> None:
     import torch
 
-    from container_src.fused import FusedAttention, gelu_tanh
+    from container_src.fused import FusedAttention, FusedLayerNorm, gelu_tanh
 
     for fused, model in ((4, fused_model), (0, tiny_model)):
         assert sum(isinstance(m, FusedAttention) for m in model.modules()) == fused
         assert sum(getattr(m, "act_fn", None) is gelu_tanh for m in model.modules()) == fused
+        assert sum(isinstance(m, FusedLayerNorm) for m in model.modules()) == (2 * fused + 1 if fused else 0)
     tokens = _tokens(tiny_model, 320)  # longer than the local layers' window of 256: their band matters
     names = [f"blocks.{layer}.{point}" for layer in range(4) for point in ("mlp.hook_post", "attn.hook_z")]
+    names += ["blocks.3.ln2.hook_normalized"]
     with torch.no_grad():
         logits, cache = tiny_model.run_with_cache(tokens, names_filter=names)
-        assert not kernel_calls
+        assert not kernel_calls and not norm_calls
         fused_logits, fused_cache = fused_model.run_with_cache(tokens, names_filter=names)
     assert len(kernel_calls) == 4  # every layer took the fused path, global and local
+    assert len(norm_calls) == 4 * 4 + 1  # per layer ln1 three times (queries, keys, values) and ln2; ln_final
     for name in names:
         torch.testing.assert_close(fused_cache[name], cache[name], rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(fused_logits, logits, rtol=1e-4, atol=1e-4)
@@ -158,6 +171,7 @@ def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model
         _, fused_cache = fused_model.run_with_cache(tokens, names_filter=names[4], stop_at_layer=3)
     assert fused_cache[names[4]].dtype == cache[names[4]].dtype
     torch.testing.assert_close(fused_cache[names[4]].float(), cache[names[4]].float(), rtol=0.05, atol=0.05)
+    assert len(norm_calls) == 17 + 3 * 4  # the norms of layers 0 to 2
 
 
 def test_fused_gelu_is_gelu_new_with_its_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,18 +196,21 @@ def test_fused_gelu_is_gelu_new_with_its_dtype(monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(gelu_tanh(half), gelu_new(half), rtol=1e-6, atol=1e-6)
 
 
-def test_fused_attention_leaves_hooked_patterns_and_masks_to_transformer_lens(
-    tiny_model, fused_model, kernel_calls
+def test_fused_kernels_leave_hooked_patterns_scales_and_masks_to_transformer_lens(
+    tiny_model, fused_model, kernel_calls, norm_calls
 ) -> None:
-    """A hooked pattern (or score) still exists, from TransformerLens's code, and so does a padding mask's effect."""
+    """A hooked pattern, score or norm scale still exists, from TransformerLens's code, and so does a padding
+    mask's effect."""
     import torch
 
     tokens = _tokens(tiny_model, 64)
-    names = ["blocks.1.attn.hook_pattern", "blocks.2.attn.hook_attn_scores", "blocks.3.mlp.hook_post"]
+    names = ["blocks.1.attn.hook_pattern", "blocks.2.attn.hook_attn_scores", "blocks.1.ln2.hook_scale"]
+    names += ["blocks.3.mlp.hook_post"]
     with torch.no_grad():
         _, cache = tiny_model.run_with_cache(tokens, names_filter=names)
         _, fused_cache = fused_model.run_with_cache(tokens, names_filter=names)
         assert len(kernel_calls) == 2  # layers 0 and 3
+        assert len(norm_calls) == 17 - 1  # all but the hooked one
         for name in names:  # layer 0 was fused: what follows agrees to rounding
             torch.testing.assert_close(fused_cache[name], cache[name], rtol=1e-4, atol=1e-5, msg=name)
         kernel_calls.clear()
@@ -229,6 +246,10 @@ def test_fused_attention_on_other_layouts(kernel_calls, settings: dict, fused_la
         n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=64, d_vocab=50, act_fn="gelu_new", seed=0, **settings
     )
     reference = HookedTransformer(cfg)
+    with torch.no_grad():  # TransformerLens starts its norms at weight 1 and bias 0, which would hide their misuse
+        for name, param in reference.named_parameters():
+            if ".ln" in f".{name}":
+                param.normal_(generator=torch.Generator().manual_seed(len(name)))
     model = copy.deepcopy(reference)
     fuse_model(model)
     tokens = torch.randint(0, 50, (2, 48), generator=torch.Generator().manual_seed(0))
@@ -238,3 +259,28 @@ def test_fused_attention_on_other_layouts(kernel_calls, settings: dict, fused_la
         got = model(tokens)
     assert len(kernel_calls) == fused_layers
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_global_module_hooks_see_every_module_transformer_lens_calls(
+    tiny_model, fused_model, kernel_calls, norm_calls
+) -> None:
+    """A module hook registered for all modules sees the fused model call what TransformerLens's calls (the score,
+    pattern and scale hook points included), because the fused paths step aside for it."""
+    import torch
+    from torch.nn.modules.module import register_module_forward_hook
+
+    tokens = _tokens(tiny_model, 16)
+    calls: list[str] = []
+    handle = register_module_forward_hook(lambda module, _in, _out: calls.append(getattr(module, "name", "")))
+    try:
+        with torch.no_grad():
+            tiny_model(tokens)
+            expected = calls.copy()
+            calls.clear()
+            fused_model(tokens)
+    finally:
+        handle.remove()
+    assert not kernel_calls and not norm_calls
+    names = calls
+    assert names == expected
+    assert "blocks.0.attn.hook_pattern" in names and "blocks.0.ln1.hook_scale" in names
