@@ -36,8 +36,12 @@ class Runtime:
 
 
 def c_compiler() -> str | None:
-    """The C compiler Triton builds its kernel launchers with (``$CC``, else gcc, else clang), or None."""
-    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    """The C compiler Triton builds its kernel launchers with, or None: ``$CC`` whenever it is set (Triton then
+    runs it as it is, so an empty or missing one means none), else gcc, else clang."""
+    cc = os.environ.get("CC")
+    if cc is not None:
+        return shutil.which(cc) if cc else None
+    return shutil.which("gcc") or shutil.which("clang")
 
 
 def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) -> Runtime:
@@ -64,7 +68,8 @@ def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) 
     if compile_sae and cuda and compiler is None:
         raise ConfigError(
             "compile_sae=true: torch.compile on a CUDA device needs a C compiler (Triton builds its kernel launchers "
-            "with one) and none was found ($CC, gcc, clang); install gcc, or set compile_sae=false"
+            "with one) and none was found ($CC when it is set, otherwise gcc or clang); install gcc, or set "
+            "compile_sae=false"
         )
     if compile_sae and not cuda and shutil.which(os.environ.get("CXX") or "g++") is None:
         raise ConfigError(
@@ -74,7 +79,7 @@ def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) 
     if compile_sae is None:
         compile_sae = cuda and compiler is not None
         if cuda and not compile_sae:
-            logger.warning("compile_sae: off, since no C compiler was found for Triton ($CC, gcc, clang)")
+            logger.warning("compile_sae: off: Triton found no C compiler ($CC when it is set, otherwise gcc or clang)")
     return Runtime(device=device, device_name=name, autocast=autocast, compile_sae=compile_sae)
 
 

@@ -91,8 +91,13 @@ def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monk
     assert not pick_runtime("cuda", "auto", None).compile_sae
     with pytest.raises(ConfigError, match=r"compile_sae=true: .*needs a C compiler.*set compile_sae=false"):
         pick_runtime("cuda", "auto", True)
+    monkeypatch.setattr("shutil.which", lambda name: name if name == "/opt/cc" else None)
     monkeypatch.setenv("CC", "/opt/cc")
     assert pick_runtime("cuda", "auto", None).compile_sae
+    monkeypatch.setattr("shutil.which", lambda name: None if name == "/opt/missing-cc" else f"/usr/bin/{name}")
+    for unusable in ("", "/opt/missing-cc"):  # Triton would run $CC as it is, not look for gcc
+        monkeypatch.setenv("CC", unusable)
+        assert not pick_runtime("cuda", "auto", None).compile_sae
 
 
 def test_hub_cache_channel_layouts(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
