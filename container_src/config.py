@@ -30,9 +30,8 @@ ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_LLM_REFUSED = (
     "must stay false: SAE-Lens compiles the model's run_with_cache, whose caching hook is a new function on every "
-    "call, so torch.compile recompiles on every forward pass until its recompile limit and then runs it uncompiled, "
-    "and on an H100 the compiled model lost the hook's activations (KeyError at the hook); fused_lm is what makes "
-    "the model fast"
+    "call and a guard of the compiled code, so torch.compile keeps recompiling it until its recompile limit and "
+    "then runs it uncompiled; on an H100 it failed with a KeyError at the hook. fused_lm is what makes the model fast"
 )
 # Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
 META_KEYS = ("mode", "preset", "config")

@@ -113,10 +113,12 @@ class FusedAttention(Attention):
 
 class FusedLayerNorm(LayerNorm):
     """TransformerLens's ``LayerNorm`` through torch's ``layer_norm`` (module docstring): the same centring, biased
-    variance, epsilon, weight and bias, in the input's dtype (fp32 or fp64, as TransformerLens's)."""
+    variance, epsilon, weight and bias, and the same output dtype, where the input, the weights and ``cfg.dtype``
+    are all fp32 or all fp64 (otherwise TransformerLens's code runs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if x.dtype != self.w.dtype or self.cfg.dtype not in (torch.float32, torch.float64):
+        dtype = self.cfg.dtype
+        if dtype not in (torch.float32, torch.float64) or x.dtype != dtype or self.w.dtype != dtype:
             return super().forward(x)
         if _hooked(self.hook_scale) or _global_module_hooks():
             return super().forward(x)

@@ -65,11 +65,14 @@ def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) 
         raise ConfigError(f"precision='bf16': {name} has no bf16 support; use precision=auto or fp32")
     autocast = precision == "bf16" or (precision == "auto" and bf16_ok)
     cuda, compiler = device.startswith("cuda"), c_compiler()
+    cc = os.environ.get("CC")
+    no_compiler = (
+        "none was found (gcc, clang); install gcc" if cc is None else f"$CC={cc!r} is not one; fix or unset it"
+    )
     if compile_sae and cuda and compiler is None:
         raise ConfigError(
             "compile_sae=true: torch.compile on a CUDA device needs a C compiler (Triton builds its kernel launchers "
-            "with one) and none was found ($CC when it is set, otherwise gcc or clang); install gcc, or set "
-            "compile_sae=false"
+            f"with one) and {no_compiler}, or set compile_sae=false"
         )
     if compile_sae and not cuda and shutil.which(os.environ.get("CXX") or "g++") is None:
         raise ConfigError(
@@ -79,7 +82,7 @@ def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) 
     if compile_sae is None:
         compile_sae = cuda and compiler is not None
         if cuda and not compile_sae:
-            logger.warning("compile_sae: off: Triton found no C compiler ($CC when it is set, otherwise gcc or clang)")
+            logger.warning("compile_sae: off: Triton needs a C compiler and %s", no_compiler)
     return Runtime(device=device, device_name=name, autocast=autocast, compile_sae=compile_sae)
 
 

@@ -93,7 +93,7 @@ def test_d_sae_overrides_expansion() -> None:
         ({"k": "many"}, ["k=", "int"]),
         ({"lr": "fast"}, ["lr=", "float"]),
         ({"compile_sae": "maybe"}, ["compile_sae", "true/false"]),
-        ({"compile_llm": "true"}, ["compile_llm=True", "recompiles", "fused_lm"]),
+        ({"compile_llm": "true"}, ["compile_llm=True", "recompiling", "fused_lm"]),
         ({"k": "2.5"}, ["k=", "whole number"]),
         ({"architecture": "jumprelu"}, ["architecture", "topk, batchtopk"]),
         ({"lr_warm_up_fraction": "0.5", "lr_decay_fraction": "0.6"}, ["lr_decay_fraction", "exceed"]),

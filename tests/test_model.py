@@ -98,6 +98,8 @@ def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monk
     for unusable in ("", "/opt/missing-cc"):  # Triton would run $CC as it is, not look for gcc
         monkeypatch.setenv("CC", unusable)
         assert not pick_runtime("cuda", "auto", None).compile_sae
+        with pytest.raises(ConfigError, match=f"CC='{unusable}' is not one; fix or unset it"):
+            pick_runtime("cuda", "auto", True)
 
 
 def test_hub_cache_channel_layouts(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
