@@ -291,3 +291,25 @@ def test_global_module_hooks_see_every_module_transformer_lens_calls(
     names = calls
     assert names == expected
     assert "blocks.0.attn.hook_pattern" in names and "blocks.0.ln1.hook_scale" in names
+
+
+def test_fused_layer_norm_leaves_other_dtypes_to_transformer_lens(norm_calls) -> None:
+    """A norm whose weights were cast after loading (cfg.dtype still fp32), or given a bf16 input outside autocast,
+    runs TransformerLens's code, which returns cfg.dtype."""
+    import copy
+
+    import torch
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.components import LayerNorm
+
+    from container_src.fused import FusedLayerNorm
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=8, d_vocab=10, act_fn="relu")
+    x = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))
+    for weights, inputs in ((torch.bfloat16, x), (torch.bfloat16, x.bfloat16()), (torch.float32, x.bfloat16())):
+        reference = LayerNorm(cfg).to(weights)
+        fused = copy.deepcopy(reference)
+        fused.__class__ = FusedLayerNorm
+        expected, got = reference(inputs), fused(inputs)
+        assert got.dtype == expected.dtype == torch.float32 and not norm_calls
+        torch.testing.assert_close(got, expected)
