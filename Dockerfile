@@ -12,10 +12,11 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/program
 
-# A C compiler and the C library's headers, at bookworm's versions: Triton builds its kernel launchers with them when
-# torch.compile runs on a GPU, and train compiles the SAE there by default (compile_sae).
+# A C compiler and the C library's headers: Triton builds its kernel launchers with them when torch.compile runs on
+# a GPU, and train compiles the SAE there by default (compile_sae). gcc at bookworm's version; the headers at the
+# base image's own C library version, which apt requires them to match.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev="$(dpkg-query -W -f='${Version}' libc6)" \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
