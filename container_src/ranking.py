@@ -1,17 +1,20 @@
 """Which SAE features are specific to the prompts: firing statistics per source and category, and their score.
 
 The score of a feature is the smoothed log-odds ratio of it firing on a prompt token rather than on a TinyStories
-token, ranked by the lower end of its one-sided 95% confidence interval:
+token, ranked by the lower end of its one-sided 95% confidence interval. With n_p prompt and n_s story tokens:
 
-    a = fires on prompts + ½     b = prompt tokens where it is silent + ½
-    c = fires on stories + ½     d = story tokens where it is silent + ½
+    a = fires on prompts + w_p        b = prompt tokens where it is silent + w_p        w_p = n_p / (n_p + n_s)
+    c = fires on stories + w_s        d = story tokens where it is silent + w_s         w_s = n_s / (n_p + n_s)
     log_odds = ln(a/b) − ln(c/d)        score = log_odds − 1.645 · √(1/a + 1/b + 1/c + 1/d)
 
 Firing (activation > 0) rather than activation size, because features' scales differ and a TopK SAE decides per
 token which features fire. Log-odds rather than a frequency ratio, because it is symmetric and does not saturate for
-features that fire often. The ½ (Haldane–Anscombe) keeps features that never fire on one side finite, and ranking
-by the lower bound keeps a feature seen on three prompt tokens from outranking one seen on three thousand. The same
-score is computed per censorship category, against the same stories.
+features that fire often. The pseudo-counts keep features that never fire on one side finite; they add up to 2 as
+Haldane–Anscombe's ½ per cell do (the same when both sides have as many tokens), but each side's share follows its
+token count, so a feature with no fires on either side scores a log-odds of 0 however unequal the sides are. (A
+plain ½ gives it ln(n_s / n_p), so features that never fired on a small category would rank as specific to it.)
+Ranking by the lower bound keeps a feature seen on three prompt tokens from outranking one seen on three thousand.
+The same score is computed per censorship category, against the same stories.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ if TYPE_CHECKING:
     import torch
 
 STORIES = "tinystories"
-SMOOTHING = 0.5
 Z_ONE_SIDED_95 = 1.645
 
 
@@ -63,14 +65,16 @@ class FeatureStats:
             self.top_values, self.top_positions = merged.values, where.gather(0, merged.indices)
 
 
-def log_odds(fires_a: Any, tokens_a: Any, fires_b: Any, tokens_b: Any) -> tuple[Any, Any]:
-    """Smoothed log-odds ratio of firing in a versus b, and its one-sided 95% lower bound (elementwise)."""
+def log_odds(fires_a: Any, tokens_a: int, fires_b: Any, tokens_b: int) -> tuple[Any, Any]:
+    """Smoothed log-odds ratio of firing in a versus b, and its one-sided 95% lower bound (elementwise); the
+    pseudo-counts are split between the sides by their token counts (see the module's docstring)."""
     import torch
 
-    a = torch.as_tensor(fires_a, dtype=torch.float64) + SMOOTHING
-    b = torch.as_tensor(tokens_a, dtype=torch.float64) - torch.as_tensor(fires_a, dtype=torch.float64) + SMOOTHING
-    c = torch.as_tensor(fires_b, dtype=torch.float64) + SMOOTHING
-    d = torch.as_tensor(tokens_b, dtype=torch.float64) - torch.as_tensor(fires_b, dtype=torch.float64) + SMOOTHING
+    fires_a = torch.as_tensor(fires_a, dtype=torch.float64)
+    fires_b = torch.as_tensor(fires_b, dtype=torch.float64)
+    w_a, w_b = tokens_a / (tokens_a + tokens_b), tokens_b / (tokens_a + tokens_b)
+    a, b = fires_a + w_a, tokens_a - fires_a + w_a
+    c, d = fires_b + w_b, tokens_b - fires_b + w_b
     ratio = torch.log(a / b) - torch.log(c / d)
     return ratio, ratio - Z_ONE_SIDED_95 * torch.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
 

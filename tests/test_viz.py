@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import container_src.model
 from container_src.__main__ import main
 from container_src.dashboards import make_self_contained
 from container_src.data import pack_documents
-from container_src.ranking import FeatureStats, rank
+from container_src.ranking import FeatureStats, log_odds, rank
 from tests.conftest import TINY_RUN, run_container, write_hyperparameters
 
 PLANT = " QQQ"  # byte tokens the generated stories never contain
@@ -94,6 +95,31 @@ def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     assert by_id[0]["categories"]["refusal"]["freq"] == 0
     assert by_id[0]["mean_act_stories"] == pytest.approx(0.005)
     assert set(stats.top_positions[:, 3].tolist()) <= set(range(10, 30))
+
+
+def test_ranking_is_not_biased_by_unequal_token_counts() -> None:
+    # 200k story tokens, a category of 98k prompt tokens and one of 2k. Feature 0 fires on 50 tokens of the large
+    # category only; feature 1 never fires; feature 2 fires on 1% of every source.
+    stats = FeatureStats(3, ["tinystories", "big", "small"], top_k=1, device="cpu")
+    for group, n in ((0, 200_000), (1, 98_000), (2, 2_000)):
+        acts = torch.zeros(n, 3)
+        acts[: n // 100, 2] = 1.0
+        if group == 1:
+            acts[:50, 0] = 1.0
+        stats.add(acts, torch.full((n,), group), torch.arange(n) if group else None)
+    by_id = {r["feature"]: r for r in rank(stats)}
+    # No fires on either side is no evidence either way, however unequal the sides: a log-odds of 0, not
+    # ln(200k / 2k) = 4.6, and a score below 0 for the category it never fired on.
+    assert by_id[0]["categories"]["small"]["log_odds"] == pytest.approx(0, abs=1e-6)
+    assert by_id[0]["categories"]["small"]["score"] < 0
+    assert by_id[1]["dead"] and by_id[1]["log_odds"] == pytest.approx(0, abs=1e-6)
+    assert by_id[1]["categories"]["small"]["score"] < 0
+    for name in ("big", "small"):  # equal firing rates
+        assert abs(by_id[2]["categories"][name]["log_odds"]) < 0.01 and by_id[2]["categories"][name]["score"] < 0
+    assert by_id[0]["categories"]["big"]["score"] > 0  # 50 fires against none in 200k stories
+    # With as many tokens on both sides the pseudo-counts are Haldane–Anscombe's ½ per cell.
+    ratio, _ = log_odds(torch.tensor([3]), 1000, torch.tensor([0]), 1000)
+    assert float(ratio[0]) == pytest.approx(math.log(3.5 / 997.5) - math.log(0.5 / 1000.5))
 
 
 def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
