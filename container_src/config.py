@@ -518,6 +518,11 @@ def resolve(
                 logger.info("ignoring platform hyperparameter %s", key)
                 continue
             if key in META_KEYS:
+                if source not in ("hyperparameters", "cli"):
+                    raise ConfigError(
+                        f"{source}: key {key!r} is read only from the command line or the hyperparameters; "
+                        "move it there"
+                    )
                 continue
             values[key] = convert(key, raw, schema)
             sources[key] = source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,11 @@ def test_config_file_errors(tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
         resolve(cli={"config": str(bad)})
+    # a preset, mode or config named inside a file would otherwise be skipped without a word
+    for key, value in (("preset", "smoke"), ("mode", "viz"), ("config", "other.json")):
+        bad.write_text(json.dumps({key: value, "k": 16}))
+        with pytest.raises(ConfigError, match=f"config:{re.escape(str(bad))}: key '{key}' is read only from the"):
+            resolve(cli={"config": str(bad)})
 
 
 def test_parse_cli() -> None:

@@ -60,7 +60,6 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("wrong type", {"k": "eight"}, None, ["k='eight'", "int"]),
     ("impossible combination", {"lr_warm_up_fraction": "0.9", "lr_decay_fraction": "0.2"}, None, ["exceed"]),
     ("secret as hyperparameter", {"wandb_api_key": "x" * 40}, None, ["WANDB_SECRET_ID"]),
-    ("unknown mode", {"mode": "fly"}, None, ["mode='fly'", "train"]),
     ("hyperparameters not JSON", {}, _hyperparameters_not_json, ["hyperparameters.json", "not valid JSON"]),
     ("prompt_ratio without prompts", {}, _no_prompts, ["prompt_ratio=0.1", "prompts channel", "prompt_ratio=0"]),
     ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
@@ -144,12 +143,19 @@ def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) ->
     assert not (opt_ml / "model").exists()
 
 
-def test_mode_hyperparameter_overrides_argv(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SageMaker always runs `train`; the hyperparameter decides."""
-    write_hyperparameters(opt_ml, {"mode": "viz-later"})
+@pytest.mark.parametrize("where", ["hyperparameters", "cli"])
+def test_mode_hyperparameter_overrides_argv(opt_ml: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """SageMaker always runs `train`; the hyperparameter (or --mode) decides, before the earlier SAE in model/ is
+    moved aside: a run that is not `train` keeps it (viz reads it)."""
+    earlier_sae = opt_ml / "model" / "cfg.json"
+    earlier_sae.parent.mkdir(parents=True)
+    earlier_sae.write_text("{}")
+    write_hyperparameters(opt_ml, {"mode": "viz-later"} if where == "hyperparameters" else {})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train"]) == EXIT_CONFIG
-    assert "mode='viz-later'" in (opt_ml / "output" / "failure").read_text()
+    assert main(["train", *(["--mode", "viz-later"] if where == "cli" else [])]) == EXIT_CONFIG
+    failure = (opt_ml / "output" / "failure").read_text()
+    assert "mode='viz-later'" in failure and "train" in failure
+    assert earlier_sae.read_text() == "{}" and not (opt_ml / "model.previous").exists()
 
 
 def test_a_stale_failure_file_is_cleared(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
