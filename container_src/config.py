@@ -109,7 +109,9 @@ class TrainConfig(RunConfig):
     context_size: int = 512
     """Tokens per sequence fed to the model. Must not exceed the model's context."""
     n_batches_in_buffer: int = 16
-    """Model batches held in the shuffling activation buffer."""
+    """Size of SAE-Lens's shuffling buffer in sequences of ``context_size`` tokens, despite the name (SAE-Lens 6.54
+    sizes it ``n_batches_in_buffer × context_size`` tokens): at each refill it is shuffled, training batches are
+    served from it and half of it is kept for the next refill."""
     store_batch_size_prompts: int = 16
     """Sequences per model forward pass when filling the buffer."""
     n_checkpoints: int = 5
