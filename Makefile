@@ -40,7 +40,10 @@ test: install
 # It has its own tree, so its stand-in model never ends up in the compose tree (data/opt_ml).
 smoke: install
 	rm -rf $(SMOKE)/checkpoints $(SMOKE)/model $(SMOKE)/output
-	@if [ ! -d $(SMOKE)/input/data/model ]; then $(PY) -m container_src.synthetic --out $(SMOKE)/input/data; fi
+	@# (re)made when missing, or from before the stand-in stories had a validation split
+	@if [ ! -f $(SMOKE)/input/data/tinystories/dataset_dict.json ]; then \
+		rm -rf $(SMOKE)/input/data/model $(SMOKE)/input/data/tinystories; \
+		$(PY) -m container_src.synthetic --out $(SMOKE)/input/data; fi
 	@if [ ! -d $(SMOKE)/input/data/prompts ]; then cp -r data/sample_prompts $(SMOKE)/input/data/prompts; fi
 	SAGEMAKER_BASE_DIR=$(SMOKE) WANDB_MODE=offline $(PY) -m container_src train --preset smoke
 	SAGEMAKER_BASE_DIR=$(SMOKE) $(PY) -m container_src viz --device cpu --prompt_tokens 20000 --story_tokens 20000

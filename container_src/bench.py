@@ -110,7 +110,7 @@ def _write_assets(root: Path, cfg: BenchConfig, stories_needed: int) -> Containe
     write_model_cache(channels / "model", cfg.model_name, shape=cfg.model_shape, corpus=stories[:400])
     write_story_dataset(channels / "tinystories", n=stories_needed, seed=cfg.seed)
     # Stand-in prompts: only their share of the stream matters for speed.
-    write_story_dataset(channels / "prompts", n=200, seed=cfg.seed + 1)
+    write_story_dataset(channels / "prompts", n=200, seed=cfg.seed + 1, validation=0)
     return ContainerPaths(root)
 
 

@@ -149,6 +149,11 @@ class TrainConfig(RunConfig):
     """Steps between metric lines, W&B points and the curves' points."""
     eval_batches: int = 10
     """Batches of `store_batch_size_prompts` sequences used for the final evaluation."""
+    tinystories_eval_split: str = "validation"
+    """TinyStories split the evaluations read (the final one, and W&B's during training), held out from training;
+    a `tinystories` channel must have it (a saved DatasetDict's split, or files named for it). The value of
+    `tinystories_split` evaluates on training stories instead, with a warning. The prompts are cycled in training,
+    so the evaluation's prompts are always ones the SAE trained on."""
     log_to_wandb: bool = True
     """Log to W&B; offline (files under the output dir) when no key is available."""
     wandb_project: str = "sae_tinystories"
@@ -205,6 +210,7 @@ class TrainConfig(RunConfig):
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
         need(self.log_every >= 1, "log_every", "must be at least 1")
         need(self.eval_batches >= 1, "eval_batches", "must be at least 1")
+        need(bool(self.tinystories_eval_split), "tinystories_eval_split", "must name a split, such as validation")
         need(
             self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
         )

@@ -41,10 +41,9 @@ def _find_saved_dataset(channel: Path) -> Path | None:
 
 def _split_files(channel: Path, files: list[Path], split: str) -> list[Path]:
     """Files of one split in a copy of a hub repo (``train-0000.parquet``, ``data/validation/…``): those with the
-    split as a word of their path; all files when none names it."""
+    split as a word of their path."""
     word = re.compile(rf"(^|[-_./]){re.escape(split)}([-_./]|$)")
-    named = [p for p in files if word.search(p.relative_to(channel).as_posix())]
-    return named or files
+    return [p for p in files if word.search(p.relative_to(channel).as_posix())]
 
 
 def channel_fingerprint(channel: Path) -> str:
@@ -59,8 +58,10 @@ def channel_fingerprint(channel: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
-    """A dataset from a channel: a ``save_to_disk`` folder (Dataset or DatasetDict) or plain data files."""
+def _load_local(channel: Path, name: str, split: str = "train", required: bool = False) -> Dataset:
+    """A dataset from a channel: a ``save_to_disk`` folder (Dataset or DatasetDict) or plain data files. A channel
+    without splits (one Dataset, or files none of which is named for a split) serves any split, unless the split is
+    ``required``."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     saved = _find_saved_dataset(channel)
@@ -71,8 +72,14 @@ def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
                 if split not in ds:
                     raise ConfigError(f"channel {name}: the saved DatasetDict has no {split!r} split ({list(ds)})")
                 ds = ds[split]
+            elif required:
+                raise ConfigError(f"channel {name}: {saved} holds one dataset, without splits, so no {split!r} split")
             return ds
-        files = _split_files(channel, sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS), split)
+        all_files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
+        files = _split_files(channel, all_files, split)
+        if not files and required:
+            raise ConfigError(f"channel {name}: no data file or folder in {channel} is named for split {split!r}")
+        files = files or all_files
         builders = {_DATA_FILE_BUILDERS[p.suffix] for p in files}
         if len(builders) != 1:
             found = sorted({p.suffix for p in files}) or "no data files"
@@ -136,15 +143,18 @@ def prompts_fingerprint(prompts: Dataset | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[IterableDataset, str]:
-    """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub.
+def load_stories(
+    channel: Path | None, hub_path: str, split: str, required: bool = False
+) -> tuple[IterableDataset, str]:
+    """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub. A
+    channel without splits serves any split, unless the split is ``required``.
 
     Also returns what identifies the stories (the local copy's fingerprint, or the hub id and split).
     """
     from datasets import IterableDataset, load_dataset
 
     if channel is not None:
-        local = _load_local(channel, "tinystories", split)
+        local = _load_local(channel, "tinystories", split, required)
         if len(local) == 0:
             raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
         stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories)"

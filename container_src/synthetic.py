@@ -141,11 +141,15 @@ def write_model_cache(
     return snapshot
 
 
-def write_story_dataset(out_dir: Path, n: int = 400, seed: int = 0) -> Path:
-    """A local TinyStories stand-in in ``save_to_disk`` layout with the real dataset's ``text`` column."""
-    from datasets import Dataset
+def write_story_dataset(out_dir: Path, n: int = 400, seed: int = 0, validation: int = 100) -> Path:
+    """A local TinyStories stand-in in ``save_to_disk`` layout with the real dataset's ``text`` column: splits
+    train (``n`` stories) and validation (``validation`` other ones), or one Dataset of ``n`` when that is 0."""
+    from datasets import Dataset, DatasetDict
 
-    Dataset.from_dict({"text": make_stories(n, seed)}).save_to_disk(str(out_dir))
+    stories = make_stories(n + validation, seed)
+    train = Dataset.from_dict({"text": stories[:n]})
+    saved = DatasetDict(train=train, validation=Dataset.from_dict({"text": stories[n:]})) if validation else train
+    saved.save_to_disk(str(out_dir))
     return Path(out_dir)
 
 

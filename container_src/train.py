@@ -81,6 +81,7 @@ class Inputs:
     stream: Any
     prompts: Any
     stories: Any
+    eval_stories: Any
     data_identity: str
     channels: dict[str, Path | None]
     runtime: model.Runtime
@@ -211,12 +212,30 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         stream=data.mixed_stream(stories, prompts, cfg.prompt_ratio, cfg.seed),
         prompts=prompts,
         stories=stories,
+        eval_stories=_eval_stories(cfg, stories_channel),
         # "rows": the resume position counts packed rows (data.PackedRows), not documents as in older checkpoints
         data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}|rows",
         channels=channels,
         runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
     )
+
+
+def _eval_stories(cfg: TrainConfig, channel: Path | None) -> Any:
+    """The stories the evaluations read: split ``tinystories_eval_split``, held out from training."""
+    split = cfg.tinystories_eval_split
+    if split == cfg.tinystories_split:
+        logger.warning(
+            "tinystories_eval_split=%r is the training split: the evaluation reads stories the SAE trained on", split
+        )
+    try:
+        return data.load_stories(channel, cfg.tinystories_path, split, required=split != cfg.tinystories_split)[0]
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}. tinystories_eval_split={split!r}: the evaluations read this split, held out from training; add "
+            f"it (the hub repo has validation files), or set tinystories_eval_split={cfg.tinystories_split!r} to "
+            "evaluate on training stories"
+        ) from None
 
 
 def _publish(staging: Path, model_dir: Path) -> None:
@@ -285,9 +304,10 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
         # replaces SAE-Lens's own store
         runner.activations_store = packed_store(inputs.stream, lm, runner_cfg, worker=cfg.data_worker)
         runner.metric_log, runner.log_every, runner.lean_step = metric_log, cfg.log_every, cfg.lean_step
-        # Evaluations (W&B's during training, ours at the end) read a stream of their own, so they never take rows
-        # from training: what trains is then the same with or without prefetching, and with or without W&B.
-        eval_stream = data.mixed_stream(inputs.stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
+        # Evaluations (W&B's during training, ours at the end) read a stream of their own, of held-out stories, so
+        # they never take rows from training: what trains is then the same with or without prefetching, and with or
+        # without W&B.
+        eval_stream = data.mixed_stream(inputs.eval_stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
         eval_store = packed_store(eval_stream, lm, runner_cfg)
         runner.evaluator.activations_store = eval_store
         try:

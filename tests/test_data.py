@@ -141,6 +141,24 @@ def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path
     assert load_stories(copy, "unused", "train")[1] != identity
 
 
+def test_a_required_split_must_be_there(tmp_path: Path) -> None:
+    """The evaluation's held-out split: a channel without splits serves training, never a required split."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "stories.jsonl").write_text(json.dumps({"text": "a story"}) + "\n")
+    assert [r["text"] for r in load_stories(files, "unused", "validation")[0]] == ["a story"]
+    with pytest.raises(ConfigError, match=r"no data file or folder in .* is named for split 'validation'"):
+        load_stories(files, "unused", "validation", required=True)
+    (files / "validation.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    assert [r["text"] for r in load_stories(files, "unused", "validation", required=True)[0]] == ["held out"]
+    Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(ConfigError, match="holds one dataset, without splits, so no 'validation' split"):
+        load_stories(tmp_path / "one", "unused", "validation", required=True)
+    DatasetDict(train=Dataset.from_dict({"text": ["x"]})).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(ConfigError, match="has no 'validation' split"):
+        load_stories(tmp_path / "dict", "unused", "validation", required=True)
+
+
 def test_stories_without_text_column(tmp_path: Path) -> None:
     Dataset.from_dict({"story": ["x"]}).save_to_disk(str(tmp_path / "s"))
     with pytest.raises(ConfigError, match="no `text` column"):

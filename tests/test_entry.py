@@ -41,6 +41,12 @@ def _empty_stories_channel(base: Path) -> None:
     stories.mkdir()
 
 
+def _stories_without_validation_split(base: Path) -> None:
+    stories = base / "input" / "data" / "tinystories"
+    stories.unlink()
+    Dataset.from_dict({"text": ["Once upon a time."] * 50}).save_to_disk(str(stories))
+
+
 def _model_channel_without_the_model(base: Path) -> None:
     model = base / "input" / "data" / "model"
     model.unlink()
@@ -65,6 +71,12 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
     ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty"]),
+    (
+        "stories without the evaluation's split",
+        {},
+        _stories_without_validation_split,
+        ["channel tinystories", "no 'validation' split", "tinystories_eval_split='train'"],
+    ),
     ("model channel lacks the model", {}, _model_channel_without_the_model, ["channel model", "models--someone--else"]),
     (
         "hub off but stories from the hub",

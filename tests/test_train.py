@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -135,6 +136,27 @@ def test_batchtopk_trains(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None
     sae = SAE.load_from_disk(str(opt_ml / "model"))
     # SAE-Lens saves a trained BatchTopK SAE as JumpReLU, with the learned threshold
     assert sae.cfg.architecture() == "jumprelu" and sae.cfg.d_in == 256
+
+
+def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training streams the train split, the evaluations the validation split (the stand-in has both)."""
+    from datasets import load_from_disk
+
+    import container_src.data
+
+    real, streams = container_src.data.mixed_stream, []
+
+    def spy(stories: Any, prompts: Any, prompt_ratio: float, seed: int) -> Any:
+        streams.append((seed, [row["text"] for row in itertools.islice(stories, 3)]))
+        return real(stories, prompts, prompt_ratio, seed)
+
+    monkeypatch.setattr(container_src.data, "mixed_stream", spy)
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
+    assert _run_in_process(opt_ml, monkeypatch) == 0
+    splits: Any = load_from_disk(str(opt_ml / "input" / "data" / "tinystories"))
+    (train_seed, trained), (eval_seed, evaluated) = streams
+    assert trained == splits["train"]["text"][:3] and evaluated == splits["validation"]["text"][:3]
+    assert eval_seed == train_seed + 1
 
 
 def test_failure_after_training_leaves_no_sae(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
