@@ -96,7 +96,7 @@ def _write_failure(paths: ContainerPaths, mode: str, exc: BaseException) -> None
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("-h", "--help", "help"):
+    if argv[:1] == ["help"] or "-h" in argv or "--help" in argv:  # also after a mode: `bench --help`
         sys.stdout.write(_usage())
         return EXIT_OK
     _setup_logging()
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"mode={mode!r}: unknown mode; available: {', '.join(MODES)}")
         logger.info("mode %s, base dir %s", mode, paths.base)
         schema, runner = MODES[mode]
-        resolved = resolve(hyperparameters, cli, schema)
+        resolved = resolve(hyperparameters, cli, schema, shared_tree=True)
         resolved.mode = mode
         runner(resolved, paths)
         return EXIT_OK

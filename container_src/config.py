@@ -439,7 +439,16 @@ def looks_like_secret(key: str) -> bool:
     return lowered in ("key", "token") or any(marker in lowered for marker in _SECRET_MARKERS)
 
 
-def _unknown_key_message(key: str, schema: type) -> str:
+def _modes_taking(key: str, schema: type) -> list[str]:
+    """The other modes whose configuration has ``key``."""
+    others = [c for c in (TrainConfig, VizConfig, BenchConfig) if c is not schema and key in _field_types(c)]
+    return [c.__name__.removesuffix("Config").lower() for c in others]
+
+
+_SOURCE_NAMES = {"hyperparameters": "hyperparameters.json", "cli": "the command line"}
+
+
+def _unknown_key_message(key: str, schema: type, source: str | None = None) -> str:
     if looks_like_secret(key):
         return (
             f"{key}: secrets never go in the configuration or hyperparameters. "
@@ -447,10 +456,13 @@ def _unknown_key_message(key: str, schema: type) -> str:
         )
     import difflib
 
+    where = f" (from {_SOURCE_NAMES.get(source, source.replace(':', ' ', 1))})" if source else ""
+    if owners := _modes_taking(key, schema):
+        return f"configuration key {key!r}{where} belongs to {' and '.join(owners)}, not {schema.__name__}"
     names = [f.name for f in fields(schema)]
     close = difflib.get_close_matches(key, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(names)}."
-    return f"unknown configuration key {key!r} for {schema.__name__}.{hint}"
+    return f"unknown configuration key {key!r}{where} for {schema.__name__}.{hint}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -503,8 +515,14 @@ def resolve(
     hyperparameters: Mapping[str, Any] | None = None,
     cli: Mapping[str, str] | None = None,
     schema: type[C] = TrainConfig,
+    shared_tree: bool = False,
 ) -> Resolved[C]:
-    """Merge defaults < preset/--config < hyperparameters < CLI into a checked ``schema`` (one mode's config)."""
+    """Merge defaults < preset/--config < hyperparameters < CLI into a checked ``schema`` (one mode's config).
+
+    With ``shared_tree`` (the container: a local tree's hyperparameters.json is read by every mode run on it), keys
+    of another mode in the hyperparameters or their preset are left to that mode; otherwise (flags, a config file,
+    the launcher's check of a job's hyperparameters) they are an error.
+    """
     hyperparameters = dict(hyperparameters or {})
     cli = dict(cli or {})
     layers: list[tuple[str, dict[str, Any]]] = []
@@ -520,6 +538,7 @@ def resolve(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    left: set[str] = set()
     for source, layer in layers:
         for key, raw in layer.items():
             if key.startswith(_PLATFORM_KEY_PREFIXES):
@@ -532,8 +551,16 @@ def resolve(
                         "move it there"
                     )
                 continue
+            if key not in _field_types(schema):
+                shared = shared_tree and (source == "hyperparameters" or source.startswith("preset:"))
+                if shared and _modes_taking(key, schema):
+                    left.add(key)
+                    continue
+                raise ConfigError(_unknown_key_message(key, schema, source))
             values[key] = convert(key, raw, schema)
             sources[key] = source
+    if left:
+        logger.info("%s: keys of other modes, left to them: %s", schema.__name__, ", ".join(sorted(left)))
     present = [source for source, layer in layers if layer]
     return Resolved(config=schema(**values), sources=sources, layers=present)
 

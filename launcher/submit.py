@@ -340,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return EXIT_FAILED
     except Exception as exc:  # an AWS error: the service's own message says what is wrong
+        from botocore.exceptions import NoCredentialsError
+
+        if isinstance(exc, NoCredentialsError):
+            logger.error(
+                "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY). --dry-run needs them too: it reads the W&B secret's existence, the image's "
+                "repository and any --from-job or --resume-from job, and only sends nothing"
+            )
+            return EXIT_INPUT
         logger.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILED
 

@@ -185,8 +185,28 @@ def test_each_mode_has_its_own_keys() -> None:
 
     viz = resolve({"features": "12, 873", "story_tokens": "5e3", "seed": "3"}, schema=VizConfig).config
     assert (viz.feature_ids, viz.story_tokens, viz.seed, viz.context_size) == ([12, 873], 5000, 3, None)
-    with pytest.raises(ConfigError, match="'k' for VizConfig"):
+    with pytest.raises(ConfigError, match=r"'k' \(from hyperparameters.json\) belongs to train and bench, not Viz"):
         resolve({"k": "16"}, schema=VizConfig)
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'kk' .* Did you mean k"):
+        resolve({"kk": "16"}, schema=TrainConfig)
+
+
+def test_a_shared_tree_leaves_other_modes_keys_to_them(caplog: pytest.LogCaptureFixture) -> None:
+    """Locally every mode reads the tree's hyperparameters.json (and the preset it names): each takes its own keys."""
+    from container_src.config import VizConfig
+
+    shared = {"preset": "smoke", "k": "16", "n_features": "3", "seed": "5"}
+    with caplog.at_level("INFO", logger="container_src.config"):
+        viz = resolve(shared, schema=VizConfig, shared_tree=True)
+    assert (viz.config.n_features, viz.config.seed, viz.config.device) == (3, 5, "cpu")  # device from the preset
+    assert "keys of other modes, left to them: " in caplog.text and "expansion_factor" in caplog.text
+    train = resolve(shared, schema=TrainConfig, shared_tree=True).config
+    assert (train.k, train.seed, train.expansion_factor) == (16, 5, 4)
+    # a typo is no other mode's key, and flags are meant for the mode they are given to
+    with pytest.raises(ConfigError, match="unknown configuration key 'kk'"):
+        resolve({**shared, "kk": "16"}, schema=VizConfig, shared_tree=True)
+    with pytest.raises(ConfigError, match=r"'k' \(from the command line\) belongs to train and bench"):
+        resolve(shared, {"k": "16"}, schema=VizConfig, shared_tree=True)
     with pytest.raises(ConfigError, match="'x' is not a feature id"):
         resolve({"features": "1,x"}, schema=VizConfig)
     with pytest.raises(ConfigError, match="seed="):

@@ -188,14 +188,22 @@ def test_failure_reason_fits_sagemaker(opt_ml: Path, monkeypatch: pytest.MonkeyP
     assert len(reason) <= 1025 and "\n" not in reason.rstrip("\n")
 
 
-def test_help_lists_keys_and_presets(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--help"]) == 0
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["help"], ["bench", "--help"], ["viz", "-h"], ["train", "--k", "8", "--help"]]
+)
+def test_help_lists_keys_and_presets(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert (
         "--hook_name" in out
+        and "--n_features" in out
         and "tinystories-33m" in out
         and json.dumps("blocks.2.mlp.hook_post") in out.replace("'", '"')
     )
+    assert list(tmp_path.iterdir()) == []  # help runs nothing and writes nothing (no failure file)
 
 
 def test_train_shim_runs_the_entry_point(opt_ml: Path) -> None:

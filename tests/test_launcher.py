@@ -183,10 +183,10 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (
             ["--mode", "viz", "--set", "k=16", "--sae", "s3://b/m.tar.gz"],
             {},
-            "unknown configuration key 'k' for VizConfig",
+            "configuration key 'k' (from hyperparameters.json) belongs to train and bench, not VizConfig",
         ),
         (["--mode", "viz", "--set", "features=1,x", "--sae", "s3://b/m.tar.gz"], {}, "'x' is not a feature id"),
-        (["--mode", "bench", "--set", "n_features=5"], {}, "unknown configuration key 'n_features' for BenchConfig"),
+        (["--mode", "bench", "--set", "n_features=5"], {}, "'n_features' (from hyperparameters.json) belongs to viz"),
         (["--mode", "train", "--spot", "--max-run", "7200", "--max-wait", "3600"], {}, "at least --max-run"),
         (["--mode", "train", "--prompts", "/nonexistent/export"], {}, "export the prompts first"),
         (["--mode", "train", "--network-isolation"], {}, "give --model and --tinystories"),
@@ -588,6 +588,19 @@ def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], expor
         == []
     )
     assert _docker_calls(aws) == []
+
+
+def test_no_credentials_says_what_to_do(aws: dict[str, Any], export: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k in ("AWS_ENDPOINT_URL",)}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    env |= {"AWS_EC2_METADATA_DISABLED": "true"}
+    result = subprocess.run(
+        [sys.executable, "launcher/submit.py", "--mode", "train", "--set", "preset=smoke", "--dry-run",
+         "--prompts", str(export)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "no AWS credentials found" in result.stderr and "aws configure" in result.stderr
 
 
 def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
