@@ -404,7 +404,10 @@ def _convert_scalar(base: type, raw: Any) -> Any:
             raise TypeError("a boolean is not an integer")
         if isinstance(raw, int):
             return raw
-        number = float(str(raw).replace("_", "")) if not isinstance(raw, float) else raw
+        try:
+            number = float(str(raw).replace("_", "")) if not isinstance(raw, float) else raw
+        except ValueError:
+            raise ValueError("not a number") from None
         if not number.is_integer():
             raise ValueError("not a whole number")
         return int(number)

@@ -193,7 +193,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     source = _source(args)
     source.check()
     fields, overridden = parse_field_overrides(args.field)
-    template = check_template(args.template) if args.template else None
+    template = check_template(args.template) if args.template is not None else None
     # Mapping the thought is asking for it: the column (and the thought in the default text) comes with it.
     with_thought = args.with_thought or "thought" in overridden
     if with_thought and not args.with_thought:

@@ -325,6 +325,7 @@ def test_timestamps_come_out_in_one_form() -> None:
         ("foreign out", "holds files but no manifest.json"),
         ("bad field", "--field 'response': expected NAME=KEY"),
         ("bad template", "unknown field(s) answer"),
+        ("empty template", "--template has no {field}"),
         ("url as host", "--chroma-host https://chroma.example.org: give a host name, not a URL"),
         ("all skipped", "all 1 rows were skipped"),
     ],
@@ -358,6 +359,9 @@ def test_bad_input_fails_clearly_and_writes_nothing(
     elif case == "bad template":
         make_store(store, good)
         args += ["--template", "{question} {answer}"]
+    elif case == "empty template":
+        make_store(store, good)
+        args += ["--template", ""]
     elif case == "url as host":
         args = ["--chroma-host", "https://chroma.example.org", "--out", str(out)]
         store.mkdir()

@@ -176,7 +176,7 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "train", "--instance-type", "ml.g4dn.xlarge", "--set", "precision=bf16"], {}, "no native bf16"),
         (["--mode", "train", "--set", "wandb_api_key=abc"], {}, "secrets never go in hyperparameters"),
         (["--mode", "viz", "--set", "api_key=abc", "--sae", "s3://b/m.tar.gz"], {}, "secrets never go"),
-        (["--mode", "train", "--set", "k=many"], {}, "hyperparameters: k='many': expected int"),
+        (["--mode", "train", "--set", "k=many"], {}, "hyperparameters: k='many': expected int (not a number)"),
         (["--mode", "train", "--set", "lr_warm_up_fraction=0.9"], {}, "exceed the whole run"),
         (["--mode", "viz"], {}, "--from-job TRAIN_JOB or --sae"),
         # each mode's keys are checked with the container's own schema for that mode
