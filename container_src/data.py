@@ -125,7 +125,10 @@ def load_prompts(channel: Path) -> Dataset:
     n_rows = len(ds)
     ds = ds.filter(lambda row: bool(row["text"]), keep_in_memory=True)
     if len(ds) == 0:
-        raise ConfigError(f"channel prompts: {n_rows} rows but none has any text")
+        raise ConfigError(
+            f"channel prompts: {n_rows} rows but none has any text; export the collection again, or set "
+            "prompt_ratio=0 to train on TinyStories alone"
+        )
     if len(ds) < n_rows:
         logger.warning("channel prompts: skipped %d of %d rows with empty text", n_rows - len(ds), n_rows)
     logger.info("channel prompts: %d prompts", len(ds))

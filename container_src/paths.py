@@ -94,7 +94,10 @@ class ContainerPaths:
         if not path.is_dir():
             raise ConfigError(f"channel {name}: {path} is not a directory")
         if not any(path.iterdir()):
-            raise ConfigError(f"channel {name}: {path} is empty; remove the channel or put the data in it")
+            raise ConfigError(
+                f"channel {name}: {path} is empty; put the data in it, or remove it (and for prompts, set "
+                "prompt_ratio=0)"
+            )
         return path
 
     def model_inputs(self, model_name: str) -> dict[str, Path | None]:

@@ -75,8 +75,8 @@ class Settings:
         if missing:
             where = ", ".join(f"{n} (or SAE_{n.upper()})" for n in missing)
             raise SettingsError(
-                f"missing setting(s): {where}. Put them in {DEFAULT_FILE.name} (copy settings.example.toml) or "
-                "the environment; see the README's SageMaker set-up."
+                f"missing setting(s): {where}. Put them in launcher/{DEFAULT_FILE.name} (copy "
+                "launcher/settings.example.toml) or the environment; see the README's SageMaker set-up."
             )
         if "role_arn" in names and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", self.role_arn):
             raise SettingsError(

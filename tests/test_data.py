@@ -87,7 +87,10 @@ def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:
     ("dataset", "message"),
     [
         (Dataset.from_dict({"question": ["Q?"], "answer": ["A"]}), "no text column"),
-        (Dataset.from_dict({"text": ["", "  "]}), "none has any text"),
+        (
+            Dataset.from_dict({"text": ["", "  "]}),
+            "none has any text; export the collection again, or set prompt_ratio=0",
+        ),
         (DatasetDict({"test": Dataset.from_dict({"text": ["x"]})}), "no 'train' split"),
         (Dataset.from_dict({"text": [1, 2]}), "column `text` holds int64"),
         (Dataset.from_dict({"question": ["q"], "response": [0.5]}), "column `response` holds float64"),

@@ -70,7 +70,7 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("prompt_ratio without prompts", {}, _no_prompts, ["prompt_ratio=0.1", "prompts channel", "prompt_ratio=0"]),
     ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
-    ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty"]),
+    ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty; put the data in it"]),
     (
         "stories without the evaluation's split",
         {},

@@ -171,7 +171,11 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "train", "--sweep", "k"], {}, "expected key=v1,v2"),
         (["--mode", "train", "--sweep", "k=32,"], {}, "no empty value"),
         (["--mode", "train", "--sweep", "k=32", "--sweep", "k=64"], {}, "given twice"),
-        (["--mode", "train"], {"SAE_ROLE_ARN": "", "SAE_BUCKET": ""}, "missing setting(s): role_arn"),
+        (
+            ["--mode", "train"],
+            {"SAE_ROLE_ARN": "", "SAE_BUCKET": ""},
+            "bucket (or SAE_BUCKET). Put them in launcher/settings.toml (copy launcher/settings.example.toml)",
+        ),
         (["--mode", "train", "--instance-type", "ml.m5.xlarge"], {}, "has no NVIDIA GPU"),
         (["--mode", "train", "--instance-type", "ml.g4dn.xlarge", "--set", "precision=bf16"], {}, "no native bf16"),
         (["--mode", "train", "--set", "wandb_api_key=abc"], {}, "secrets never go in hyperparameters"),
