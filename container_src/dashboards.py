@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from container_src import ranking
+
 if TYPE_CHECKING:
     import torch
     from sae_lens import SAE
@@ -117,13 +119,18 @@ def _snippet_html(snippet: dict[str, Any]) -> str:
     return f'{text} <span class="muted">({html.escape(str(snippet["category"]))}, {snippet["activation"]:.2f})</span>'
 
 
+def _score_cell(score: float | None) -> str:
+    """A score's table cell; no score sorts below every score."""
+    return '<td data-v="-Infinity">&ndash;</td>' if score is None else f"{score:.3f}"
+
+
 def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[str, Any], out_file: Path) -> None:
     """A sortable table of the ranked features (dead ones left out), linking to the dashboard of each rendered one."""
     categories = list(summary["tokens"]["categories"])
     others = [r for r in rows if not r["dead"] and r["feature"] not in rendered][:INDEX_OTHERS]
     shown = [r for r in rows if r["feature"] in rendered] + others
-    shown.sort(key=lambda r: -r["score"])
-    head = ["rank", "feature", "score", "log-odds", "freq prompts", "freq stories", "mean act prompts"]
+    shown.sort(key=ranking.by_score)
+    head = ["rank", "feature", "score", "freq prompts", "freq stories", "mean act prompts"]
     head += ["mean act stories", *[f"score: {c}" for c in categories], "top prompt snippet"]
     rank_of = {r["feature"]: i for i, r in enumerate(rows, start=1)}
     body = []
@@ -133,13 +140,12 @@ def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[st
         cells = [
             str(rank_of[f]),
             f'<td data-v="{f}">{link}</td>',
-            f"{r['score']:.3f}",
-            f"{r['log_odds']:.3f}",
+            _score_cell(r["score"]),
             f"{r['freq_prompts']:.4f}",
             f"{r['freq_stories']:.4f}",
             f"{r['mean_act_prompts']:.4f}",
             f"{r['mean_act_stories']:.4f}",
-            *[f"{r['categories'][c]['score']:.3f}" for c in categories],
+            *[_score_cell(r["categories"][c]["score"]) for c in categories],
         ]
         snippet = _snippet_html(r["snippets"][0]) if r.get("snippets") else ""
         tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
@@ -156,8 +162,9 @@ Tokens: prompts {tokens["prompts"]:,} ({per_cat}), TinyStories {tokens["stories"
 Dead (never fired on these tokens): {summary["dead_features"]:,} features. Dashboards for {len(rendered)} features;
 the next {len(others)} live features are listed without a link. Full table: <a href="features.csv">features.csv</a>,
 <a href="features.json">features.json</a>.</p>
-<p class="muted">score = lower bound (one-sided 95%) of the smoothed log-odds ratio of firing on a prompt token rather
-than a TinyStories token; per category the same against the stories. Click a column to sort.</p>
+<p class="muted">score = ln of the one-sided 95% lower bound on how many times more often the feature fires on a
+prompt token than on a TinyStories token (&gt; 0: more often on the prompts, with 95% confidence); per category the
+same against the stories; &ndash; where it never fired on those prompts. Click a column to sort.</p>
 <table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
 <tbody>
 {chr(10).join(body)}
@@ -175,7 +182,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
     (out_dir / "features.json").write_text(json.dumps(rows, indent=1) + "\n")
     categories = list(rows[0]["categories"]) if rows else []
     scalar = [k for k in rows[0] if k not in ("categories", "snippets")] if rows else []
-    per_category = ("freq", "mean_act", "log_odds", "score")
+    per_category = ("freq", "mean_act", "score")
     columns = [*scalar, *[f"{m}:{c}" for c in categories for m in per_category], "snippets"]
     with (out_dir / "features.csv").open("w", newline="") as f:
         writer = csv.writer(f)

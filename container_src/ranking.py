@@ -1,20 +1,21 @@
 """Which SAE features are specific to the prompts: firing statistics per source and category, and their score.
 
-The score of a feature is the smoothed log-odds ratio of it firing on a prompt token rather than on a TinyStories
-token, ranked by the lower end of its one-sided 95% confidence interval. With n_p prompt and n_s story tokens:
+The score of a feature is the natural log of a one-sided 95% lower bound on its firing-rate ratio: the share of
+prompt tokens it fires on over the share of TinyStories tokens it fires on. Score > 0 says "fires more often on the
+prompts, with 95% confidence"; ranking by it keeps a feature seen on three prompt tokens from outranking one seen on
+three thousand. The bound is exact given the feature's total number of fires f = f_p + f_s: if fires are rare
+events (Poisson) at rates r_p and r_s over n_p and n_s tokens, then f_p given f is binomial with success
+probability π = n_p·θ / (n_p·θ + n_s), θ = r_p / r_s. Clopper–Pearson's lower bound on π, a Beta quantile, turns
+into one on θ:
 
-    a = fires on prompts + w_p        b = prompt tokens where it is silent + w_p        w_p = n_p / (n_p + n_s)
-    c = fires on stories + w_s        d = story tokens where it is silent + w_s         w_s = n_s / (n_p + n_s)
-    log_odds = ln(a/b) − ln(c/d)        score = log_odds − 1.645 · √(1/a + 1/b + 1/c + 1/d)
+    π_low = Beta(f_p, f_s + 1).ppf(0.05)        score = ln θ_low = ln(π_low / (1 − π_low)) + ln(n_s / n_p)
 
-Firing (activation > 0) rather than activation size, because features' scales differ and a TopK SAE decides per
-token which features fire. Log-odds rather than a frequency ratio, because it is symmetric and does not saturate for
-features that fire often. The pseudo-counts keep features that never fire on one side finite; they add up to 2 as
-Haldane–Anscombe's ½ per cell do (the same when both sides have as many tokens), but each side's share follows its
-token count, so a feature with no fires on either side scores a log-odds of 0 however unequal the sides are. (A
-plain ½ gives it ln(n_s / n_p), so features that never fired on a small category would rank as specific to it.)
-Ranking by the lower bound keeps a feature seen on three prompt tokens from outranking one seen on three thousand.
-The same score is computed per censorship category, against the same stories.
+No pseudo-counts are involved, so unequal token counts bias nothing (a prior worth one or two tokens tips the score
+of features that never fire on one side, by ln(n_s / n_p), or by the log of the pseudo-count's share, when one side
+is much smaller than the other: a small censorship category, say). A feature that never fired on the prompts has no
+lower bound above 0, and no score (None); one that fired on neither side is dead. Firing (activation > 0) rather
+than activation size, because features' scales differ and a TopK SAE decides per token which features fire. The
+same score is computed per censorship category, against the same stories.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 STORIES = "tinystories"
-Z_ONE_SIDED_95 = 1.645
+ALPHA = 0.05  # one-sided: the score is a 95% lower bound
 
 
 class FeatureStats:
@@ -65,18 +66,28 @@ class FeatureStats:
             self.top_values, self.top_positions = merged.values, where.gather(0, merged.indices)
 
 
-def log_odds(fires_a: Any, tokens_a: int, fires_b: Any, tokens_b: int) -> tuple[Any, Any]:
-    """Smoothed log-odds ratio of firing in a versus b, and its one-sided 95% lower bound (elementwise); the
-    pseudo-counts are split between the sides by their token counts (see the module's docstring)."""
-    import torch
+def score(fires_a: Any, tokens_a: int, fires_b: Any, tokens_b: int) -> Any:
+    """ln of the one-sided 95% lower bound on the firing-rate ratio of side a over side b (elementwise over
+    features; see the module's docstring), as a float64 array; NaN where a feature never fired on side a."""
+    import numpy as np
+    from scipy.stats import beta
 
-    fires_a = torch.as_tensor(fires_a, dtype=torch.float64)
-    fires_b = torch.as_tensor(fires_b, dtype=torch.float64)
-    w_a, w_b = tokens_a / (tokens_a + tokens_b), tokens_b / (tokens_a + tokens_b)
-    a, b = fires_a + w_a, tokens_a - fires_a + w_a
-    c, d = fires_b + w_b, tokens_b - fires_b + w_b
-    ratio = torch.log(a / b) - torch.log(c / d)
-    return ratio, ratio - Z_ONE_SIDED_95 * torch.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
+    f_a = np.asarray(fires_a, dtype=np.float64)
+    f_b = np.asarray(fires_b, dtype=np.float64)
+    fired = f_a > 0
+    a = np.where(fired, f_a, 1.0)  # Beta needs a > 0; these entries are masked below
+    # π_low and 1 − π_low, each from its own tail, so neither loses precision when π_low is near 0 or 1
+    low, high = beta.ppf(ALPHA, a, f_b + 1), beta.isf(ALPHA, f_b + 1, a)
+    return np.where(fired, np.log(low) - np.log(high) + np.log(tokens_b / tokens_a), np.nan)
+
+
+def by_score(row: dict[str, Any]) -> float:
+    """Sort key, highest score first; features without a score (never fired on the prompts) last."""
+    return math.inf if row["score"] is None else -row["score"]
+
+
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
 
 
 def rank(stats: FeatureStats) -> list[dict[str, Any]]:
@@ -100,12 +111,12 @@ def rank(stats: FeatureStats) -> list[dict[str, Any]]:
         }
 
     prompts, stories = side(slice(1, None)), side(0)
-    overall, overall_score = log_odds(prompts["fires"], prompts["tokens"], stories["fires"], stories["tokens"])
+    overall = score(prompts["fires"], prompts["tokens"], stories["fires"], stories["tokens"])
     per_category = {}
     for g, name in enumerate(stats.groups[1:], start=1):
         cat = side(g)
         if cat["tokens"]:
-            cat["log_odds"], cat["score"] = log_odds(cat["fires"], cat["tokens"], stories["fires"], stories["tokens"])
+            cat["score"] = score(cat["fires"], cat["tokens"], stories["fires"], stories["tokens"])
             per_category[name] = cat
 
     rows = []
@@ -114,8 +125,7 @@ def rank(stats: FeatureStats) -> list[dict[str, Any]]:
         rows.append(
             {
                 "feature": i,
-                "score": round(float(overall_score[i]), 4),
-                "log_odds": round(float(overall[i]), 4),
+                "score": _rounded(float(overall[i])),
                 "freq_prompts": float(prompts["freq"][i]),
                 "freq_stories": float(stories["freq"][i]),
                 "fires_prompts": int(prompts["fires"][i]),
@@ -129,12 +139,11 @@ def rank(stats: FeatureStats) -> list[dict[str, Any]]:
                     name: {
                         "freq": float(cat["freq"][i]),
                         "mean_act": float(cat["mean_act"][i]),
-                        "log_odds": round(float(cat["log_odds"][i]), 4),
-                        "score": round(float(cat["score"][i]), 4),
+                        "score": _rounded(float(cat["score"][i])),
                     }
                     for name, cat in per_category.items()
                 },
             }
         )
-    rows.sort(key=lambda r: (r["dead"], -r["score"], r["feature"]))
+    rows.sort(key=lambda r: (r["dead"], by_score(r), r["feature"]))
     return rows

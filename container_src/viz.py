@@ -334,7 +334,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         summary["dead_features"],
         len(chosen),
         paths.model_dir / "dashboards",
-        ", ".join(f"{r['feature']} ({r['score']:.2f})" for r in rows[:5]),
+        ", ".join(f"{r['feature']} ({r['score']})" for r in rows[:5]),
     )
     return summary
 

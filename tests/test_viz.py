@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ import container_src.model
 from container_src.__main__ import main
 from container_src.dashboards import make_self_contained
 from container_src.data import pack_documents
-from container_src.ranking import FeatureStats, log_odds, rank
+from container_src.ranking import FeatureStats, rank, score
 from tests.conftest import TINY_RUN, run_container, write_hyperparameters
 
 PLANT = " QQQ"  # byte tokens the generated stories never contain
@@ -71,7 +72,7 @@ def test_pack_documents_packs_as_sae_lens_does() -> None:
 
 def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     # features: 0 fires on 40% of prompt tokens and 1% of stories; 1 fires on 30% of both; 2 never fires;
-    # 3 fires on 20 prompt tokens and no story token: a higher log-odds than 0's, on far less evidence.
+    # 3 fires on 20 prompt tokens and no story token: a higher firing-rate ratio than 0's, on far less evidence.
     n_p, n_s = 1000, 4000
     acts = torch.zeros(n_p + n_s, 4)
     acts[: int(0.4 * n_p), 0] = 1.0
@@ -85,14 +86,15 @@ def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     stats.add(acts[n_p:], group[n_p:])
     rows = rank(stats)
     assert [r["feature"] for r in rows] == [0, 3, 1, 2]
-    assert rows[-1]["dead"] and not any(r["dead"] for r in rows[:-1])
+    assert rows[-1]["dead"] and rows[-1]["score"] is None and not any(r["dead"] for r in rows[:-1])
     by_id = {r["feature"]: r for r in rows}
     assert by_id[0]["freq_prompts"] == pytest.approx(0.4) and by_id[0]["freq_stories"] == pytest.approx(0.01)
-    assert abs(by_id[1]["log_odds"]) < 0.05 and by_id[1]["score"] < 0
-    assert by_id[3]["log_odds"] > by_id[0]["log_odds"] and by_id[3]["score"] < by_id[0]["score"]
+    assert by_id[1]["score"] < 0 < by_id[3]["score"] < by_id[0]["score"]
+    # a lower bound: below the observed ratio (40 for feature 0)
+    assert by_id[0]["score"] < math.log(40)
     # feature 0's prompt tokens are all in the first half: category official narrative, none in refusal
     assert by_id[0]["categories"]["official narrative"]["freq"] == pytest.approx(0.8)
-    assert by_id[0]["categories"]["refusal"]["freq"] == 0
+    assert by_id[0]["categories"]["refusal"]["freq"] == 0 and by_id[0]["categories"]["refusal"]["score"] is None
     assert by_id[0]["mean_act_stories"] == pytest.approx(0.005)
     assert set(stats.top_positions[:, 3].tolist()) <= set(range(10, 30))
 
@@ -108,18 +110,33 @@ def test_ranking_is_not_biased_by_unequal_token_counts() -> None:
             acts[:50, 0] = 1.0
         stats.add(acts, torch.full((n,), group), torch.arange(n) if group else None)
     by_id = {r["feature"]: r for r in rank(stats)}
-    # No fires on either side is no evidence either way, however unequal the sides: a log-odds of 0, not
-    # ln(200k / 2k) = 4.6, and a score below 0 for the category it never fired on.
-    assert by_id[0]["categories"]["small"]["log_odds"] == pytest.approx(0, abs=1e-6)
-    assert by_id[0]["categories"]["small"]["score"] < 0
-    assert by_id[1]["dead"] and by_id[1]["log_odds"] == pytest.approx(0, abs=1e-6)
-    assert by_id[1]["categories"]["small"]["score"] < 0
+    # No fires on a side is no evidence for it, however small the side (a pseudo-count of ½ per cell gave the
+    # small category ln(200k / 2k) = 4.6 here, and a score above 0).
+    assert by_id[0]["categories"]["small"]["score"] is None and by_id[0]["categories"]["big"]["score"] > 0
+    assert by_id[1]["dead"] and by_id[1]["score"] is None
     for name in ("big", "small"):  # equal firing rates
-        assert abs(by_id[2]["categories"][name]["log_odds"]) < 0.01 and by_id[2]["categories"][name]["score"] < 0
-    assert by_id[0]["categories"]["big"]["score"] > 0  # 50 fires against none in 200k stories
-    # With as many tokens on both sides the pseudo-counts are Haldane–Anscombe's ½ per cell.
-    ratio, _ = log_odds(torch.tensor([3]), 1000, torch.tensor([0]), 1000)
-    assert float(ratio[0]) == pytest.approx(math.log(3.5 / 997.5) - math.log(0.5 / 1000.5))
+        assert by_id[2]["categories"][name]["score"] < 0
+
+
+@pytest.mark.parametrize(("n_prompts", "n_stories"), [(100_000, 5_000), (20, 200_000), (1_000, 1_000)])
+def test_score_follows_the_evidence(n_prompts: int, n_stories: int) -> None:
+    """More fires on the prompts raise the score, more on the stories lower it, whichever side is smaller."""
+    f_p = min(500, n_prompts)
+    rising = score(np.array([f_p - 2, f_p - 1, f_p]), n_prompts, np.zeros(3), n_stories)
+    falling = score(np.full(3, f_p), n_prompts, np.array([0, 1, 2]), n_stories)
+    assert np.all(np.diff(rising) > 0) and np.all(np.diff(falling) < 0)
+
+
+def test_score_is_a_95_percent_lower_bound() -> None:
+    """With equal firing rates on both sides, at most 5% of features may score above 0 (Clopper–Pearson is
+    conservative: fewer), at any balance of token counts."""
+    rng = np.random.default_rng(0)
+    for n_p, n_s, rate in ((5_000, 50_000, 0.01), (50_000, 5_000, 0.01), (2_000, 200_000, 0.002), (1_000, 1_000, 0.3)):
+        scores = score(rng.binomial(n_p, rate, 20_000), n_p, rng.binomial(n_s, rate, 20_000), n_s)
+        assert 0.005 < np.mean(np.nan_to_num(scores, nan=-1.0) > 0) <= 0.05
+    # and when the prompts' rate is twice the stories', it says so, and stays below the true ratio 95% of the time
+    scores = score(rng.binomial(50_000, 0.02, 1_000), 50_000, rng.binomial(50_000, 0.01, 1_000), 50_000)
+    assert np.all(scores > 0) and np.mean(scores >= math.log(2)) <= 0.05
 
 
 def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
@@ -248,7 +265,7 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     assert planted_feature(top[0]), (top[0], fires_on_plant[top[0]["feature"]], fires_elsewhere[top[0]["feature"]])
     assert sum(map(planted_feature, top)) >= 2, [(r["feature"], r["snippets"][0]) for r in top]
     # Features that fire about as often on both sources rank below every one of the top features.
-    even = [r for r in rows if not r["dead"] and r["freq_stories"] > 0.01 and abs(r["log_odds"]) < 0.2]
+    even = [r for r in rows if r["freq_stories"] > 0.01 and 0.8 < r["freq_prompts"] / r["freq_stories"] < 1.25]
     assert even, "expected some features that fire equally on both sources"
     assert max(r["score"] for r in even) < min(r["score"] for r in top)
     # The tables agree with each other, and the dashboards cover the top features.
