@@ -104,21 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     mode = argv.pop(0) if argv and not argv[0].startswith("-") else "train"
     paths.failure_file.unlink(missing_ok=True)  # a stale reason from an earlier run would mislead
     try:
-        try:
-            hyperparameters = paths.read_hyperparameters()
-            cli = parse_cli(argv)
-            mode = pick_mode(mode, hyperparameters, cli)
-        finally:
-            # Before anything else that can fail, so that even a train run that fails on its first input leaves no
-            # earlier SAE in model/ that could pass for its own; a mode the hyperparameters or --mode turn into
-            # another (viz reads that SAE) keeps it. SageMaker always says `train`; its model/ starts empty anyway.
-            if mode == "train" and (archive := paths.archive_previous_model()):
-                logger.warning("moved what an earlier run left in %s to %s", paths.model_dir, archive)
+        hyperparameters = paths.read_hyperparameters()
+        cli = parse_cli(argv)
+        mode = pick_mode(mode, hyperparameters, cli)
+        # As soon as the mode is known to be train, before any other check, so that even a train run that fails on
+        # its first input leaves no earlier SAE in model/ that could pass for its own. Until then (the mode unread,
+        # or another one, such as viz, which reads that SAE) model/ is left alone. SageMaker always says `train`;
+        # its model/ starts empty anyway.
+        if mode == "train" and (archive := paths.archive_previous_model()):
+            logger.warning("moved what an earlier run left in %s to %s", paths.model_dir, archive)
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: unknown mode; available: {', '.join(MODES)}")
         logger.info("mode %s, base dir %s", mode, paths.base)
         schema, runner = MODES[mode]
-        resolved = resolve(hyperparameters, cli, schema, shared_tree=True)
+        # a job's hyperparameters are its own; a local tree's serve every mode run on it
+        resolved = resolve(hyperparameters, cli, schema, shared_tree=not paths.in_job())
         resolved.mode = mode
         runner(resolved, paths)
         return EXIT_OK

@@ -448,7 +448,7 @@ def _modes_taking(key: str, schema: type) -> list[str]:
     return [c.__name__.removesuffix("Config").lower() for c in others]
 
 
-_SOURCE_NAMES = {"hyperparameters": "hyperparameters.json", "cli": "the command line"}
+_SOURCE_NAMES = {"hyperparameters": "the hyperparameters", "cli": "the command line"}
 
 
 def _unknown_key_message(key: str, schema: type, source: str | None = None) -> str:
@@ -522,9 +522,10 @@ def resolve(
 ) -> Resolved[C]:
     """Merge defaults < preset/--config < hyperparameters < CLI into a checked ``schema`` (one mode's config).
 
-    With ``shared_tree`` (the container: a local tree's hyperparameters.json is read by every mode run on it), keys
-    of another mode in the hyperparameters or their preset are left to that mode; otherwise (flags, a config file,
-    the launcher's check of a job's hyperparameters) they are an error.
+    With ``shared_tree`` (the container outside a job: a local tree's hyperparameters.json is read by every mode
+    run on it), keys of another mode in the hyperparameters or their preset are left to that mode, with a warning;
+    otherwise (flags, a config file, a job's own hyperparameters, the launcher's check of them) they are an
+    error.
     """
     hyperparameters = dict(hyperparameters or {})
     cli = dict(cli or {})
@@ -563,7 +564,7 @@ def resolve(
             values[key] = convert(key, raw, schema)
             sources[key] = source
     if left:
-        logger.info("%s: keys of other modes, left to them: %s", schema.__name__, ", ".join(sorted(left)))
+        logger.warning("%s: keys of other modes, left to them: %s", schema.__name__, ", ".join(sorted(left)))
     present = [source for source, layer in layers if layer]
     return Resolved(config=schema(**values), sources=sources, layers=present)
 

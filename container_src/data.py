@@ -146,22 +146,16 @@ def prompts_fingerprint(prompts: Dataset | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_stories(
-    channel: Path | None, hub_path: str, split: str, required: bool = False
-) -> tuple[IterableDataset, str]:
+def open_stories(channel: Path | None, hub_path: str, split: str, required: bool = False) -> IterableDataset:
     """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub. A
-    channel without splits serves any split, unless the split is ``required``.
-
-    Also returns what identifies the stories (the local copy's fingerprint, or the hub id and split).
-    """
+    channel without splits serves any split, unless the split is ``required``."""
     from datasets import IterableDataset, load_dataset
 
     if channel is not None:
         local = _load_local(channel, "tinystories", split, required)
         if len(local) == 0:
             raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
-        stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories)"
-        identity = f"channel:{channel_fingerprint(channel)}"
+        stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories, split {split})"
     else:
         try:
             stream = load_dataset(hub_path, split=split, streaming=True)
@@ -171,7 +165,7 @@ def load_stories(
                 f"tinystories_path={hub_path!r}: could not stream split {split!r} from the hub ({exc}). "
                 "Without network access, pass a local copy as channel `tinystories`."
             ) from None
-        where = identity = f"hub {hub_path}:{split}"
+        where = f"hub {hub_path}:{split}"
     first = next(iter(stream), None)
     if first is None:
         raise ConfigError(f"{where}: the dataset is empty")
@@ -180,7 +174,13 @@ def load_stories(
     if not isinstance(first["text"], str):
         raise ConfigError(f"{where}: column `text` holds {type(first['text']).__name__}, expected text")
     logger.info("stories from %s", where)
-    return stream.select_columns(["text"]), identity
+    return stream.select_columns(["text"])
+
+
+def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[IterableDataset, str]:
+    """``open_stories``, and what identifies the stories: the local copy's fingerprint, or the hub id and split."""
+    stream = open_stories(channel, hub_path, split)
+    return stream, f"channel:{channel_fingerprint(channel)}" if channel is not None else f"hub {hub_path}:{split}"
 
 
 def token_share(tokenizer: Any, prompts: Dataset | None, stories: IterableDataset, prompt_ratio: float) -> float:

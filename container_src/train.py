@@ -229,7 +229,7 @@ def _eval_stories(cfg: TrainConfig, channel: Path | None) -> Any:
             "tinystories_eval_split=%r is the training split: the evaluation reads stories the SAE trained on", split
         )
     try:
-        return data.load_stories(channel, cfg.tinystories_path, split, required=split != cfg.tinystories_split)[0]
+        return data.open_stories(channel, cfg.tinystories_path, split, required=split != cfg.tinystories_split)
     except ConfigError as exc:
         raise ConfigError(
             f"{exc}. tinystories_eval_split={split!r}: the evaluations read this split, held out from training; add "

@@ -185,7 +185,7 @@ def test_each_mode_has_its_own_keys() -> None:
 
     viz = resolve({"features": "12, 873", "story_tokens": "5e3", "seed": "3"}, schema=VizConfig).config
     assert (viz.feature_ids, viz.story_tokens, viz.seed, viz.context_size) == ([12, 873], 5000, 3, None)
-    with pytest.raises(ConfigError, match=r"'k' \(from hyperparameters.json\) belongs to train and bench, not Viz"):
+    with pytest.raises(ConfigError, match=r"'k' \(from the hyperparameters\) belongs to train and bench, not Viz"):
         resolve({"k": "16"}, schema=VizConfig)
     with pytest.raises(ConfigError, match=r"unknown configuration key 'kk' .* Did you mean k"):
         resolve({"kk": "16"}, schema=TrainConfig)

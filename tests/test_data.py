@@ -13,7 +13,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from container_src.config import ConfigError
-from container_src.data import PackedRows, load_prompts, load_stories, mixed_stream, token_share
+from container_src.data import PackedRows, load_prompts, load_stories, mixed_stream, open_stories, token_share
 from container_src.synthetic import make_stories
 from tests.conftest import SAMPLE_PROMPTS
 
@@ -149,17 +149,17 @@ def test_a_required_split_must_be_there(tmp_path: Path) -> None:
     files = tmp_path / "files"
     files.mkdir()
     (files / "stories.jsonl").write_text(json.dumps({"text": "a story"}) + "\n")
-    assert [r["text"] for r in load_stories(files, "unused", "validation")[0]] == ["a story"]
+    assert [r["text"] for r in open_stories(files, "unused", "validation")] == ["a story"]
     with pytest.raises(ConfigError, match=r"no data file or folder in .* is named for split 'validation'"):
-        load_stories(files, "unused", "validation", required=True)
+        open_stories(files, "unused", "validation", required=True)
     (files / "validation.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
-    assert [r["text"] for r in load_stories(files, "unused", "validation", required=True)[0]] == ["held out"]
+    assert [r["text"] for r in open_stories(files, "unused", "validation", required=True)] == ["held out"]
     Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "one"))
     with pytest.raises(ConfigError, match="holds one dataset, without splits, so no 'validation' split"):
-        load_stories(tmp_path / "one", "unused", "validation", required=True)
+        open_stories(tmp_path / "one", "unused", "validation", required=True)
     DatasetDict(train=Dataset.from_dict({"text": ["x"]})).save_to_disk(str(tmp_path / "dict"))
     with pytest.raises(ConfigError, match="has no 'validation' split"):
-        load_stories(tmp_path / "dict", "unused", "validation", required=True)
+        open_stories(tmp_path / "dict", "unused", "validation", required=True)
 
 
 def test_stories_without_text_column(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("wrong type", {"k": "eight"}, None, ["k='eight'", "int"]),
     ("impossible combination", {"lr_warm_up_fraction": "0.9", "lr_decay_fraction": "0.2"}, None, ["exceed"]),
     ("secret as hyperparameter", {"wandb_api_key": "x" * 40}, None, ["WANDB_SECRET_ID"]),
-    ("hyperparameters not JSON", {}, _hyperparameters_not_json, ["hyperparameters.json", "not valid JSON"]),
     ("prompt_ratio without prompts", {}, _no_prompts, ["prompt_ratio=0.1", "prompts channel", "prompt_ratio=0"]),
     ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
@@ -155,18 +154,30 @@ def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) ->
     assert not (opt_ml / "model").exists()
 
 
-@pytest.mark.parametrize("where", ["hyperparameters", "cli"])
-def test_mode_hyperparameter_overrides_argv(opt_ml: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """SageMaker always runs `train`; the hyperparameter (or --mode) decides, before the earlier SAE in model/ is
-    moved aside: a run that is not `train` keeps it (viz reads it)."""
+@pytest.mark.parametrize(
+    ("hyperparameters", "argv", "expected"),
+    [
+        ({"mode": "viz-later"}, [], "mode='viz-later'"),
+        ({}, ["--mode", "viz-later"], "mode='viz-later'"),
+        ({"mode": "viz"}, ["--prompt_tokens"], "--prompt_tokens needs a value"),
+        (None, [], "not valid JSON"),
+    ],
+    ids=["mode hyperparameter", "--mode", "bad flags", "hyperparameters not JSON"],
+)
+def test_model_is_kept_until_the_mode_is_known_to_be_train(
+    opt_ml: Path, monkeypatch: pytest.MonkeyPatch, hyperparameters: dict | None, argv: list[str], expected: str
+) -> None:
+    """SageMaker always runs `train`; the hyperparameter (or --mode) decides, and only a run known to be `train`
+    moves the earlier SAE in model/ aside: viz reads it."""
     earlier_sae = opt_ml / "model" / "cfg.json"
     earlier_sae.parent.mkdir(parents=True)
     earlier_sae.write_text("{}")
-    write_hyperparameters(opt_ml, {"mode": "viz-later"} if where == "hyperparameters" else {})
+    write_hyperparameters(opt_ml, hyperparameters or {})
+    if hyperparameters is None:
+        _hyperparameters_not_json(opt_ml)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train", *(["--mode", "viz-later"] if where == "cli" else [])]) == EXIT_CONFIG
-    failure = (opt_ml / "output" / "failure").read_text()
-    assert "mode='viz-later'" in failure and "train" in failure
+    assert main(["train", *argv]) == EXIT_CONFIG
+    assert expected in (opt_ml / "output" / "failure").read_text()
     assert earlier_sae.read_text() == "{}" and not (opt_ml / "model.previous").exists()
 
 
@@ -219,3 +230,20 @@ def test_train_shim_runs_the_entry_point(opt_ml: Path) -> None:
     )
     assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
     assert "k='eight'" in (opt_ml / "output" / "failure").read_text()
+
+
+@pytest.mark.parametrize("in_job", [False, True])
+def test_other_modes_keys_are_left_to_them_only_in_a_local_tree(
+    opt_ml: Path, monkeypatch: pytest.MonkeyPatch, in_job: bool
+) -> None:
+    """A local tree's hyperparameters.json serves train and viz alike; a job's hyperparameters are its own."""
+    write_hyperparameters(opt_ml, {"mode": "viz", "k": "16"})
+    if in_job:
+        (opt_ml / "input" / "config" / "resourceconfig.json").write_text('{"current_instance_type": "ml.g5.xlarge"}')
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    assert main(["train"]) == EXIT_CONFIG
+    failure = (opt_ml / "output" / "failure").read_text()
+    if in_job:
+        assert "configuration key 'k' (from the hyperparameters) belongs to train and bench, not VizConfig" in failure
+    else:  # past the configuration: viz finds no SAE to look at
+        assert "holds no SAE" in failure

@@ -187,10 +187,10 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (
             ["--mode", "viz", "--set", "k=16", "--sae", "s3://b/m.tar.gz"],
             {},
-            "configuration key 'k' (from hyperparameters.json) belongs to train and bench, not VizConfig",
+            "configuration key 'k' (from the hyperparameters) belongs to train and bench, not VizConfig",
         ),
         (["--mode", "viz", "--set", "features=1,x", "--sae", "s3://b/m.tar.gz"], {}, "'x' is not a feature id"),
-        (["--mode", "bench", "--set", "n_features=5"], {}, "'n_features' (from hyperparameters.json) belongs to viz"),
+        (["--mode", "bench", "--set", "n_features=5"], {}, "'n_features' (from the hyperparameters) belongs to viz"),
         (["--mode", "train", "--spot", "--max-run", "7200", "--max-wait", "3600"], {}, "at least --max-run"),
         (["--mode", "train", "--prompts", "/nonexistent/export"], {}, "export the prompts first"),
         (["--mode", "train", "--network-isolation"], {}, "give --model and --tinystories"),
