@@ -9,6 +9,7 @@ alone, which is what lets a resumed run fast-forward.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -58,10 +59,34 @@ def channel_fingerprint(channel: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load_local(channel: Path, name: str, split: str = "train", required: bool = False) -> Dataset:
+def check_eval_split(channel: Path, split: str, train_split: str) -> None:
+    """Refuse a ``tinystories`` channel that lacks the evaluation's held-out split (without reading any data, so the
+    launcher can check a folder before uploading it). A channel without splits serves any split to training."""
+    if split == train_split:
+        return
+    saved = _find_saved_dataset(channel)
+    if saved is None:
+        files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
+        why = None if _split_files(channel, files, split) else f"no data file or folder is named for split {split!r}"
+    elif not (saved / "dataset_dict.json").exists():
+        why = f"{saved} holds one dataset, without splits, so no {split!r} split"
+    else:
+        try:
+            splits = json.loads((saved / "dataset_dict.json").read_text()).get("splits", [])
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"channel tinystories: {saved / 'dataset_dict.json'} is unreadable ({exc})") from None
+        why = None if split in splits else f"the saved DatasetDict has no {split!r} split ({splits})"
+    if why:
+        raise ConfigError(
+            f"channel tinystories ({channel}): {why}. tinystories_eval_split={split!r}: the evaluations read this "
+            f"split, held out from training; add it (the hub repo has validation files), or set "
+            f"tinystories_eval_split={train_split!r} to evaluate on training stories"
+        )
+
+
+def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
     """A dataset from a channel: a ``save_to_disk`` folder (Dataset or DatasetDict) or plain data files. A channel
-    without splits (one Dataset, or files none of which is named for a split) serves any split, unless the split is
-    ``required``."""
+    without splits (one Dataset, or files none of which is named for a split) serves any split."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     saved = _find_saved_dataset(channel)
@@ -72,14 +97,9 @@ def _load_local(channel: Path, name: str, split: str = "train", required: bool =
                 if split not in ds:
                     raise ConfigError(f"channel {name}: the saved DatasetDict has no {split!r} split ({list(ds)})")
                 ds = ds[split]
-            elif required:
-                raise ConfigError(f"channel {name}: {saved} holds one dataset, without splits, so no {split!r} split")
             return ds
         all_files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
-        files = _split_files(channel, all_files, split)
-        if not files and required:
-            raise ConfigError(f"channel {name}: no data file or folder in {channel} is named for split {split!r}")
-        files = files or all_files
+        files = _split_files(channel, all_files, split) or all_files
         builders = {_DATA_FILE_BUILDERS[p.suffix] for p in files}
         if len(builders) != 1:
             found = sorted({p.suffix for p in files}) or "no data files"
@@ -146,13 +166,12 @@ def prompts_fingerprint(prompts: Dataset | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def open_stories(channel: Path | None, hub_path: str, split: str, required: bool = False) -> IterableDataset:
-    """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub. A
-    channel without splits serves any split, unless the split is ``required``."""
+def open_stories(channel: Path | None, hub_path: str, split: str) -> IterableDataset:
+    """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub."""
     from datasets import IterableDataset, load_dataset
 
     if channel is not None:
-        local = _load_local(channel, "tinystories", split, required)
+        local = _load_local(channel, "tinystories", split)
         if len(local) == 0:
             raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
         stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories, split {split})"

@@ -228,14 +228,9 @@ def _eval_stories(cfg: TrainConfig, channel: Path | None) -> Any:
         logger.warning(
             "tinystories_eval_split=%r is the training split: the evaluation reads stories the SAE trained on", split
         )
-    try:
-        return data.open_stories(channel, cfg.tinystories_path, split, required=split != cfg.tinystories_split)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"{exc}. tinystories_eval_split={split!r}: the evaluations read this split, held out from training; add "
-            f"it (the hub repo has validation files), or set tinystories_eval_split={cfg.tinystories_split!r} to "
-            "evaluate on training stories"
-        ) from None
+    if channel is not None:
+        data.check_eval_split(channel, split, cfg.tinystories_split)
+    return data.open_stories(channel, cfg.tinystories_path, split)
 
 
 def _publish(staging: Path, model_dir: Path) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 if not __package__:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from container_src.config import ConfigError
+from container_src.data import check_eval_split
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
 from launcher.channels import (
@@ -70,7 +72,9 @@ def _submit_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="exported prompts folder, or an s3:// prefix")
     p.add_argument("--model", help="channel model: a hub-cache folder or s3:// prefix (for network isolation)")
-    p.add_argument("--tinystories", help="channel tinystories: a dataset folder or s3:// prefix")
+    p.add_argument(
+        "--tinystories", help="channel tinystories: a dataset folder or s3:// prefix (train: with a validation split)"
+    )
     p.add_argument("--from-job", help="viz: use this finished training job's SAE as channel sae")
     p.add_argument("--sae", help="viz: channel sae as an s3:// URI (a model.tar.gz or an SAE prefix)")
     p.add_argument(
@@ -175,6 +179,13 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
     for name in ("model", "tinystories"):
         if getattr(args, name) and not getattr(args, name).startswith("s3://"):
             check_local_dir(name, Path(getattr(args, name)))
+    if args.mode == "train" and args.tinystories and not args.tinystories.startswith("s3://"):
+        for v in values:  # the job would refuse a folder without the evaluation's split, after starting
+            cfg = jobs.resolve(v).config
+            try:
+                check_eval_split(Path(args.tinystories), cfg.tinystories_eval_split, cfg.tinystories_split)
+            except ConfigError as exc:
+                raise jobs.JobError(f"--tinystories: {exc}") from None
     if args.network_isolation and args.mode != "bench" and not (args.model and args.tinystories):
         raise jobs.JobError("--network-isolation: the job cannot reach the hub, so give --model and --tinystories")
     names = jobs.job_names(args.mode, runs)

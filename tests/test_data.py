@@ -13,7 +13,15 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from container_src.config import ConfigError
-from container_src.data import PackedRows, load_prompts, load_stories, mixed_stream, open_stories, token_share
+from container_src.data import (
+    PackedRows,
+    check_eval_split,
+    load_prompts,
+    load_stories,
+    mixed_stream,
+    open_stories,
+    token_share,
+)
 from container_src.synthetic import make_stories
 from tests.conftest import SAMPLE_PROMPTS
 
@@ -144,22 +152,29 @@ def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path
     assert load_stories(copy, "unused", "train")[1] != identity
 
 
-def test_a_required_split_must_be_there(tmp_path: Path) -> None:
-    """The evaluation's held-out split: a channel without splits serves training, never a required split."""
+def test_the_evaluation_split_must_be_there(tmp_path: Path) -> None:
+    """The evaluation's held-out split: a channel without splits serves training, never the evaluation."""
     files = tmp_path / "files"
     files.mkdir()
     (files / "stories.jsonl").write_text(json.dumps({"text": "a story"}) + "\n")
     assert [r["text"] for r in open_stories(files, "unused", "validation")] == ["a story"]
-    with pytest.raises(ConfigError, match=r"no data file or folder in .* is named for split 'validation'"):
-        open_stories(files, "unused", "validation", required=True)
+    check_eval_split(files, "train", "train")  # evaluating on the training split is allowed (with a warning)
+    with pytest.raises(ConfigError, match="no data file or folder is named for split 'validation'"):
+        check_eval_split(files, "validation", "train")
     (files / "validation.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
-    assert [r["text"] for r in open_stories(files, "unused", "validation", required=True)] == ["held out"]
+    check_eval_split(files, "validation", "train")
+    assert [r["text"] for r in open_stories(files, "unused", "validation")] == ["held out"]
     Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "one"))
     with pytest.raises(ConfigError, match="holds one dataset, without splits, so no 'validation' split"):
-        open_stories(tmp_path / "one", "unused", "validation", required=True)
+        check_eval_split(tmp_path / "one", "validation", "train")
     DatasetDict(train=Dataset.from_dict({"text": ["x"]})).save_to_disk(str(tmp_path / "dict"))
-    with pytest.raises(ConfigError, match="has no 'validation' split"):
-        open_stories(tmp_path / "dict", "unused", "validation", required=True)
+    with pytest.raises(ConfigError, match=r"has no 'validation' split \(\['train'\]\).*tinystories_eval_split='train'"):
+        check_eval_split(tmp_path / "dict", "validation", "train")
+    DatasetDict(train=Dataset.from_dict({"text": ["x"]}), validation=Dataset.from_dict({"text": ["y"]})).save_to_disk(
+        str(tmp_path / "both")
+    )
+    check_eval_split(tmp_path / "both", "validation", "train")
+    assert [r["text"] for r in open_stories(tmp_path / "both", "unused", "validation")] == ["y"]
 
 
 def test_stories_without_text_column(tmp_path: Path) -> None:

@@ -213,6 +213,27 @@ def test_bad_input_is_refused_before_any_aws_call(
     assert _refused(aws, capsys, caplog, argv, message) == []
 
 
+def test_stories_without_the_evaluation_split_are_refused_before_upload(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from container_src.synthetic import write_story_dataset
+
+    one = write_story_dataset(tmp_path / "one", n=20, validation=0)  # one dataset, no splits
+    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--tinystories", str(one)]
+    assert _refused(aws, capsys, caplog, argv, "--tinystories: channel tinystories") == []
+    assert "so no 'validation' split" in caplog.text and "tinystories_eval_split='train'" in caplog.text
+    # the same folder evaluated on its training stories, by choice, and a folder with both splits, pass the check
+    both = write_story_dataset(tmp_path / "both")
+    for folder, extra in ((one, ["--set", "tinystories_eval_split=train"]), (both, [])):
+        argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--tinystories", str(folder)]
+        code, _ = _run(capsys, *argv, *extra, "--dry-run")
+        assert code == 0, caplog.text
+
+
 def _refused(
     aws: dict[str, Any],
     capsys: pytest.CaptureFixture[str],
