@@ -106,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hyperparameters = paths.read_hyperparameters()
         cli = parse_cli(argv)
-        mode = pick_mode(mode, hyperparameters, cli)
-        # As soon as the mode is known to be train, before any other check, so that even a train run that fails on
-        # its first input leaves no earlier SAE in model/ that could pass for its own. Until then (the mode unread,
-        # or another one, such as viz, which reads that SAE) model/ is left alone. SageMaker always says `train`;
-        # its model/ starts empty anyway.
+        argv_mode, mode = mode, pick_mode(mode, hyperparameters, cli)
+        if argv_mode != mode and not paths.in_job():  # SageMaker always says `train`; locally this may surprise
+            logger.warning("mode %s from the hyperparameters or --mode, not %s", mode, argv_mode)
+        # As soon as the mode is known to be train (after reading the hyperparameters and flags, before any other
+        # check), so that a train run that fails after that leaves no earlier SAE in model/ that could pass for its
+        # own. Until then (the mode unread, or another one, such as viz, which reads that SAE) model/ is left
+        # alone. SageMaker's model/ starts empty anyway.
         if mode == "train" and (archive := paths.archive_previous_model()):
             logger.warning("moved what an earlier run left in %s to %s", paths.model_dir, archive)
         if mode not in MODES:

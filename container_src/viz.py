@@ -274,9 +274,9 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         row["snippets"] = snippets[row["feature"]]
     ranked_s = time.monotonic() - ranked_at
 
-    # Dashboards for the top features and any asked for.
-    live = [r["feature"] for r in rows if not r["dead"]]
-    chosen = list(dict.fromkeys(live[: cfg.n_features] + cfg.feature_ids))
+    # Dashboards for the top features (those with a score: they fired on the prompts) and any asked for.
+    scored = [r["feature"] for r in rows if r["score"] is not None]
+    chosen = list(dict.fromkeys(scored[: cfg.n_features] + cfg.feature_ids))
     staging = paths.model_dir / ".dashboards-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

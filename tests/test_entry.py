@@ -165,7 +165,12 @@ def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) ->
     ids=["mode hyperparameter", "--mode", "bad flags", "hyperparameters not JSON"],
 )
 def test_model_is_kept_until_the_mode_is_known_to_be_train(
-    opt_ml: Path, monkeypatch: pytest.MonkeyPatch, hyperparameters: dict | None, argv: list[str], expected: str
+    opt_ml: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    hyperparameters: dict | None,
+    argv: list[str],
+    expected: str,
 ) -> None:
     """SageMaker always runs `train`; the hyperparameter (or --mode) decides, and only a run known to be `train`
     moves the earlier SAE in model/ aside: viz reads it."""
@@ -179,6 +184,8 @@ def test_model_is_kept_until_the_mode_is_known_to_be_train(
     assert main(["train", *argv]) == EXIT_CONFIG
     assert expected in (opt_ml / "output" / "failure").read_text()
     assert earlier_sae.read_text() == "{}" and not (opt_ml / "model.previous").exists()
+    if expected.startswith("mode="):  # locally, a mode other than the one typed is pointed out
+        assert "mode viz-later from the hyperparameters or --mode, not train" in capsys.readouterr().out
 
 
 def test_a_stale_failure_file_is_cleared(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:

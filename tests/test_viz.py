@@ -272,7 +272,7 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     with (out / "features.csv").open(newline="") as f:
         csv_ids = [int(record[0]) for record in list(csv.reader(f))[1:]]
     assert csv_ids == [r["feature"] for r in rows]
-    assert summary["rendered"] == [r["feature"] for r in rows if not r["dead"]][:6]
+    assert summary["rendered"] == [r["feature"] for r in rows if r["score"] is not None][:6]
 
 
 def _chromium() -> str:
