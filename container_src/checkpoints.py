@@ -79,6 +79,19 @@ def read_marker(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def precision_change(path: Path, autocast: bool) -> str | None:
+    """What changes when the checkpoint at ``path`` resumes with or without bf16 autocast (``device`` and hardware
+    keep the run id, and precision=auto follows the hardware), or None when nothing does or it cannot tell."""
+    try:
+        before = json.loads((path / "runner_cfg.json").read_text())["autocast"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if bool(before) == autocast:
+        return None
+    name = {True: "bf16 autocast", False: "fp32"}
+    return f"the checkpoint was trained with {name[bool(before)]}; this run goes on in {name[autocast]}"
+
+
 def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest whole checkpoint under ``run_dir`` and its marker; incomplete ones are reported and skipped."""
     if not run_dir.is_dir():

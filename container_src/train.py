@@ -270,6 +270,8 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     metric_log.truncate_after(latest[1]["step"] if latest else 0)
     if latest:
         logger.info("resuming from %s (step %d, %d tokens)", resume, latest[1]["step"], latest[1]["tokens"])
+        if change := checkpoints.precision_change(latest[0], runtime.autocast):
+            logger.warning("resuming on other hardware: %s", change)
     others = sorted(p.name for p in paths.checkpoints_dir.glob("*/") if p.is_dir() and p.name != rid)
     if others:
         logger.warning("checkpoints of other configurations or data are ignored: %s", ", ".join(others))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from container_src.checkpoints import COMPLETE_MARKER, latest_checkpoint, run_id, write_marker
+from container_src.checkpoints import COMPLETE_MARKER, latest_checkpoint, precision_change, run_id, write_marker
 from container_src.config import TrainConfig
 
 
@@ -51,3 +51,14 @@ def test_a_checkpoint_whose_files_do_not_match_its_marker_is_skipped(tmp_path: P
     assert latest_checkpoint(tmp_path) is None
     marker = json.loads((newer / COMPLETE_MARKER).read_text())
     assert marker["files"] == {"sae_weights.safetensors": 100, "trainer_state.pt": 5}
+
+
+def test_a_precision_change_on_resume_is_named(tmp_path: Path) -> None:
+    """device and the hardware keep the run id, and precision=auto follows the hardware: a checkpoint made with
+    bf16 autocast on a GPU can resume in fp32 (a T4, a CPU), which the run must say."""
+    (tmp_path / "runner_cfg.json").write_text(json.dumps({"autocast": True, "device": "cuda"}))
+    assert precision_change(tmp_path, autocast=True) is None
+    change = precision_change(tmp_path, autocast=False)
+    assert change == "the checkpoint was trained with bf16 autocast; this run goes on in fp32"
+    (tmp_path / "runner_cfg.json").write_text("{}")  # an older or foreign checkpoint: nothing to say
+    assert precision_change(tmp_path, autocast=False) is None

@@ -111,9 +111,13 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(opt_ml: Path) -> None:
     stopped_at = json.loads((interrupted / "checkpoint_complete.json").read_text())
     assert 40 <= stopped_at["step"] < 256 and stopped_at["tokens"] == 256 * stopped_at["step"]
 
+    # as if trained on a GPU with bf16 autocast (the same size, so the marker still holds): this rerun says so
+    runner_cfg = interrupted / "runner_cfg.json"
+    runner_cfg.write_text(runner_cfg.read_text().replace('"autocast": false', '"autocast": true ', 1))
     result = run_container(opt_ml, "train")
     assert result.returncode == 0, result.stdout[-4000:]
     assert f"resuming from {interrupted}" in result.stdout
+    assert "the checkpoint was trained with bf16 autocast; this run goes on in fp32" in result.stdout
     resumed_steps = [int(m.group(1)) for m in METRIC_LINE.finditer(result.stdout)]
     assert resumed_steps[0] > stopped_at["step"], "the rerun started over instead of resuming"
     metrics = json.loads((opt_ml / "model" / "metrics.json").read_text())
