@@ -365,11 +365,9 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def convert(key: str, raw: Any, schema: type = TrainConfig) -> Any:
-    """Convert ``raw`` (a string from hyperparameters or a flag, or a JSON value) to the type of field ``key``."""
-    types_by_key = _field_types(schema)
-    if key not in types_by_key:
-        raise ConfigError(_unknown_key_message(key, schema))
-    base, optional = _unwrap_optional(types_by_key[key])
+    """Convert ``raw`` (a string from hyperparameters or a flag, or a JSON value) to the type of field ``key`` of
+    ``schema`` (``resolve`` has refused keys that are not fields)."""
+    base, optional = _unwrap_optional(_field_types(schema)[key])
     raw = _unquote(raw)
     if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"))):
         return None
@@ -451,7 +449,7 @@ def _modes_taking(key: str, schema: type) -> list[str]:
 _SOURCE_NAMES = {"hyperparameters": "the hyperparameters", "cli": "the command line"}
 
 
-def _unknown_key_message(key: str, schema: type, source: str | None = None) -> str:
+def _unknown_key_message(key: str, schema: type, source: str) -> str:
     if looks_like_secret(key):
         return (
             f"{key}: secrets never go in the configuration or hyperparameters. "
@@ -459,7 +457,7 @@ def _unknown_key_message(key: str, schema: type, source: str | None = None) -> s
         )
     import difflib
 
-    where = f" (from {_SOURCE_NAMES.get(source, source.replace(':', ' ', 1))})" if source else ""
+    where = f" (from {_SOURCE_NAMES.get(source, source.replace(':', ' ', 1))})"
     if owners := _modes_taking(key, schema):
         return f"configuration key {key!r}{where} belongs to {' and '.join(owners)}, not {schema.__name__}"
     names = [f.name for f in fields(schema)]

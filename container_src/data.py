@@ -47,6 +47,10 @@ def _split_files(channel: Path, files: list[Path], split: str) -> list[Path]:
     return [p for p in files if word.search(p.relative_to(channel).as_posix())]
 
 
+def _data_files(channel: Path) -> list[Path]:
+    return sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
+
+
 def channel_fingerprint(channel: Path) -> str:
     """A hash of a channel's file names and contents. Unlike datasets' own fingerprint it survives the fresh
     download SageMaker makes on a restart, which changes every file's modification time."""
@@ -66,8 +70,8 @@ def check_eval_split(channel: Path, split: str, train_split: str) -> None:
         return
     saved = _find_saved_dataset(channel)
     if saved is None:
-        files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
-        why = None if _split_files(channel, files, split) else f"no data file or folder is named for split {split!r}"
+        named = _split_files(channel, _data_files(channel), split)
+        why = None if named else f"no data file or folder is named for split {split!r}"
     elif not (saved / "dataset_dict.json").exists():
         why = f"{saved} holds one dataset, without splits, so no {split!r} split"
     else:
@@ -98,7 +102,7 @@ def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
                     raise ConfigError(f"channel {name}: the saved DatasetDict has no {split!r} split ({list(ds)})")
                 ds = ds[split]
             return ds
-        all_files = sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
+        all_files = _data_files(channel)
         files = _split_files(channel, all_files, split) or all_files
         builders = {_DATA_FILE_BUILDERS[p.suffix] for p in files}
         if len(builders) != 1:

@@ -26,6 +26,8 @@ from typing import Any
 if not __package__:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from botocore.exceptions import NoCredentialsError
+
 from container_src.config import ConfigError
 from container_src.data import check_eval_split
 from launcher import ecr, jobs
@@ -350,16 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ecr.PushError, FetchError) as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
+    except NoCredentialsError:
+        logger.error(
+            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY). --dry-run needs them too: it reads the W&B secret's existence, the image's "
+            "repository and any --from-job or --resume-from job, and only sends nothing"
+        )
+        return EXIT_INPUT
     except Exception as exc:  # an AWS error: the service's own message says what is wrong
-        from botocore.exceptions import NoCredentialsError
-
-        if isinstance(exc, NoCredentialsError):
-            logger.error(
-                "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY). --dry-run needs them too: it reads the W&B secret's existence, the image's "
-                "repository and any --from-job or --resume-from job, and only sends nothing"
-            )
-            return EXIT_INPUT
         logger.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILED
 
