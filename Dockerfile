@@ -13,10 +13,15 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/program
 
 # A C compiler and the C library's headers: Triton builds its kernel launchers with them when torch.compile runs on
-# a GPU, and train compiles the SAE there by default (compile_sae). gcc at bookworm's version; the headers at the
-# base image's own C library version, which apt requires them to match.
+# a GPU, and train compiles the SAE there by default (compile_sae). gcc is bookworm's (its version never changes
+# within the release). The headers come at the mirror's current bookworm version and apt raises the base image's C
+# library to match them: the mirror keeps only the newest point release, so pinning them to the base image's own
+# version fails the build as soon as Debian updates glibc (hence hadolint's DL3008 is off for this step). The build
+# log lists what was installed.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev="$(dpkg-query -W -f='${Version}' libc6)" \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev \
+    && dpkg-query -W gcc gcc-12 libc6 libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
