@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -86,16 +87,35 @@ def read_config_file(path: Path) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
+def holds_wandb_key(text: str) -> bool:
+    """Whether ``text`` contains this shell's ``WANDB_API_KEY`` (W&B keys are 40 characters or more; a value under 8
+    characters is no key and would match ordinary text)."""
+    key = os.environ.get("WANDB_API_KEY", "").strip()
+    return len(key) >= 8 and key in text
+
+
 def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
-    """The job's hyperparameters, checked as the container will check them, before anything is sent."""
+    """The job's hyperparameters, checked as the container will check them, before anything is sent.
+
+    ``base`` is the ``--config`` file, ``overrides`` the ``--set`` and ``--sweep`` values.
+    """
     if mode not in MODES:
         raise JobError(f"--mode {mode!r}: unknown mode; choose one of {', '.join(MODES)}")
-    values = {**base, **overrides, "mode": mode}
-    for key in values:
-        if looks_like_secret(key):
+    for source, given in (("--config", base), ("--set or --sweep", overrides)):
+        if "mode" in given and given["mode"].strip().strip('"') != mode:
             raise JobError(
-                f"{key}: secrets never go in hyperparameters; store the W&B key with `submit.py secret` "
-                "and jobs get only its Secrets Manager id"
+                f"mode={given['mode']} (from {source}) disagrees with --mode {mode}; the job's mode is --mode, "
+                f"so remove mode from {source} or change --mode"
+            )
+    values = {**base, **overrides, "mode": mode}
+    for key, value in values.items():
+        why = "names a credential" if looks_like_secret(key) else ""
+        if not why and holds_wandb_key(value):
+            why = "holds the value of WANDB_API_KEY"
+        if why:
+            raise JobError(
+                f"{key}: secrets never go in hyperparameters (this one {why}); store the W&B key with "
+                "`submit.py secret` and jobs get only its Secrets Manager id"
             )
     schema = CONTAINER_MODES[mode][0]  # checked here exactly as the container will check them
     try:

@@ -115,8 +115,7 @@ def _follow_parser() -> argparse.ArgumentParser:
 
 def _check_no_secret(request: dict[str, Any]) -> None:
     """Last line of defence: the local W&B key must not appear anywhere in what is sent or printed."""
-    key = os.environ.get("WANDB_API_KEY", "").strip()
-    if key and key in json.dumps(request, default=str):
+    if jobs.holds_wandb_key(json.dumps(request, default=str)):
         raise jobs.JobError("the W&B key appears in the job request; remove it (jobs get only WANDB_SECRET_ID)")
 
 

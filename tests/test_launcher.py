@@ -234,6 +234,47 @@ def test_stories_without_the_evaluation_split_are_refused_before_upload(
         assert code == 0, caplog.text
 
 
+def test_mode_and_the_wandb_key_in_hyperparameters_are_refused(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--mode decides the job's mode: another mode in --config or --set is an error, not silently replaced. A value
+    that holds the local W&B key is refused under any key name, and the key itself is never logged."""
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"mode": "viz", "preset": "smoke"}))
+    base = ["--prompts", str(export)]
+    refusals = [
+        (["--mode", "train", "--config", str(config)], "mode=viz (from --config) disagrees with --mode train"),
+        (["--mode", "train", "--set", "mode=bench"], "mode=bench (from --set or --sweep) disagrees with --mode train"),
+        (["--mode", "bench", "--sweep", "mode=bench,train"], "mode=train (from --set or --sweep) disagrees"),
+    ]
+    key = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    refusals.append(
+        (
+            ["--mode", "train", "--set", f"run_name=team-{key}"],
+            "run_name: secrets never go in hyperparameters (this one holds the value of WANDB_API_KEY)",
+        )
+    )
+    for argv, message in refusals:
+        assert _refused(aws, capsys, caplog, [*argv, *base], message) == []
+    # the key elsewhere in the request (here a channel's URI) is caught by the last check, before the request is sent
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
+    argv = ["--mode", "viz", "--sae", f"s3://b/{key}/model.tar.gz", "--image", image, *base]
+    sent = _refused(aws, capsys, caplog, argv, "the W&B key appears in the job request")
+    assert not any("CreateTrainingJob" in action for action in sent)
+    assert key not in caplog.text
+    # the same mode in --config and --set as --mode is accepted, and so is a run name that is not the key
+    config.write_text(json.dumps({"mode": "train", "preset": "smoke"}))
+    argv = ["--mode", "train", "--config", str(config), "--set", "mode=train", "--set", "run_name=team-a", "--dry-run"]
+    code, _ = _run(capsys, *argv, *base)
+    assert code == 0, caplog.text
+
+
 def _refused(
     aws: dict[str, Any],
     capsys: pytest.CaptureFixture[str],
