@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Plain .txt is left out on purpose: TinyStories' text files hold one story over many lines, and a line-per-row
 # reading would silently train on fragments.
+NO_CATEGORY = "(none)"  # the name of the prompts without a category, in the export's manifest and in viz
 _DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json"}
 
 

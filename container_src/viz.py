@@ -234,7 +234,11 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     prompts = prompts.shuffle(seed=cfg.seed, keep_in_memory=True)
     columns = prompts.column_names
     ids = [str(v) for v in prompts["id"]] if "id" in columns else [str(i) for i in range(len(prompts))]
-    cats = [str(v) for v in prompts["category"]] if "category" in columns else ["prompts"] * len(prompts)
+    cats = (
+        [data.NO_CATEGORY if v in (None, "") else str(v) for v in prompts["category"]]
+        if "category" in columns
+        else ["prompts"] * len(prompts)
+    )
     prompt_meta = [{"prompt_id": i, "category": c} for i, c in zip(ids, cats, strict=True)]
     groups = [STORIES, *sorted(set(cats))]  # by position: a category may even be called "tinystories"
     group_of = {c: i for i, c in enumerate(groups[1:], start=1)}

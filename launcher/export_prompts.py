@@ -203,6 +203,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         raise ExportError(f"--page-size {args.page_size}: must be at least 1")
     if args.s3_uri:
         parse_s3_uri(args.s3_uri)
+    if args.out.is_symlink():  # the export replaces a folder by renaming: through a link, replace where it points
+        args.out = args.out.resolve()
     _recover(args.out)
     _check_out(args.out, source)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from container_src.data import NO_CATEGORY
+
 
 class ExportError(Exception):
     """A problem with the source, the mapping or the output that the user can fix; the message says how."""
@@ -154,8 +156,15 @@ def _timestamp(value: Any) -> str | None:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             return None
-        seconds = value / 1000 if value > 1e11 else value  # epoch milliseconds or seconds
-        return datetime.fromtimestamp(seconds, UTC).isoformat()
+        seconds = float(value)
+        for _ in range(3):  # epoch seconds, or milli-, micro- or nanoseconds
+            if abs(seconds) <= 1e11:
+                break
+            seconds /= 1000
+        try:
+            return datetime.fromtimestamp(seconds, UTC).isoformat()
+        except (OverflowError, OSError, ValueError):
+            return str(value)  # no date this can read: kept as written, never dropped
     text = str(value).strip()
     try:
         parsed = datetime.fromisoformat(text)
@@ -256,5 +265,5 @@ def fingerprint(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> st
 
 
 def category_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    counts = Counter(row["category"] or "(none)" for row in rows)
+    counts = Counter(row["category"] or NO_CATEGORY for row in rows)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

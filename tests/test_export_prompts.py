@@ -232,6 +232,20 @@ def test_a_failed_export_keeps_the_previous_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts"]  # no temporary folder left behind
 
 
+def test_an_out_that_is_a_link_is_written_where_it_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A channel folder linked to the export: a new export replaces the linked folder, and the link stays."""
+    target, link = tmp_path / "exports" / "prompts", tmp_path / "prompts"
+    target.parent.mkdir()
+    link.symlink_to(target, target_is_directory=True)
+    args = ["--chroma-path", str(SNAPSHOT), "--out", str(link)]
+    assert export(capsys, *args)[0] == 0
+    assert export(capsys, *args, "--with-thought")[0] == 0
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert "thought" in manifest_of(target)["columns"] and len(rows_of(link)) == 95
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "prompts"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["prompts"]  # no backup left beside it
+
+
 def test_a_crash_between_the_two_renames_is_recovered_by_the_next_export(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -291,6 +305,9 @@ def test_timestamps_come_out_in_one_form() -> None:
     stamps = {
         "epoch": 1721573330,
         "epoch-ms": 1721573330000,
+        "epoch-us": 1721573330000000,
+        "epoch-ns": 1721573330000000000,
+        "no-date": 1e30,  # past what a date can hold, even read as nanoseconds
         "zulu": "2024-07-21T14:48:50Z",
         "offset": "2024-07-21T16:48:50+02:00",
         "space": " 2024-07-21 14:48:50.5 ",
@@ -304,6 +321,9 @@ def test_timestamps_come_out_in_one_form() -> None:
     assert {row["id"]: row["timestamp"] for row in built.rows} == {
         "epoch": "2024-07-21T14:48:50+00:00",
         "epoch-ms": "2024-07-21T14:48:50+00:00",
+        "epoch-us": "2024-07-21T14:48:50+00:00",
+        "epoch-ns": "2024-07-21T14:48:50+00:00",
+        "no-date": "1e+30",  # kept as written, and the export goes on
         "zulu": "2024-07-21T14:48:50+00:00",
         "offset": "2024-07-21T14:48:50+00:00",
         "space": "2024-07-21T14:48:50.500000",  # no zone given: none invented

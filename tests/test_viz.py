@@ -182,7 +182,7 @@ def _planted_prompts(out: Path) -> None:
     from container_src.synthetic import make_stories
 
     texts = [s.replace(". ", "." + PLANT + " ", 3) for s in make_stories(60, seed=7)]
-    categories = ["official narrative", "refusal", "whataboutism"] * 20
+    categories = ["official narrative", "refusal", None] * 20  # None: a prompt without one
     Dataset.from_dict({"id": [f"p{i}" for i in range(60)], "text": texts, "category": categories}).save_to_disk(
         str(out)
     )
@@ -227,7 +227,7 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     rows = json.loads((out / "features.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tokens"]["prompts"] == 3000 and summary["tokens"]["stories"] == 3000
-    assert set(summary["tokens"]["categories"]) == {"official narrative", "refusal", "whataboutism"}
+    assert set(summary["tokens"]["categories"]) == {"official narrative", "refusal", "(none)"}
     assert summary["sae"]["source"] == str(base / "input" / "data" / "sae")
 
     # Independent check, computed here with the model and the SAE on the planted prompts themselves: where does each
