@@ -1,9 +1,11 @@
 """Run identity and checkpoint bookkeeping: which checkpoints belong to a run, and which are whole.
 
 SAE-Lens writes a checkpoint into ``checkpoints/<run id>/<tokens>/`` (``final_<tokens>`` at the end). After it
-has written every file we add ``checkpoint_complete.json`` listing the files and their sizes. A checkpoint is used
-for a resume only when the marker is there and every listed file has its recorded size: a kill during the write, or
-an S3 sync that brought the small marker down before the large weights, leaves a checkpoint that is skipped.
+has written every file we add ``checkpoint_complete.json`` listing the files, their sizes and a digest of their
+content. A checkpoint is used for a resume only when the marker is there and every listed file matches it: a kill
+during the write, or an S3 sync that brought the small marker down before the large weights, leaves a checkpoint
+that is skipped. The digest matters where a folder is written twice: a restart that resumed from an earlier
+checkpoint writes the same ``<tokens>`` again, and files of an abandoned attempt (in S3, say) have the same sizes.
 """
 
 from __future__ import annotations
@@ -62,17 +64,38 @@ def clear_marker(path: Path) -> None:
     (path / COMPLETE_MARKER).unlink(missing_ok=True)
 
 
+def _digest(path: Path) -> str:
+    """sha256 of a file up to 4 MiB, else of 64 evenly spaced 64 KiB pieces of it: two attempts' weights or optimizer
+    state differ all through, so the pieces tell them apart, for 4 MiB read per file instead of gigabytes."""
+    piece, pieces = 1 << 16, 64
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= piece * pieces:
+            digest.update(f.read())
+        else:
+            stride = (size - piece) // (pieces - 1)
+            for i in range(pieces):
+                f.seek(i * stride)
+                digest.update(f.read(piece))
+    return digest.hexdigest()
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "digest": _digest(path)}
+
+
 def write_marker(path: Path, step: int, tokens: int) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE_MARKER}
+    files = {p.name: _file_record(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE_MARKER}
     records.write_json(path / COMPLETE_MARKER, {"step": step, "tokens": tokens, "files": files})
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
-    """The marker of a whole checkpoint, or None (no marker, unreadable, or a file missing or of the wrong size)."""
+    """The marker of a whole checkpoint, or None (no marker, unreadable, or a file missing or not the one written)."""
     try:
         marker = json.loads((path / COMPLETE_MARKER).read_text())
-        for name, size in marker["files"].items():
-            if (path / name).stat().st_size != size:
+        for name, written in marker["files"].items():
+            if _file_record(path / name) != written:
                 return None
         return marker
     except (OSError, ValueError, KeyError, AttributeError):

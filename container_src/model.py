@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 import re
@@ -112,6 +113,19 @@ def load_model(model_name: str, device: str, channel: Path | None = None, fused:
 
         fuse_model(model)  # type: ignore[arg-type]
     return model  # type: ignore[return-value]
+
+
+def weights_fingerprint(model: HookedTransformer) -> str:
+    """sha256 of the model's parameters (names, shapes, dtypes and bytes, read on the CPU). Part of a training run's
+    identity: other weights under the same ``model_name`` (another ``model`` channel) give other activations."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        tensor = param.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_hook(model: HookedTransformer, hook_name: str) -> None:

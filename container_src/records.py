@@ -27,18 +27,22 @@ STEP_METRICS = {
 }
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON so a reader never sees half a file: a temp file in the same folder, then a rename."""
+def write_text(path: Path, text: str) -> None:
+    """Write so a reader never sees half a file, and a kill never leaves an emptied one: a temp file in the same
+    folder, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+            f.write(text)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def format_metric_line(fields: Mapping[str, Any]) -> str:
@@ -64,8 +68,7 @@ class MetricLog:
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step``: a resumed run redoes them from its checkpoint."""
         kept = [r for r in self.read() if r["step"] <= step]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

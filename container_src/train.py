@@ -168,8 +168,7 @@ def _wandb_id(run_dir: Path, resuming: object) -> str:
     if resuming and id_file.is_file():
         return id_file.read_text().strip()
     wandb_id = f"{run_dir.name}-{secrets.token_hex(3)}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(wandb_id + "\n")
+    records.write_text(id_file, wandb_id + "\n")
     return wandb_id
 
 
@@ -262,7 +261,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     logger.info(
         "prompts are %.1f%% of documents and about %.1f%% of tokens", 100 * cfg.prompt_ratio, 100 * prompt_token_share
     )
-    rid = checkpoints.run_id(cfg, inputs.data_identity)
+    rid = checkpoints.run_id(cfg, f"{inputs.data_identity}|model:{model.weights_fingerprint(lm)}")
     run_dir = paths.checkpoints_dir / rid
     metric_log = records.MetricLog(run_dir / METRIC_LOG)
     latest = checkpoints.latest_checkpoint(run_dir)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
+import shutil
 from pathlib import Path
+
+import pytest
 
 from container_src.checkpoints import COMPLETE_MARKER, latest_checkpoint, precision_change, run_id, write_marker
 from container_src.config import TrainConfig
@@ -50,7 +54,27 @@ def test_a_checkpoint_whose_files_do_not_match_its_marker_is_skipped(tmp_path: P
     (older / COMPLETE_MARKER).write_text("{not json")
     assert latest_checkpoint(tmp_path) is None
     marker = json.loads((newer / COMPLETE_MARKER).read_text())
-    assert marker["files"] == {"sae_weights.safetensors": 100, "trainer_state.pt": 5}
+    assert {name: f["size"] for name, f in marker["files"].items()} == {
+        "sae_weights.safetensors": 100,
+        "trainer_state.pt": 5,
+    }
+
+
+def test_a_file_of_the_right_size_from_another_attempt_is_caught(tmp_path: Path) -> None:
+    """A restart that resumed from an earlier checkpoint writes the same folder again; an S3 copy of the abandoned
+    attempt's weights has the same size as the new ones, and must not pass for them."""
+    rng = random.Random(0)
+    older = _checkpoint(tmp_path, "2560")
+    for size in (100, 9 << 20):  # read whole, and read in pieces
+        first, second = rng.randbytes(size), rng.randbytes(size)
+        newer = tmp_path / "5120"
+        shutil.rmtree(newer, ignore_errors=True)
+        _checkpoint(tmp_path, "5120", weights=second)
+        found = latest_checkpoint(tmp_path)
+        assert found is not None and found[0] == newer
+        (newer / "sae_weights.safetensors").write_bytes(first)  # the other attempt's file, same size
+        found = latest_checkpoint(tmp_path)
+        assert found is not None and found[0] == older, size
 
 
 def test_a_precision_change_on_resume_is_named(tmp_path: Path) -> None:
@@ -62,3 +86,25 @@ def test_a_precision_change_on_resume_is_named(tmp_path: Path) -> None:
     assert change == "the checkpoint was trained with bf16 autocast; this run goes on in fp32"
     (tmp_path / "runner_cfg.json").write_text("{}")  # an older or foreign checkpoint: nothing to say
     assert precision_change(tmp_path, autocast=False) is None
+
+
+def test_a_kill_while_the_step_log_is_cut_back_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume cuts the step log back to its checkpoint's step. The log is replaced whole, never emptied first."""
+    from container_src.records import MetricLog
+
+    log = MetricLog(tmp_path / "training_log.jsonl")
+    for step in range(1, 6):
+        log.append({"step": step, "tokens": 256 * step})
+    before = log.path.read_text()
+
+    def killed(self: Path, target: Path) -> Path:
+        raise KeyboardInterrupt  # injected: the process is stopped before the new log replaces the old
+
+    monkeypatch.setattr(Path, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        log.truncate_after(3)
+    assert log.path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["training_log.jsonl"]  # no temporary file left
+    monkeypatch.undo()
+    log.truncate_after(3)
+    assert [r["step"] for r in log.read()] == [1, 2, 3]

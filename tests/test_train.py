@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from container_src.__main__ import main
+from container_src.checkpoints import write_marker
 from tests.conftest import ROOT, TINY_RUN, container_cmd, make_opt_ml, run_container, write_hyperparameters
 
 pytestmark = pytest.mark.slow
@@ -111,9 +112,11 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(opt_ml: Path) -> None:
     stopped_at = json.loads((interrupted / "checkpoint_complete.json").read_text())
     assert 40 <= stopped_at["step"] < 256 and stopped_at["tokens"] == 256 * stopped_at["step"]
 
-    # as if trained on a GPU with bf16 autocast (the same size, so the marker still holds): this rerun says so
+    # as if trained on a GPU with bf16 autocast: this rerun says so (the marker is written again, since it holds a
+    # digest of each file and an edited file no longer matches it)
     runner_cfg = interrupted / "runner_cfg.json"
-    runner_cfg.write_text(runner_cfg.read_text().replace('"autocast": false', '"autocast": true ', 1))
+    runner_cfg.write_text(runner_cfg.read_text().replace('"autocast": false', '"autocast": true', 1))
+    write_marker(interrupted, stopped_at["step"], stopped_at["tokens"])
     result = run_container(opt_ml, "train")
     assert result.returncode == 0, result.stdout[-4000:]
     assert f"resuming from {interrupted}" in result.stdout
@@ -215,6 +218,19 @@ def test_kill_after_a_periodic_checkpoint_resumes_without_gaps(opt_ml: Path) -> 
     assert METRIC_LINE.search(again.stdout) is None  # nothing retrained
     assert json.loads((opt_ml / "model" / "metrics.json").read_text())["tokens_trained"] == 32768
     assert list((opt_ml / "model.previous").glob("*/cfg.json"))  # the first result was kept aside
+
+    # Other weights under the same model name (another model channel, same shape and tokenizer) are another run:
+    # its checkpoints are not resumed with activations they were not trained on.
+    from container_src.synthetic import make_stories, write_model_cache
+
+    channel = opt_ml / "input" / "data" / "model"
+    channel.unlink()
+    write_model_cache(channel, seed=1, corpus=make_stories(400))
+    other = run_container(opt_ml, "train")
+    assert other.returncode == 0, other.stdout[-3000:]
+    assert "resuming from" not in other.stdout
+    assert f"checkpoints of other configurations or data are ignored: {run_dir.name}" in other.stdout
+    assert next(int(m.group(1)) for m in METRIC_LINE.finditer(other.stdout)) == 1
 
 
 def test_wandb_gets_the_key_and_goes_online_only_with_one(
