@@ -134,6 +134,8 @@ def is_number_list(text: str) -> bool:
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, list | tuple):  # Chroma takes lists as metadata values: ["refusal", "whataboutism"]
+        return ", ".join(t for t in map(_text, value) if t) or None
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value).strip() or None

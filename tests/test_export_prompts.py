@@ -334,6 +334,23 @@ def test_timestamps_come_out_in_one_form() -> None:
     }
 
 
+def test_list_values_become_one_readable_text() -> None:
+    from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
+
+    categories = {"two": ["refusal", "whataboutism"], "one": ["refusal"], "none": [], "blank": ["", " "]}
+    records = [
+        Record(key, None, {"question": key, "response": "A.", "censorship_category": value})
+        for key, value in categories.items()
+    ]
+    built = build_rows(records, FieldMapping(fields=dict(DEFAULT_FIELDS)))
+    assert {row["id"]: row["category"] for row in built.rows} == {
+        "two": "refusal, whataboutism",
+        "one": "refusal",
+        "none": None,
+        "blank": None,
+    }
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
