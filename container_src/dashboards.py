@@ -17,8 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from container_src import ranking
-
 if TYPE_CHECKING:
     import torch
     from sae_lens import SAE
@@ -98,12 +96,14 @@ def render_dashboard(
 _INDEX_STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; } th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }
-th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; } td.snip { text-align: left; max-width: 40em; }
+th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; } th.nosort { cursor: auto; }
+td.snip { text-align: left; max-width: 40em; }
 td.snip b { background: #ffd75e; } .muted { color: #888; } code { background: #f4f4f4; padding: 0 3px; }
 """
 
 _INDEX_SCRIPT = """
-document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
+document.querySelectorAll('th:not(.nosort)').forEach((th) => th.addEventListener('click', () => {
+  const col = th.cellIndex;
   const body = th.closest('table').tBodies[0];
   const rows = Array.from(body.rows);
   const num = (r) => parseFloat(r.cells[col].dataset.v ?? r.cells[col].textContent);
@@ -124,15 +124,19 @@ def _score_cell(score: float | None) -> str:
     return '<td data-v="-Infinity">&ndash;</td>' if score is None else f"{score:.3f}"
 
 
+def _number_cell(value: float) -> str:
+    """Three significant figures shown (a rare feature's rate is not rounded to 0), the exact value sorted on."""
+    return f'<td data-v="{value!r}">{value:.3g}</td>'
+
+
 def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[str, Any], out_file: Path) -> None:
     """A sortable table of the ranked features (dead ones left out), linking to the dashboard of each rendered one."""
     categories = list(summary["tokens"]["categories"])
     others = [r for r in rows if not r["dead"] and r["feature"] not in rendered][:INDEX_OTHERS]
-    shown = [r for r in rows if r["feature"] in rendered] + others
-    shown.sort(key=ranking.by_score)
-    head = ["rank", "feature", "score", "freq prompts", "freq stories", "mean act prompts"]
-    head += ["mean act stories", *[f"score: {c}" for c in categories], "top prompt snippet"]
     rank_of = {r["feature"]: i for i, r in enumerate(rows, start=1)}
+    shown = sorted([r for r in rows if r["feature"] in rendered] + others, key=lambda r: rank_of[r["feature"]])
+    head = ["rank", "feature", "score", "fires prompts", "fires stories", "freq prompts", "freq stories"]
+    head += ["mean act prompts", "mean act stories", *[f"score: {c}" for c in categories]]
     body = []
     for r in shown:
         f = r["feature"]
@@ -141,17 +145,20 @@ def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[st
             str(rank_of[f]),
             f'<td data-v="{f}">{link}</td>',
             _score_cell(r["score"]),
-            f"{r['freq_prompts']:.4f}",
-            f"{r['freq_stories']:.4f}",
-            f"{r['mean_act_prompts']:.4f}",
-            f"{r['mean_act_stories']:.4f}",
+            f"{r['fires_prompts']:,}",
+            f"{r['fires_stories']:,}",
+            *[_number_cell(r[k]) for k in ("freq_prompts", "freq_stories", "mean_act_prompts", "mean_act_stories")],
             *[_score_cell(r["categories"][c]["score"]) for c in categories],
         ]
         snippet = _snippet_html(r["snippets"][0]) if r.get("snippets") else ""
-        tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
-        body.append(f'<tr>{tds}<td class="snip" data-v="0">{snippet}</td></tr>')
+        tds = "".join(c if c.startswith("<td") else f'<td data-v="{c.replace(",", "")}">{c}</td>' for c in cells)
+        body.append(f'<tr>{tds}<td class="snip">{snippet}</td></tr>')
     tokens = summary["tokens"]
-    per_cat = ", ".join(f"{html.escape(c)} {n:,}" for c, n in tokens["categories"].items())
+    used = tokens["prompts_by_category"]
+    per_cat = ", ".join(
+        f"{html.escape(c)} {n:,} from {used[c]['used']:,} of {used[c]['of']:,} prompts"
+        for c, n in tokens["categories"].items()
+    )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Prompt-specific SAE features</title><style>{_INDEX_STYLE}</style></head>
 <body>
@@ -160,12 +167,14 @@ def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[st
 <code>{html.escape(summary["sae"]["model_name"])}</code>, d_sae {summary["sae"]["d_sae"]:,}.
 Tokens: prompts {tokens["prompts"]:,} ({per_cat}), TinyStories {tokens["stories"]:,}.
 Dead (never fired on these tokens): {summary["dead_features"]:,} features. Dashboards for {len(rendered)} features;
-the next {len(others)} live features are listed without a link. Full table: <a href="features.csv">features.csv</a>,
+{len(others)} more live features, the highest ranked without one, are listed without a link.
+Full table: <a href="features.csv">features.csv</a>,
 <a href="features.json">features.json</a>.</p>
 <p class="muted">score = ln of the one-sided 95% lower bound on how many times more often the feature fires on a
 prompt token than on a TinyStories token (&gt; 0: more often on the prompts, with 95% confidence); per category the
 same against the stories; &ndash; where it never fired on those prompts. Click a column to sort.</p>
-<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
+<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}<th class="nosort">top prompt snippet</th>
+</tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody></table>

@@ -78,7 +78,8 @@ def score(fires_a: Any, tokens_a: int, fires_b: Any, tokens_b: int) -> Any:
     a = np.where(fired, f_a, 1.0)  # Beta needs a > 0; these entries are masked below
     # π_low and 1 − π_low, each from its own tail, so neither loses precision when π_low is near 0 or 1
     low, high = beta.ppf(ALPHA, a, f_b + 1), beta.isf(ALPHA, f_b + 1, a)
-    return np.where(fired, np.log(low) - np.log(high) + np.log(tokens_b / tokens_a), np.nan)
+    # max(…, 1): a side with no tokens has no fires, so every entry is NaN and the ratio is never used
+    return np.where(fired, np.log(low) - np.log(high) + np.log(tokens_b / max(tokens_a, 1)), np.nan)
 
 
 def by_score(row: dict[str, Any]) -> float:
@@ -113,11 +114,10 @@ def rank(stats: FeatureStats) -> list[dict[str, Any]]:
     prompts, stories = side(slice(1, None)), side(0)
     overall = score(prompts["fires"], prompts["tokens"], stories["fires"], stories["tokens"])
     per_category = {}
-    for g, name in enumerate(stats.groups[1:], start=1):
+    for g, name in enumerate(stats.groups[1:], start=1):  # a category with no tokens is kept, with no scores
         cat = side(g)
-        if cat["tokens"]:
-            cat["score"] = score(cat["fires"], cat["tokens"], stories["fires"], stories["tokens"])
-            per_category[name] = cat
+        cat["score"] = score(cat["fires"], cat["tokens"], stories["fires"], stories["tokens"])
+        per_category[name] = cat
 
     rows = []
     for i in range(fires.shape[1]):

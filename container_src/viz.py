@@ -181,6 +181,17 @@ def _snippets(
     return out
 
 
+def _prompts_by_category(categories: list[str], docs: Any) -> dict[str, dict[str, int]]:
+    """Per category (sorted), how many of its prompts have tokens in ``docs`` (indices into ``categories``, -1 for
+    padding) and how many it has."""
+    used = set((docs[docs >= 0]).unique().tolist())
+    counts: dict[str, dict[str, int]] = {c: {"used": 0, "of": 0} for c in sorted(set(categories))}
+    for i, name in enumerate(categories):
+        counts[name]["of"] += 1
+        counts[name]["used"] += i in used
+    return counts
+
+
 def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, Any]:
     """Rank, render and publish to model/dashboards; returns the summary written beside them."""
     import torch
@@ -253,6 +264,16 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         int((s_docs >= 0).sum()),
         context_size,
     )
+    by_category = _prompts_by_category(cats, p_docs)
+    for name, used in by_category.items():
+        if used["used"] == 0:
+            logger.warning(
+                "category %r: none of its %d prompts fit in prompt_tokens=%d, so it has no scores; "
+                "raise prompt_tokens to include it",
+                name,
+                used["of"],
+                cfg.prompt_tokens,
+            )
 
     # One pass over each source.
     ranked_at = time.monotonic()
@@ -298,8 +319,15 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
                 out_file=staging / "dashboard.html",
                 title=f"SAE features: {hook_name}",
             )
+        elif scored:
+            logger.warning("n_features=0 and no --features: no dashboards to render (dashboard.html is not written)")
         else:
-            logger.warning("no feature fired on these tokens: no dashboards to render")
+            logger.warning("no feature fired on the prompts: no dashboards to render (dashboard.html is not written)")
+        if dead_asked := [r["feature"] for r in rows if r["dead"] and r["feature"] in cfg.feature_ids]:
+            logger.warning(
+                "features %s never fired on these tokens: their dashboards show no activations",
+                ", ".join(map(str, dead_asked)),
+            )
         summary = {
             "sae": {
                 "source": str(source),
@@ -311,8 +339,9 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
             "tokens": {
                 "prompts": int(stats.tokens[1:].sum()),
                 "stories": int(stats.tokens[0]),
-                "categories": {g: int(n) for g, n in zip(groups[1:], stats.tokens[1:].tolist(), strict=True) if n},
+                "categories": {g: int(n) for g, n in zip(groups[1:], stats.tokens[1:].tolist(), strict=True)},
                 "prompts_used": int(p_docs.max()) + 1,
+                "prompts_by_category": by_category,
                 "context_size": context_size,
             },
             "stories_source": stories_identity,

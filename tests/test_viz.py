@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -292,11 +293,12 @@ _ERROR_TRAP = (
 )
 
 
-def _render(page: Path, fragment: str = "") -> str:
-    """The page's DOM after its scripts ran in headless Chromium with every network request refused."""
+def _render(page: Path, fragment: str = "", script: str = "") -> str:
+    """The page's DOM after its scripts (and ``script``, at the end of the body) ran in headless Chromium with every
+    network request refused."""
     trapped = page.with_name(f".trap-{page.name}")
-    text = page.read_text()
-    trapped.write_text(text.replace("<head>", "<head>" + _ERROR_TRAP, 1))
+    text = page.read_text().replace("<head>", "<head>" + _ERROR_TRAP, 1)
+    trapped.write_text(text.replace("</body>", f"<script>{script}</script></body>", 1) if script else text)
     try:
         result = subprocess.run(
             [
@@ -341,6 +343,62 @@ def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
     index = _render(out / "index.html")
     assert 'data-errors="[]"' in index
     assert f'href="dashboard.html#{top}"' in index and index.count("<tr>") > 5
+
+    # Clicking a column sorts by the exact numbers (the page shows them rounded), highest first; the rows come in
+    # rank order before.
+    def column(name: str) -> str:
+        return f"Array.from(document.querySelectorAll('th')).findIndex((th) => th.textContent === '{name}')"
+
+    read = "Array.from(document.querySelector('tbody').rows).map((r) => Number(r.cells[COL].dataset.v))"
+    script = (
+        "window.addEventListener('load', () => {"
+        f"const rank = {column('rank')}, col = {column('freq stories')};"
+        f"const before = {read.replace('COL', 'rank')};"
+        "document.querySelectorAll('th')[col].click();"
+        f"document.body.dataset.result = JSON.stringify([before, {read.replace('COL', 'col')}]);"
+        "});"
+    )
+    sorted_page = _render(out / "index.html", script=script)
+    found = re.search(r'data-result="([^"]*)"', sorted_page)
+    assert found, sorted_page[-2000:]
+    before, after = json.loads(html.unescape(found.group(1)))
+    assert before == sorted(before) and len(before) > 5
+    assert after == sorted(after, reverse=True) and after[0] > after[-1]
+    assert sorted(after) == sorted(r["freq_stories"] for r in rows if r["feature"] in _index_features(out))
+
+
+def _index_features(out: Path) -> set[int]:
+    """The features the index lists (their feature cells: a link to the dashboard, or a muted id)."""
+    cell = r'<td data-v="(\d+)"><(?:a href="dashboard.html#\d+"|span class="muted")>'
+    return {int(f) for f in re.findall(cell, (out / "index.html").read_text())}
+
+
+@pytest.mark.slow
+def test_a_category_the_token_cap_leaves_out_is_kept_and_named(planted: Path, tmp_path: Path) -> None:
+    """With a prompt_tokens cap that takes one prompt, the other categories keep their columns (no scores) and a
+    warning says why; a dead feature asked for by id is rendered with a warning."""
+    base = _viz_tree(planted, tmp_path)
+    small = ("--device", "cpu", "--prompt_tokens", "20", "--story_tokens", "3000", "--n_features", "2")
+    result = run_container(base, "viz", *small)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = base / "model" / "dashboards"
+    summary = json.loads((out / "summary.json").read_text())
+    by_category = summary["tokens"]["prompts_by_category"]
+    assert {c: u["of"] for c, u in by_category.items()} == {"(none)": 20, "official narrative": 20, "refusal": 20}
+    assert sum(u["used"] for u in by_category.values()) == summary["tokens"]["prompts_used"] == 1
+    left_out = [c for c, u in by_category.items() if u["used"] == 0]
+    assert len(left_out) == 2 and all(summary["tokens"]["categories"][c] == 0 for c in left_out)
+    for name in left_out:
+        assert f"category {name!r}: none of its 20 prompts fit in prompt_tokens=20" in result.stdout
+    rows = json.loads((out / "features.json").read_text())
+    assert all(r["categories"][c]["score"] is None for r in rows for c in left_out)
+    assert all(f"score: {c}" in (out / "index.html").read_text() for c in left_out)
+
+    dead = next(r["feature"] for r in rows if r["dead"])
+    result = run_container(base, "viz", *small, "--features", str(dead))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"features {dead} never fired on these tokens" in result.stdout
+    assert dead in _index_features(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
