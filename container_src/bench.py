@@ -47,7 +47,7 @@ from typing import Any
 from container_src import records
 from container_src.config import BenchConfig, ConfigError, Resolved, TrainConfig
 from container_src.paths import ContainerPaths, hub_env
-from container_src.timing import PeakMemory, Speed, StepClock, replaced, synchronize, time_batches
+from container_src.timing import NoWholeCycleError, PeakMemory, Speed, StepClock, replaced, synchronize, time_batches
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ TIMED_WINDOW = (
 DEFAULT_STEPS = {"cuda": (200, 20), "cpu": (8, 2)}
 
 
-def _projection(cfg: BenchConfig, instance_type: str | None, tokens_per_s: float) -> dict[str, Any]:
+def _projection(cfg: BenchConfig, instance_type: str | None, tokens_per_s: float, device_name: str) -> dict[str, Any]:
+    """``training_tokens`` at ours' speed measured here, priced at ``instance_type``'s rate: a cost for that instance
+    only when this machine is one (a job's own, or the same GPU)."""
     wall_s = cfg.training_tokens / tokens_per_s
     price = PRICES_USD_PER_HOUR.get(instance_type) if instance_type else None
     return {
@@ -83,7 +85,9 @@ def _projection(cfg: BenchConfig, instance_type: str | None, tokens_per_s: float
         "usd_per_hour": price,
         "usd": round(wall_s / 3600 * price, 2) if price is not None else None,
         "prices": PRICES_NOTE,
-        "note": "training only, at the measured speed of ours; the job's start, model loading and evaluation add to it",
+        "measured_on": device_name,
+        "note": "training only, at the speed of ours measured on measured_on; the job's start, model loading and "
+        "evaluation add to it",
     }
 
 
@@ -140,14 +144,14 @@ def _run_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: int, d
     clock, memory = StepClock(device), PeakMemory(device)
     with memory.measuring(), clock.installed():
         run_train(Resolved(config=train_cfg, mode="bench"), tree)
-    return clock.speed(warmup, cfg.train_batch_size_tokens, memory.peak)
+    return clock.speed(warmup, cfg.train_batch_size_tokens, memory)
 
 
 def _run_bare(
     cfg: BenchConfig, stories: Any, sae_size: tuple[int, int], root: Path, warmup: int, steps: int, device: str
-) -> tuple[Speed, dict[str, Any]]:
-    """SAE-Lens with its own defaults, loading the model itself; returns its speed and the settings that are not
-    SAE-Lens's defaults."""
+) -> tuple[Speed, dict[str, Any], dict[str, Any]]:
+    """SAE-Lens with its own defaults, loading the model itself; returns its speed, the settings that are not
+    SAE-Lens's defaults, and its precision settings (SAE-Lens's defaults)."""
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
     from container_src.train import training_sae_config
@@ -178,9 +182,11 @@ def _run_bare(
         with clock.installed():
             runner.run()
         del runner
-    speed = clock.speed(warmup, batch_tokens, memory.peak)
-    not_default = {k: v for k, v in set_here.items() if "path" not in k} | {"log_to_wandb": False}
-    return speed, not_default
+    speed = clock.speed(warmup, batch_tokens, memory)
+    not_default = {k: v for k, v in set_here.items() if k not in ("checkpoint_path", "output_path")}
+    # SAE-Lens's defaults, named because ours differs in them (bf16 autocast and compile on a GPU)
+    precision = {k: getattr(runner_cfg, k) for k in ("dtype", "autocast", "autocast_lm", "compile_sae", "compile_llm")}
+    return speed, not_default | {"log_to_wandb": False}, precision
 
 
 def _lm_speed(
@@ -194,7 +200,8 @@ def _lm_speed(
     from container_src.store import packed_store
 
     runner_cfg = _runner_config(cfg, sae_size, runtime, root / "lm", 1)
-    store = packed_store(stream, lm, runner_cfg, worker=cfg.data_worker)
+    # In this process: with the data worker, packing would run ahead of the timed batches, unmeasured
+    store = packed_store(stream, lm, runner_cfg, worker=False)
     batch_tokens = cfg.store_batch_size_prompts * cfg.context_size
     memory = PeakMemory(runtime.device)
     with memory.measuring():
@@ -221,8 +228,9 @@ def _lm_speed(
         "batches": cfg.lm_batches,
         "batch_tokens": batch_tokens,
         "peak_memory_bytes": memory.peak,
-        "what": "tokens_per_s: text to activations at the hook (tokenise, forward up to the hook's layer), as "
-        "training fills its buffer; forward_to_hook and full_forward: the forward pass alone on ready tokens, "
+        "what": "tokens_per_s: text to activations at the hook in one process (tokenise, pack, forward up to the "
+        "hook's layer), as training fills its buffer (with data_worker, training tokenises in another process); "
+        "forward_to_hook and full_forward: the forward pass alone on ready tokens, "
         "stopped after the hook's layer as training does, and through all layers and the unembedding",
     }
 
@@ -361,6 +369,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
 
         inputs = train._prepare_inputs(_train_config(cfg, 1), tree)
         lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"], cfg.fused_lm)
+        model.check_context(lm, cfg.context_size)
         d_in = model.hook_width(lm, cfg.hook_name)
         d_sae = cfg.sae_width(d_in)
         logger.info("bench: the model alone, %d batches", cfg.lm_batches)
@@ -369,18 +378,25 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
 
         ours_runs: list[Speed] = []
         bare_runs: list[Speed] = []
-        bare_settings = None
+        bare_settings = bare_precision = None
+        untimed: dict[str, str] = {}  # a pipeline whose steps held no whole refill cycle: the others still report
         for attempt in range(1, cfg.repeats + 1):
-            logger.info("bench %d/%d: ours (train), %d warm-up + %d timed steps", attempt, cfg.repeats, warmup, steps)
-            ours_runs.append(_run_ours(cfg, tree, warmup, steps, runtime.device))
+            logger.info("bench %d/%d: ours (train), %d warm-up + %d steps", attempt, cfg.repeats, warmup, steps)
+            try:
+                ours_runs.append(_run_ours(cfg, tree, warmup, steps, runtime.device))
+            except NoWholeCycleError as exc:
+                untimed["ours"] = str(exc)
             for leftover in (tree.checkpoints_dir, tree.model_dir):  # or the next run would resume, not train
                 shutil.rmtree(leftover, ignore_errors=True)
             if cfg.bare:
                 logger.info("bench %d/%d: bare SAE-Lens with its defaults", attempt, cfg.repeats)
-                speed, bare_settings = _run_bare(
-                    cfg, inputs.stories, (d_in, d_sae), root / f"bare-{attempt}", warmup, steps, runtime.device
-                )
-                bare_runs.append(speed)
+                try:
+                    speed, bare_settings, bare_precision = _run_bare(
+                        cfg, inputs.stories, (d_in, d_sae), root / f"bare-{attempt}", warmup, steps, runtime.device
+                    )
+                    bare_runs.append(speed)
+                except NoWholeCycleError as exc:
+                    untimed["bare"] = str(exc)
         logger.info("bench: the SAE step alone, %d warm-up + %d steps", warmup, steps)
         sae_figures = _sae_speed(cfg, (d_in, d_sae), runtime, root, warmup, steps, cfg.lean_step)
         sae_lens_figures = (
@@ -390,7 +406,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
             logger.info("bench: ours once more, under the profiler")
             _profile_ours(cfg, tree, warmup, steps, runtime.device, profile_path)
             logger.info("bench: profile written to %s", profile_path)
-        ours = max(ours_runs, key=lambda run: run.tokens_per_s)
+        ours = max(ours_runs, key=lambda run: run.tokens_per_s) if ours_runs else None
         bare = max(bare_runs, key=lambda run: run.tokens_per_s) if bare_runs else None
 
     import sae_lens
@@ -417,12 +433,14 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         "timed_window": TIMED_WINDOW,
         "peak_memory_kind": PeakMemory(runtime.device).kind,
         "repeats": cfg.repeats,
-        "ours": ours.to_json(),
+        "ours": ours.to_json() if ours else None,
         "bare": bare.to_json() if bare else None,
+        "untimed": untimed,
         "bare_settings_not_default": bare_settings,
-        "ratio_ours_to_bare": round(ours.tokens_per_s / bare.tokens_per_s, 3) if bare else None,
+        "bare_precision": bare_precision,
+        "ratio_ours_to_bare": round(ours.tokens_per_s / bare.tokens_per_s, 3) if ours and bare else None,
         "ratio_ours_to_bare_cpu_time": (
-            round((ours.tokens / ours.cpu_seconds) / (bare.tokens / bare.cpu_seconds), 3) if bare else None
+            round((ours.tokens / ours.cpu_seconds) / (bare.tokens / bare.cpu_seconds), 3) if ours and bare else None
         ),
         "all_runs_tokens_per_s": {
             "ours": [round(r.tokens_per_s, 1) for r in ours_runs],
@@ -431,7 +449,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         "lm": lm_figures,
         "sae_alone": sae_figures,
         "sae_lens_step_alone": sae_lens_figures,
-        "projection": _projection(cfg, instance_type, ours.tokens_per_s),
+        "projection": _projection(cfg, instance_type, ours.tokens_per_s, runtime.device_name) if ours else None,
         "config": resolved.to_json()["values"],
     }
     sys.stdout.write(format_table(figures))
@@ -441,6 +459,11 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
     if paths.in_job():  # the job's model.tar.gz carries the figures
         records.write_json(paths.model_dir / "bench.json", figures)
         logger.info("bench: figures written to %s", paths.model_dir / "bench.json")
+    if untimed:
+        raise ConfigError(
+            f"steps={steps}: too few to time {' and '.join(untimed)} ({'; '.join(untimed.values())}). The figures "
+            "of the rest are above; raise steps"
+        )
     return figures
 
 
@@ -450,22 +473,28 @@ def _gib(n: int) -> str:
 
 def format_table(f: dict[str, Any]) -> str:
     """The figures as a short human-readable report."""
-    memory = "GPU peak allocated" if f["peak_memory_kind"].startswith("cuda") else "peak RSS"
+    memory = "GPU peak allocated (at start)" if f["peak_memory_kind"].startswith("cuda") else "peak RSS (at start)"
     lines = [
         f"bench: {f['device_name']} ({f['device']}, {f['precision']}, {f['cpu_threads']} CPU threads), "
         f"{f['model_shape']} shape, random weights",
         f"  SAE {f['architecture']} {f['hook_name']} d_in={f['d_in']} d_sae={f['d_sae']} k={f['k']}; "
-        f"{f['warmup_steps']} warm-up + {f['steps']} timed steps each, best of {f['repeats']}",
-        f"  {'':24}{'tokens/s':>12}{'batch':>8}{'seconds':>10}{'CPU s':>10}  {memory}",
+        f"{f['warmup_steps']} warm-up + {f['steps']} steps each, timed over whole buffer refill cycles within "
+        f"them; best of {f['repeats']}",
+        f"  {'':24}{'tokens/s':>12}{'batch':>8}{'timed':>7}{'seconds':>10}{'CPU s':>10}  {memory}",
     ]
-    for name, key in (("ours (train)", "ours"), ("bare SAE-Lens defaults", "bare")):
+    bare_name = "bare SAE-Lens defaults"
+    if f["bare_precision"]:
+        bare_name += " (fp32)" if f["bare_precision"]["dtype"] == "float32" else f" ({f['bare_precision']['dtype']})"
+    for name, key in (("ours (train)", "ours"), (bare_name, "bare")):
         if f[key]:
             s = f[key]
             lines.append(
-                f"  {name:24}{s['tokens_per_s']:>12,.0f}{s['batch_tokens']:>8}{s['seconds']:>10.2f}"
+                f"  {name:24}{s['tokens_per_s']:>12,.0f}{s['batch_tokens']:>8}{s['steps']:>7}{s['seconds']:>10.2f}"
                 f"{s['cpu_seconds']:>10.2f}  "
-                f"{_gib(s['peak_memory_bytes'])}"
+                f"{_gib(s['peak_memory_bytes'])} ({_gib(s['memory_at_start_bytes'])})"
             )
+        elif key in f["untimed"]:
+            lines.append(f"  {name:24}not timed: {f['untimed'][key]}")
     if f["ratio_ours_to_bare"] is not None:
         lines.append(
             f"  ratio ours / bare: {f['ratio_ours_to_bare']:.3f} (by CPU time: {f['ratio_ours_to_bare_cpu_time']:.3f})"
@@ -480,11 +509,14 @@ def format_table(f: dict[str, Any]) -> str:
         f"  SAE step alone: {f['sae_alone']['tokens_per_s']:,.0f} tokens/s as train runs it, "
         f"{f['sae_lens_step_alone']['tokens_per_s']:,.0f} with SAE-Lens's own step (no model, no data pipeline)"
     )
-    p = f["projection"]
-    cost = (
-        f", ${p['usd']:,.2f} on {p['instance_type']} at ${p['usd_per_hour']}/h ({p['prices']})"
-        if p["usd"] is not None
-        else " (give --instance_type for a cost)"
-    )
-    lines.append(f"  projection: {p['training_tokens']:,} tokens in {p['wall_h']:.2f} h{cost}")
+    if p := f["projection"]:
+        cost = (
+            f", ${p['usd']:,.2f} at {p['instance_type']}'s ${p['usd_per_hour']}/h ({p['prices']})"
+            if p["usd"] is not None
+            else " (no price: give --instance_type)"
+        )
+        lines.append(
+            f"  projection at ours' speed on {p['measured_on']}: {p['training_tokens']:,} tokens in "
+            f"{p['wall_h']:.2f} h{cost}"
+        )
     return "\n".join(lines) + "\n"

@@ -128,6 +128,11 @@ def weights_fingerprint(model: HookedTransformer) -> str:
     return digest.hexdigest()
 
 
+def check_context(model: HookedTransformer, context_size: int) -> None:
+    if context_size > model.cfg.n_ctx:
+        raise ConfigError(f"context_size={context_size}: the model's context is only {model.cfg.n_ctx} tokens")
+
+
 def check_hook(model: HookedTransformer, hook_name: str) -> None:
     """Fail with the valid hook names of the same kind when the model has no ``hook_name``."""
     if hook_name in model.hook_dict:

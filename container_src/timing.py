@@ -28,9 +28,16 @@ class Speed:
     steps: int
     batch_tokens: int
     peak_memory_bytes: int
+    memory_at_start_bytes: int
+    """What was already held when the pipeline started (on CPU the resident set: RSS cannot be reset, so a pipeline
+    that runs after another starts from what that one left); peak minus this is the pipeline's own."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+class NoWholeCycleError(RuntimeError):
+    """The steps after the warm-up hold fewer than two refills of the activation buffer, so no whole cycle to time."""
 
 
 @contextlib.contextmanager
@@ -118,10 +125,10 @@ class StepClock:
         with replaced(SAETrainer, step=timed_step), replaced(ActivationsStore, get_raw_llm_batch=noted_fetch):
             yield self
 
-    def speed(self, warmup: int, batch_tokens: int, peak_memory: int) -> Speed:
+    def speed(self, warmup: int, batch_tokens: int, memory: PeakMemory) -> Speed:
         bounds = [n for n in sorted(self.refill_after) if warmup <= n < len(self.ends)]
         if len(bounds) < 2:
-            raise RuntimeError(
+            raise NoWholeCycleError(
                 f"no whole buffer refill cycle after the {warmup} warm-up steps ({len(self.ends)} steps, refills "
                 f"after steps {sorted(self.refill_after)}): raise steps"
             )
@@ -129,7 +136,9 @@ class StepClock:
         seconds = self.seconds_between(start, end)
         steps = bounds[-1] - bounds[0]
         tokens = steps * batch_tokens
-        return Speed(tokens / seconds, tokens, seconds, cpu_end - cpu_start, steps, batch_tokens, peak_memory)
+        return Speed(
+            tokens / seconds, tokens, seconds, cpu_end - cpu_start, steps, batch_tokens, memory.peak, memory.start
+        )
 
 
 class PeakMemory:
@@ -138,7 +147,7 @@ class PeakMemory:
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self.peak = 0
+        self.peak = self.start = 0
         self.kind = "cuda_max_memory_allocated" if device.startswith("cuda") else "cpu_rss_sampled"
 
     @contextlib.contextmanager
@@ -148,13 +157,14 @@ class PeakMemory:
         release_memory(self.device)
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = int(torch.cuda.memory_allocated(self.device))
             yield self
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
             return
         import psutil
 
         process, stop = psutil.Process(), threading.Event()
-        self.peak = process.memory_info().rss
+        self.peak = self.start = process.memory_info().rss
 
         def sample() -> None:
             while not stop.wait(0.02):

@@ -254,8 +254,7 @@ def run_train(resolved: Resolved, paths: ContainerPaths) -> dict[str, Any]:
     lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"], cfg.fused_lm)
     d_in = model.hook_width(lm, cfg.hook_name)
     d_sae = cfg.sae_width(d_in)
-    if cfg.context_size > lm.cfg.n_ctx:
-        raise ConfigError(f"context_size={cfg.context_size}: the model's context is only {lm.cfg.n_ctx} tokens")
+    model.check_context(lm, cfg.context_size)
 
     prompt_token_share = data.token_share(lm.tokenizer, inputs.prompts, inputs.stories, cfg.prompt_ratio)
     logger.info(

@@ -235,8 +235,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
             )
         sae = _load_sae(sae_dir, runtime.device)
         context_size = cfg.context_size or int(meta.get("context_size") or 128)
-        if context_size > lm.cfg.n_ctx:
-            raise ConfigError(f"context_size={context_size}: the model's context is only {lm.cfg.n_ctx} tokens")
+        model.check_context(lm, context_size)
     tokenizer = lm.tokenizer
     assert tokenizer is not None
 

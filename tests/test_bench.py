@@ -16,7 +16,16 @@ import pytest
 from container_src.__main__ import EXIT_CONFIG, EXIT_OK, main
 from tests.conftest import run_container
 
-SPEED_FIELDS = ("tokens_per_s", "tokens", "seconds", "cpu_seconds", "steps", "batch_tokens", "peak_memory_bytes")
+SPEED_FIELDS = (
+    "tokens_per_s",
+    "tokens",
+    "seconds",
+    "cpu_seconds",
+    "steps",
+    "batch_tokens",
+    "peak_memory_bytes",
+    "memory_at_start_bytes",
+)
 
 
 def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
@@ -53,7 +62,18 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         assert all(speed[key] > 0 for key in SPEED_FIELDS), speed
         # timed: whole refills of the activation buffer among the 3 steps after the warm-up
         assert 1 <= speed["steps"] <= 3 and speed["tokens"] == speed["steps"] * speed["batch_tokens"]
+        assert speed["peak_memory_bytes"] >= speed["memory_at_start_bytes"]
     assert figures["ours"]["batch_tokens"] == 256 and figures["bare"]["batch_tokens"] == 4096  # SAE-Lens's default
+    assert figures["untimed"] == {}
+    # bare runs SAE-Lens's precision defaults, whatever ours runs, and the figures say so
+    assert figures["bare_precision"] == {
+        "dtype": "float32",
+        "autocast": False,
+        "autocast_lm": False,
+        "compile_sae": False,
+        "compile_llm": False,
+    }
+    assert figures["bare_settings_not_default"]["dataset_path"] == "roneneldan/TinyStories"
     assert figures["ratio_ours_to_bare"] == pytest.approx(
         figures["ours"]["tokens_per_s"] / figures["bare"]["tokens_per_s"], rel=1e-2
     )
@@ -69,6 +89,8 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert projection["wall_s"] == pytest.approx(204800 / figures["ours"]["tokens_per_s"], rel=1e-2)
     assert projection["usd"] == pytest.approx(projection["wall_s"] / 3600 * projection["usd_per_hour"], abs=0.01)
     assert "tokens/s" in result.stdout and "ratio ours / bare" in result.stdout and "SAE step alone" in result.stdout
+    assert "bare SAE-Lens defaults (fp32)" in result.stdout
+    assert f"projection at ours' speed on {figures['device_name']}: 204,800 tokens" in result.stdout
     # ours once more under the profiler: the 3 steps after the warm-up, one SAE update (fused Adam) each
     table = profile.read_text()
     assert table.startswith(
@@ -132,3 +154,26 @@ def test_cpu_time_includes_worker_processes() -> None:
     worker.join(30)
     assert during - before >= 0.45  # the worker burnt 0.5 s; psutil reads CPU time in clock ticks
     assert clock.cpu_seconds() >= during  # the ended worker keeps its share
+
+
+def test_too_few_steps_report_the_rest_and_fail(tmp_path: Path) -> None:
+    """One step after the warm-up holds no whole refill cycle of either pipeline: the other figures are still
+    printed and written, and the run ends with status 2, naming the fix."""
+    base, out = tmp_path / "opt_ml", tmp_path / "bench.json"
+    flags = ["--preset=smoke", "--model_shape=tiny", "--steps=1", "--warmup_steps=1", "--lm_batches=1"]
+    result = run_container(base, "bench", *flags, f"--json={out}", timeout=240)
+    assert result.returncode == EXIT_CONFIG, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["ours"] is None and figures["bare"] is None and set(figures["untimed"]) == {"ours", "bare"}
+    assert figures["ratio_ours_to_bare"] is None and figures["projection"] is None
+    assert figures["lm"]["tokens_per_s"] > 0 and figures["sae_alone"]["tokens_per_s"] > 0
+    assert result.stdout.count("not timed: no whole buffer refill cycle after the 1 warm-up steps") == 2
+    failure = (base / "output" / "failure").read_text()
+    assert "steps=1: too few to time ours and bare" in failure and "raise steps" in failure
+
+
+def test_a_context_longer_than_the_model_is_named(tmp_path: Path) -> None:
+    base = tmp_path / "opt_ml"
+    result = run_container(base, "bench", "--preset=smoke", "--model_shape=tiny", "--context_size=4096", timeout=240)
+    assert result.returncode == EXIT_CONFIG, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "context_size=4096: the model's context is only" in (base / "output" / "failure").read_text()
