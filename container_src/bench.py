@@ -480,7 +480,7 @@ def format_table(f: dict[str, Any]) -> str:
         f"  SAE {f['architecture']} {f['hook_name']} d_in={f['d_in']} d_sae={f['d_sae']} k={f['k']}; "
         f"{f['warmup_steps']} warm-up + {f['steps']} steps each, timed over whole buffer refill cycles within "
         f"them; best of {f['repeats']}",
-        f"  {'':24}{'tokens/s':>12}{'batch':>8}{'timed':>7}{'seconds':>10}{'CPU s':>10}  {memory}",
+        f"  {'':30}{'tokens/s':>12}{'batch':>8}{'timed':>7}{'seconds':>10}{'CPU s':>10}  {memory}",
     ]
     bare_name = "bare SAE-Lens defaults"
     if f["bare_precision"]:
@@ -489,12 +489,12 @@ def format_table(f: dict[str, Any]) -> str:
         if f[key]:
             s = f[key]
             lines.append(
-                f"  {name:24}{s['tokens_per_s']:>12,.0f}{s['batch_tokens']:>8}{s['steps']:>7}{s['seconds']:>10.2f}"
+                f"  {name:30}{s['tokens_per_s']:>12,.0f}{s['batch_tokens']:>8}{s['steps']:>7}{s['seconds']:>10.2f}"
                 f"{s['cpu_seconds']:>10.2f}  "
                 f"{_gib(s['peak_memory_bytes'])} ({_gib(s['memory_at_start_bytes'])})"
             )
         elif key in f["untimed"]:
-            lines.append(f"  {name:24}not timed: {f['untimed'][key]}")
+            lines.append(f"  {name:30}not timed: {f['untimed'][key]}")
     if f["ratio_ours_to_bare"] is not None:
         lines.append(
             f"  ratio ours / bare: {f['ratio_ours_to_bare']:.3f} (by CPU time: {f['ratio_ours_to_bare_cpu_time']:.3f})"
