@@ -26,13 +26,16 @@ RUN apt-get update \
 
 # Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
 # `make install` (and so CI) runs; nothing is installed when a container starts. One gap: the lock is resolved on a
-# CPU machine, so torch's CUDA runtime wheels (nvidia-*, triton) are not in it; they come with torch==2.13.0 at the
-# versions its Linux wheel's own metadata requires, and CI, which installs the CPU build, does not exercise them.
+# CPU machine, so torch's CUDA runtime wheels (nvidia-*, cuda-*, triton) are not in it; they come with torch==2.13.0
+# as its Linux wheel's metadata requires: most at exact versions (CUDA 13.0), a few as ranges that resolve to the
+# newest match at build time (cuda-bindings, nvidia-nvjitlink, cuda-pathfinder, setuptools). CI, which installs the
+# CPU build, does not exercise them.
 COPY docker/install.sh docker/container.lock docker/
 RUN sh docker/install.sh python docker/container.lock
 
 COPY container_src/ container_src/
 COPY docker/train /usr/local/bin/train
-RUN chmod 0755 /usr/local/bin/train && python -m container_src --help > /dev/null
+# `train --help` as SageMaker calls it: the script on PATH, its line endings, and the package's imports
+RUN chmod 0755 /usr/local/bin/train && train --help > /dev/null
 
 CMD ["train"]

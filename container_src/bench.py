@@ -358,7 +358,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         _check_fresh_process(hub)
         from container_src import model, train
 
-        runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae)
+        runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type())
         kind = "cuda" if runtime.device.startswith("cuda") else "cpu"
         steps = cfg.steps or DEFAULT_STEPS[kind][0]
         warmup = cfg.warmup_steps or DEFAULT_STEPS[kind][1]

@@ -586,7 +586,8 @@ def wandb_key(env: Mapping[str, str] | None = None) -> str | None:
     import boto3
 
     try:
-        response = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None  # boto3 reads only the first
+        response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
     except Exception as exc:  # any AWS failure means the same thing to the user
         raise ConfigError(
             f"WANDB_SECRET_ID={secret_id}: could not read the secret ({type(exc).__name__}). "

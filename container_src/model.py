@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from container_src.config import ConfigError
+from container_src.paths import GPU_FAMILIES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -45,13 +46,23 @@ def c_compiler() -> str | None:
     return shutil.which("gcc") or shutil.which("clang")
 
 
-def pick_runtime(device: str, precision: str, compile_sae: bool | None = False) -> Runtime:
+def pick_runtime(
+    device: str, precision: str, compile_sae: bool | None = False, job_instance: str | None = None
+) -> Runtime:
     """Resolve ``device``/``precision``/``compile_sae`` of the config against the hardware: bf16 only where the GPU
-    supports it; the SAE compiled by default on a CUDA device where Triton finds a C compiler."""
+    supports it; the SAE compiled by default on a CUDA device where Triton finds a C compiler. ``job_instance``: the
+    SageMaker job's instance type; on one with an NVIDIA GPU, ``device=auto`` never falls back to the CPU."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and job_instance and job_instance.startswith(GPU_FAMILIES):
+            raise ConfigError(
+                f"device=auto: this job runs on {job_instance}, which has an NVIDIA GPU, but torch "
+                f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees no CUDA device: the host's NVIDIA "
+                "driver is older than that CUDA release needs, or the GPU is not passed to the container. Set "
+                "device=cpu to run on the CPU anyway"
+            )
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device!r}: no CUDA device is visible; use device=auto or cpu")

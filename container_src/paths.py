@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_DIR = "/opt/ml"
 CHANNELS = ("prompts", "model", "tinystories", "sae")
+# SageMaker instance families with NVIDIA GPUs; everything else (ml.m, ml.c, ml.r, ml.t, Trainium, Inferentia) has
+# no CUDA.
+GPU_FAMILIES = ("ml.g", "ml.p")
 
 
 @dataclass(frozen=True)

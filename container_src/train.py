@@ -215,7 +215,7 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         # "rows": the resume position counts packed rows (data.PackedRows), not documents as in older checkpoints
         data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}|rows",
         channels=channels,
-        runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae),
+        runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type()),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
     )
 

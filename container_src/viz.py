@@ -221,7 +221,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         stories, stories_identity = data.load_stories(
             channels["tinystories"], cfg.tinystories_path, cfg.tinystories_split
         )
-        runtime = model.pick_runtime(cfg.device, cfg.precision)
+        runtime = model.pick_runtime(cfg.device, cfg.precision, job_instance=paths.instance_type())
 
         # The model and the SAE.
         logger.info("loading %s on %s (%s) for SAE %s", model_name, runtime.device_name, runtime.precision, sae_dir)

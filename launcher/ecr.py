@@ -176,6 +176,8 @@ def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -
         "build",
         "--platform",
         PLATFORM,
+        # one image manifest, no attestation index around it: SageMaker refuses image indexes
+        "--provenance=false",
         "--label",
         f"org.opencontainers.image.revision={commit}",
         "-t",

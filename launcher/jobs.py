@@ -19,12 +19,11 @@ from typing import Any
 
 from container_src.__main__ import MODES as CONTAINER_MODES
 from container_src.config import ConfigError, looks_like_secret, read_json_object, resolve
+from container_src.paths import GPU_FAMILIES
 from launcher.settings import Settings
 
 MODES = tuple(CONTAINER_MODES)  # the container's own table: a mode it lacks is refused here, before any AWS call
 DEFAULT_INSTANCE = "ml.g5.xlarge"  # A10G: bf16, 24 GB
-# Families with NVIDIA GPUs; everything else (ml.m, ml.c, ml.r, ml.t, Trainium, Inferentia) has no CUDA.
-GPU_FAMILIES = ("ml.g", "ml.p")
 # GPUs without native bf16 (T4, V100, K80, M60): the container falls back to fp32 there.
 NO_BF16 = ("ml.g4dn.", "ml.p3.", "ml.p3dn.", "ml.p2.", "ml.g3.", "ml.g3s.")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"

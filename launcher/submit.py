@@ -248,7 +248,8 @@ def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]
         logger.warning("network isolation: the job cannot reach Secrets Manager or W&B, so W&B logs offline")
         return {}
     if secret_exists(client_for("secretsmanager", settings.region), settings.wandb_secret_id):
-        return {"WANDB_SECRET_ID": settings.wandb_secret_id}
+        # the region too: the container's Secrets Manager client needs one, and boto3 reads AWS_DEFAULT_REGION
+        return {"WANDB_SECRET_ID": settings.wandb_secret_id, "AWS_DEFAULT_REGION": settings.region}
     if os.environ.get("WANDB_API_KEY"):
         logger.warning(
             "WANDB_API_KEY is set here but not stored as secret %s; run `submit.py secret` first. "

@@ -178,6 +178,12 @@ def test_wandb_key_from_secrets_manager(moto_server: dict[str, str], monkeypatch
         wandb_key({"WANDB_SECRET_ID": "wandb-empty"})
     with pytest.raises(ConfigError, match=r"WANDB_SECRET_ID=missing: could not read the secret \(ResourceNotFound"):
         wandb_key({"WANDB_SECRET_ID": "missing"})
+    # a region given only as AWS_REGION: boto3 reads AWS_DEFAULT_REGION alone, so the client is told
+    region = moto_server["AWS_DEFAULT_REGION"]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(ConfigError, match="could not read the secret"):
+        wandb_key({"WANDB_SECRET_ID": "wandb-bare"})
+    assert wandb_key({"WANDB_SECRET_ID": "wandb-bare", "AWS_REGION": region}) == "bare-key-value"
 
 
 def test_each_mode_has_its_own_keys() -> None:

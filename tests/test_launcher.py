@@ -299,6 +299,7 @@ def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.Ca
     assert [c[0] for c in calls] == ["build", "tag", "login", "push"]
     tag = calls[0][calls[0].index("-t") + 1]
     assert tag.startswith(f"{aws['repo']}:")
+    assert "--provenance=false" in calls[0] and calls[0][calls[0].index("--platform") + 1] == "linux/amd64"
     remote = calls[3][1]
     assert calls[1] == ["tag", tag, remote]
     assert remote.endswith(":" + tag.split(":", 1)[1])
@@ -405,7 +406,10 @@ def test_train_job_request(
     recorded = _recorded(aws["endpoint"])
     [create] = [json.loads(r["body"]) for r in recorded if "CreateTrainingJob" in json.dumps(r["headers"])]
     assert create["AlgorithmSpecification"]["MetricDefinitions"] == jobs.metric_definitions()
-    assert create["Environment"] == {"WANDB_SECRET_ID": aws["env"]["SAE_WANDB_SECRET_ID"]}
+    assert create["Environment"] == {
+        "WANDB_SECRET_ID": aws["env"]["SAE_WANDB_SECRET_ID"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     # The key went to Secrets Manager, and nowhere else: not in any other request, the output or the log.
     with_key = [r for r in recorded if PLANTED_KEY in r["body"] or PLANTED_KEY in r["url"]]
     assert with_key and all("secretsmanager.CreateSecret" in json.dumps(r["headers"]) for r in with_key)

@@ -48,6 +48,15 @@ def test_cpu_runtime_is_fp32_and_refuses_bf16() -> None:
         pick_runtime("cuda", "auto")
 
 
+def test_a_gpu_job_without_cuda_does_not_fall_back_to_the_cpu() -> None:
+    """A SageMaker job on a GPU instance whose container sees no CUDA device (a driver too old for torch's CUDA
+    build, say) stops at once instead of training for hours on the CPU; elsewhere, and when asked, the CPU runs."""
+    with pytest.raises(ConfigError, match=r"device=auto: this job runs on ml.g5.xlarge, which has an NVIDIA GPU"):
+        pick_runtime("auto", "auto", job_instance="ml.g5.xlarge")
+    assert pick_runtime("auto", "auto", job_instance="ml.m5.xlarge").device == "cpu"
+    assert pick_runtime("cpu", "auto", job_instance="ml.p4d.24xlarge").device == "cpu"
+
+
 @pytest.mark.parametrize(
     ("gpu", "major", "precision", "autocast"),
     [("Tesla T4", 7, "auto", False), ("NVIDIA A10G", 8, "auto", True), ("NVIDIA H100", 9, "fp32", False)],
