@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -94,12 +95,30 @@ def _write_failure(paths: ContainerPaths, mode: str, exc: BaseException) -> None
         logger.error("could not write %s: %s", paths.failure_file, write_error)
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    from container_src.train import Interrupted
+
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["help"] or "-h" in argv or "--help" in argv:  # also after a mode: `bench --help`
         sys.stdout.write(_usage())
         return EXIT_OK
     _setup_logging()
+    # SIGTERM (docker stop, StopTrainingJob) ends every mode with 143 and a failure file. In the image Python is
+    # PID 1 (docker/train execs it), which the kernel does not stop on a signal it has no handler for. Training
+    # installs its own handler, which saves a checkpoint first.
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:  # None: a handler installed outside Python, which cannot be put back from here
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str]) -> int:
     paths = ContainerPaths.from_env()
     mode = argv.pop(0) if argv and not argv[0].startswith("-") else "train"
     paths.failure_file.unlink(missing_ok=True)  # a stale reason from an earlier run would mislead

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 
 from container_src.__main__ import EXIT_CONFIG, EXIT_OK, main
-from tests.conftest import run_container
+from tests.conftest import ROOT, container_cmd, run_container
 
 SPEED_FIELDS = (
     "tokens_per_s",
@@ -177,3 +180,26 @@ def test_a_context_longer_than_the_model_is_named(tmp_path: Path) -> None:
     result = run_container(base, "bench", "--preset=smoke", "--model_shape=tiny", "--context_size=4096", timeout=240)
     assert result.returncode == EXIT_CONFIG, result.stdout[-3000:] + result.stderr[-3000:]
     assert "context_size=4096: the model's context is only" in (base / "output" / "failure").read_text()
+
+
+def test_sigterm_stops_a_mode_other_than_train_with_143(tmp_path: Path) -> None:
+    """docker stop or StopTrainingJob during bench (or viz): status 143 and a failure file. In the image Python is
+    PID 1, which a signal without a handler would not stop at all."""
+    base = tmp_path / "opt_ml"
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        container_cmd("bench", "--preset=smoke", "--model_shape=tiny"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "bench: writing a random" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 143, rest[-3000:]
+    assert "bench failed: Interrupted: stopped by SIGTERM" in (base / "output" / "failure").read_text()
