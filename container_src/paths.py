@@ -97,10 +97,10 @@ class ContainerPaths:
         if not path.is_dir():
             raise ConfigError(f"channel {name}: {path} is not a directory")
         if not any(path.iterdir()):
-            raise ConfigError(
-                f"channel {name}: {path} is empty; put the data in it, or remove it (and for prompts, set "
-                "prompt_ratio=0)"
-            )
+            if name == "prompts":  # docker compose mounts this one, export or not: it counts only where it is used
+                logger.info("channel prompts: %s is empty, so there are no prompts", path)
+                return None
+            raise ConfigError(f"channel {name}: {path} is empty; put the data in it, or remove it")
         return path
 
     def model_inputs(self, model_name: str) -> dict[str, Path | None]:

@@ -199,7 +199,8 @@ def _prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     stories_channel, prompts_channel = channels["tinystories"], channels["prompts"]
     if cfg.prompt_ratio > 0 and prompts_channel is None:
         raise ConfigError(
-            f"prompt_ratio={cfg.prompt_ratio}: there is no prompts channel ({paths.base}/input/data/prompts). "
+            f"prompt_ratio={cfg.prompt_ratio}: there is no prompts channel ({paths.base}/input/data/prompts is "
+            "missing or empty). "
             "Export the prompt collection and pass it as channel `prompts`, or set prompt_ratio=0 to train on "
             "TinyStories alone."
         )

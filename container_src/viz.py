@@ -215,7 +215,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         if channels["prompts"] is None:
             raise ConfigError(
                 f"viz compares the prompts with TinyStories, and there is no prompts channel ({paths.base}/input/data/"
-                "prompts). Pass the exported prompts as channel `prompts`."
+                "prompts is missing or empty). Pass the exported prompts as channel `prompts`."
             )
         prompts = data.load_prompts(channels["prompts"])
         stories, stories_identity = data.load_stories(

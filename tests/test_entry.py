@@ -35,6 +35,12 @@ def _empty_prompts(base: Path) -> None:
     Dataset.from_dict({"text": []}).save_to_disk(str(base / "input" / "data" / "prompts"))
 
 
+def _empty_prompts_folder(base: Path) -> None:
+    """What docker compose mounts when data/prompts does not exist: an empty folder."""
+    _no_prompts(base)
+    (base / "input" / "data" / "prompts").mkdir()
+
+
 def _empty_stories_channel(base: Path) -> None:
     stories = base / "input" / "data" / "tinystories"
     stories.unlink()
@@ -69,6 +75,7 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("prompt_ratio without prompts", {}, _no_prompts, ["prompt_ratio=0.1", "prompts channel", "prompt_ratio=0"]),
     ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
+    ("empty prompts folder", {}, _empty_prompts_folder, ["prompt_ratio=0.1", "prompts is missing or empty"]),
     ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty; put the data in it"]),
     (
         "stories without the evaluation's split",
@@ -254,3 +261,14 @@ def test_other_modes_keys_are_left_to_them_only_in_a_local_tree(
         assert "configuration key 'k' (from the hyperparameters) belongs to train and bench, not VizConfig" in failure
     else:  # past the configuration: viz finds no SAE to look at
         assert "holds no SAE" in failure
+
+
+def test_an_empty_prompts_folder_is_no_prompts_for_a_stories_only_run(opt_ml: Path) -> None:
+    """docker compose mounts data/prompts whether or not it holds an export; with prompt_ratio=0 an empty one is
+    simply no prompts."""
+    _empty_prompts_folder(opt_ml)
+    write_hyperparameters(opt_ml, {**TINY_RUN, "prompt_ratio": "0"})
+    result = run_container(opt_ml, "train")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "channel prompts: " in result.stdout and "is empty, so there are no prompts" in result.stdout
+    assert (opt_ml / "model" / "cfg.json").is_file()
