@@ -25,12 +25,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, from the lock only, so a code change rebuilds none of these layers. The same script is what
-# `make install` (and so CI) runs; nothing is installed when a container starts. One gap: the lock is resolved on a
-# CPU machine, so torch's CUDA runtime wheels (nvidia-*, cuda-*, triton) are not in it; they come with torch==2.13.0
-# as its Linux wheel's metadata requires: most at exact versions (CUDA 13.0), a few as ranges that resolve to the
-# newest match at build time (cuda-bindings, nvidia-nvjitlink, cuda-pathfinder, setuptools). CI, which installs the
-# CPU build, does not exercise them.
-COPY docker/install.sh docker/container.lock docker/
+# `make install` (and so CI) runs; nothing is installed when a container starts. The lock is resolved on a CPU
+# machine, so torch's CUDA wheels (nvidia-*, cuda-*, triton: CUDA 13.0) are pinned apart, in docker/cuda.lock,
+# resolved from PyPI for this platform by docker/relock.sh (some are ranges in torch's metadata). CI installs the
+# CPU build through the same script and so exercises those constraints only where the CPU build shares them.
+COPY docker/install.sh docker/container.lock docker/cuda.lock docker/
 RUN sh docker/install.sh python docker/container.lock
 
 COPY container_src/ container_src/

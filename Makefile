@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 
 # The image's dependency layer runs the same script (one lock, proved by CI): torch first, taking its own
 # dependencies at the locked versions (CPU build here, CUDA build in the image), then the locks without resolution.
-$(VENV)/.installed: docker/container.lock docker/host.lock docker/install.sh
+$(VENV)/.installed: docker/container.lock docker/cuda.lock docker/host.lock docker/install.sh
 	$(PYTHON) -m venv $(VENV)
 	sh docker/install.sh $(PY) docker/container.lock docker/host.lock
 	touch $@

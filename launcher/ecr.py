@@ -32,6 +32,7 @@ IMAGE_INPUTS = (
     "Dockerfile",
     ".dockerignore",
     "docker/container.lock",
+    "docker/cuda.lock",
     "docker/install.sh",
     "docker/train",
     "container_src",
