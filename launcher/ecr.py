@@ -177,7 +177,7 @@ def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -
         "build",
         "--platform",
         PLATFORM,
-        # one image manifest, no attestation index around it: SageMaker refuses image indexes
+        # one image manifest, no attestation index around it: SageMaker has been reported to refuse indexes
         "--provenance=false",
         "--label",
         f"org.opencontainers.image.revision={commit}",
