@@ -119,14 +119,19 @@ def _snippet_html(snippet: dict[str, Any]) -> str:
     return f'{text} <span class="muted">({html.escape(str(snippet["category"]))}, {snippet["activation"]:.2f})</span>'
 
 
+def _cell(value: float, shown: str) -> str:
+    """A table cell that sorts on ``value`` exactly, whatever it shows."""
+    return f'<td data-v="{value!r}">{shown}</td>'
+
+
 def _score_cell(score: float | None) -> str:
     """A score's table cell; no score sorts below every score."""
-    return '<td data-v="-Infinity">&ndash;</td>' if score is None else f"{score:.3f}"
+    return '<td data-v="-Infinity">&ndash;</td>' if score is None else _cell(score, f"{score:.3f}")
 
 
 def _number_cell(value: float) -> str:
-    """Three significant figures shown (a rare feature's rate is not rounded to 0), the exact value sorted on."""
-    return f'<td data-v="{value!r}">{value:.3g}</td>'
+    """Three significant figures shown (a rare feature's rate is not rounded to 0)."""
+    return _cell(value, f"{value:.3g}")
 
 
 def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[str, Any], out_file: Path) -> None:
@@ -142,17 +147,15 @@ def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[st
         f = r["feature"]
         link = f'<a href="dashboard.html#{f}">{f}</a>' if f in rendered else f'<span class="muted">{f}</span>'
         cells = [
-            str(rank_of[f]),
-            f'<td data-v="{f}">{link}</td>',
+            _cell(rank_of[f], str(rank_of[f])),
+            _cell(f, link),
             _score_cell(r["score"]),
-            f"{r['fires_prompts']:,}",
-            f"{r['fires_stories']:,}",
+            *[_cell(r[k], f"{r[k]:,}") for k in ("fires_prompts", "fires_stories")],
             *[_number_cell(r[k]) for k in ("freq_prompts", "freq_stories", "mean_act_prompts", "mean_act_stories")],
             *[_score_cell(r["categories"][c]["score"]) for c in categories],
         ]
         snippet = _snippet_html(r["snippets"][0]) if r.get("snippets") else ""
-        tds = "".join(c if c.startswith("<td") else f'<td data-v="{c.replace(",", "")}">{c}</td>' for c in cells)
-        body.append(f'<tr>{tds}<td class="snip">{snippet}</td></tr>')
+        body.append(f'<tr>{"".join(cells)}<td class="snip">{snippet}</td></tr>')
     tokens = summary["tokens"]
     used = tokens["prompts_by_category"]
     per_cat = ", ".join(
