@@ -95,7 +95,8 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     try:
         marker = json.loads((path / COMPLETE_MARKER).read_text())
         for name, written in marker["files"].items():
-            if _file_record(path / name) != written:
+            # the size first: a torn or foreign file is then skipped without reading it
+            if (path / name).stat().st_size != written["size"] or _file_record(path / name) != written:
                 return None
         return marker
     except (OSError, ValueError, KeyError, AttributeError):

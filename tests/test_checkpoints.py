@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from container_src import checkpoints
 from container_src.checkpoints import COMPLETE_MARKER, latest_checkpoint, precision_change, run_id, write_marker
 from container_src.config import TrainConfig
 
@@ -44,13 +45,20 @@ def test_latest_whole_checkpoint_wins(tmp_path: Path) -> None:
     assert found is not None and found[0] == final
 
 
-def test_a_checkpoint_whose_files_do_not_match_its_marker_is_skipped(tmp_path: Path) -> None:
+def test_a_checkpoint_whose_files_do_not_match_its_marker_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     older = _checkpoint(tmp_path, "2560")
     newer = _checkpoint(tmp_path, "5120")
     # as if an S3 sync brought the marker before the whole weights file
     (newer / "sae_weights.safetensors").write_bytes(b"w" * 10)
+    read: list[str] = []
+    digest = checkpoints._digest
+    monkeypatch.setattr(checkpoints, "_digest", lambda path: read.append(path.name) or digest(path))
     found = latest_checkpoint(tmp_path)
     assert found is not None and found[0] == older
+    assert read == ["sae_weights.safetensors", "trainer_state.pt"], read  # the older ones; the torn file is not read
+    monkeypatch.undo()
     (older / COMPLETE_MARKER).write_text("{not json")
     assert latest_checkpoint(tmp_path) is None
     marker = json.loads((newer / COMPLETE_MARKER).read_text())
