@@ -292,11 +292,14 @@ def _check_fresh_process(cache: Path) -> None:
         )
 
 
-def _output_path(key: str, value: str | None) -> Path | None:
-    """A file the bench will write, its folder created now: a bad path fails before any measurement."""
+def _output_path(key: str, value: str | None, paths: ContainerPaths) -> Path | None:
+    """A file the bench will write, its folder created now: a bad path fails before any measurement. In a job a
+    relative path is under model/, whose files come back in model.tar.gz (the working folder is discarded)."""
     if not value:
         return None
     path = Path(value).expanduser()
+    if paths.in_job() and not path.is_absolute():
+        path = paths.model_dir / path
     if path.is_dir():
         raise ConfigError(f"{key}={value!r}: is a folder; give a file path")
     try:
@@ -349,7 +352,7 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
     """Measure, print and write the figures; returns them."""
     cfg = resolved.config
     instance_type = _instance_type(cfg, paths)
-    json_path, profile_path = _output_path("json", cfg.json), _output_path("profile", cfg.profile)
+    json_path, profile_path = _output_path("json", cfg.json, paths), _output_path("profile", cfg.profile, paths)
 
     with tempfile.TemporaryDirectory(prefix="sae-bench-") as tmp:
         root = Path(tmp)

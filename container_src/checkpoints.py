@@ -44,10 +44,15 @@ _NOT_IN_RUN_ID = {
 }
 
 
+def trained_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that decide what a run trains: those that go into its run id."""
+    return {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
+
+
 def run_id(cfg: TrainConfig, data_identity: str) -> str:
     """A stable id from what is trained (config and data): a spot restart finds its own checkpoints and W&B run,
     and a changed config or a new prompt export starts a new run even under the same ``run_name``."""
-    trained = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
+    trained = trained_fields(cfg)
     trained["data"] = data_identity
     digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:10]
     prefix = cfg.run_name or f"{cfg.architecture}-k{cfg.k}"

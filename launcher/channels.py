@@ -14,7 +14,8 @@ from typing import Any
 
 from container_src.data import channel_fingerprint
 from launcher.aws import split_s3_uri
-from launcher.upload import UploadError, read_manifest
+from launcher.follow import UnknownJobError, describe
+from launcher.upload import UploadError, parse_s3_uri, read_manifest, remote_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,38 @@ def read_fingerprint(export_dir: Path) -> str:
         return read_manifest(export_dir)["fingerprint"]
     except UploadError as exc:
         raise ChannelError(str(exc)) from None
+
+
+def remote_export_fingerprint(s3: Any, uri: str) -> str:
+    """``--prompts s3://…``: the fingerprint of the export there (it tags the job), read before anything is pushed."""
+    try:
+        return remote_fingerprint(s3, uri)
+    except UploadError as exc:
+        raise ChannelError(f"--prompts: {exc}") from None
+
+
+def s3_prefix(flag: str, uri: str) -> str:
+    """``uri`` as a channel's S3 prefix, ending in ``/``: without it a channel on ``s3://b/prompts/2025-07`` would
+    also take in ``s3://b/prompts/2025-07b/``."""
+    try:
+        bucket, prefix = parse_s3_uri(uri)
+    except UploadError as exc:
+        raise ChannelError(f"{flag}: {exc}") from None
+    return f"s3://{bucket}/{prefix}"
+
+
+def check_sae_uri(uri: str) -> str:
+    """``--sae``: an S3 object or prefix (SageMaker would upload a local path itself, even in a dry run)."""
+    try:
+        bucket, key = split_s3_uri(uri)
+    except ValueError:
+        bucket, key = "", ""
+    if not bucket or not key.strip("/"):
+        raise ChannelError(
+            f"--sae {uri!r}: expected s3://BUCKET/KEY (a train job's model.tar.gz, or a prefix holding an SAE); "
+            "upload a local SAE folder first (aws s3 cp --recursive DIR s3://BUCKET/PREFIX/), or use --from-job"
+        )
+    return uri
 
 
 def check_local_dir(name: str, folder: Path) -> Path:
@@ -67,16 +100,9 @@ def upload_dir(s3: Any, folder: Path, s3_base: str, *, dry_run: bool = False) ->
 def _describe_train_job(sagemaker: Any, flag: str, job_name: str) -> dict[str, Any]:
     """The job named on ``flag``, checked to be a `train` job (a read-only call: it runs before any push)."""
     try:
-        job = sagemaker.describe_training_job(TrainingJobName=job_name)
-    except sagemaker.exceptions.ClientError as exc:
-        # SageMaker answers ValidationException for a name it does not know; anything else (access denied,
-        # throttling) is an AWS failure and keeps its own message.
-        if exc.response["Error"]["Code"] not in ("ValidationException", "ResourceNotFound"):
-            raise
-        raise ChannelError(
-            f"{flag} {job_name}: no such training job in this account and region; "
-            "check the name (the table printed when it was submitted lists it)"
-        ) from None
+        job = describe(sagemaker, job_name)
+    except UnknownJobError as exc:
+        raise ChannelError(f"{flag} {exc}") from None
     mode = job.get("HyperParameters", {}).get("mode", "train").strip('"')
     if mode != "train":
         raise ChannelError(f"{flag} {job_name}: it is a {mode} job; {flag} needs a train job")
@@ -98,8 +124,9 @@ def trained_model_artifact(sagemaker: Any, job_name: str) -> str:
     return artifact
 
 
-def resume_checkpoints(sagemaker: Any, job_name: str) -> str:
-    """The checkpoint S3 URI of an earlier train job that has ended, for a new job to resume from.
+def resume_checkpoints(sagemaker: Any, job_name: str) -> tuple[str, dict[str, str]]:
+    """The checkpoint S3 URI of an earlier train job that has ended, for a new job to resume from, and that job's
+    hyperparameters.
 
     A job still running (or stopping) keeps writing there, and two jobs writing one checkpoint folder would mix
     their states, so only an ended job is accepted.
@@ -116,4 +143,4 @@ def resume_checkpoints(sagemaker: Any, job_name: str) -> str:
         raise ChannelError(
             f"--resume-from {job_name}: that job had no checkpoint location, so there is nothing to resume"
         )
-    return uri
+    return uri, job.get("HyperParameters", {})

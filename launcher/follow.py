@@ -26,6 +26,24 @@ class TargetExistsError(ValueError):
     """The download folder already holds this job; nothing is overwritten."""
 
 
+class UnknownJobError(ValueError):
+    """No training job of that name in this account and region."""
+
+
+def describe(sagemaker: Any, job_name: str) -> dict[str, Any]:
+    """DescribeTrainingJob; a name SageMaker does not know (it answers ValidationException) is UnknownJobError,
+    while anything else (access denied, throttling) is an AWS failure and keeps its own message."""
+    try:
+        return sagemaker.describe_training_job(TrainingJobName=job_name)
+    except sagemaker.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("ValidationException", "ResourceNotFound"):
+            raise
+        raise UnknownJobError(
+            f"{job_name}: no such training job in this account and region; "
+            "check the name (the table printed when it was submitted lists it)"
+        ) from None
+
+
 def _print_new_events(logs: Any, job_name: str, tokens: dict[str, str], out: TextIO) -> None:
     try:
         streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_name}/")["logStreams"]
@@ -53,7 +71,7 @@ def follow(
     tokens: dict[str, str] = {}
     last = ""
     while True:
-        job = sagemaker.describe_training_job(TrainingJobName=job_name)
+        job = describe(sagemaker, job_name)
         status = f"{job['TrainingJobStatus']} ({job.get('SecondaryStatus', '')})"
         if status != last:
             logger.info("%s: %s", job_name, status)

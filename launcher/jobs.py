@@ -52,6 +52,8 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
         key, eq, value = item.partition("=")
         if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
             raise JobError(f"{flag} {item!r}: expected key=value, for example {flag} k=32")
+        if key.strip() in out:
+            raise JobError(f"{flag} {key.strip()}: given twice ({out[key.strip()]!r} and {value!r}); keep one")
         out[key.strip()] = value
     return out
 
@@ -83,6 +85,9 @@ def read_config_file(path: Path) -> dict[str, str]:
         data = read_json_object(path, "--config")
     except ConfigError as exc:
         raise JobError(str(exc)) from None
+    if nulls := sorted(k for k, v in data.items() if v is None):
+        # as a hyperparameter null would be the text "null", which a text setting takes as its value
+        raise JobError(f"--config {path}: {', '.join(nulls)}: null; leave the key out to keep its default")
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
@@ -106,6 +111,11 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
                 f"mode={given['mode']} (from {source}) disagrees with --mode {mode}; the job's mode is --mode, "
                 f"so remove mode from {source} or change --mode"
             )
+    if "config" in base or "config" in overrides:
+        raise JobError(
+            "config: a file path would be read inside the job, where it does not exist; pass the file with "
+            "--config FILE, whose values are sent"
+        )
     values = {**base, **overrides, "mode": mode}
     for key, value in values.items():
         why = "names a credential" if looks_like_secret(key) else ""
@@ -124,6 +134,11 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
     return values
 
 
+def config_of(mode: str, values: dict[str, str]) -> Any:
+    """``values`` as the container's config for ``mode`` (they passed :func:`hyperparameters`' check)."""
+    return resolve(values, schema=CONTAINER_MODES[mode][0]).config
+
+
 def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> list[str]:
     """Refuse what cannot work; return warnings for what works badly."""
     if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9]+", instance_type):
@@ -136,9 +151,9 @@ def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> lis
     warnings = []
     if not gpu:
         warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
+    if instance_type.startswith(NO_BF16) and values.get("precision", "auto").strip('"') == "bf16":
+        raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
     if mode == "train" and instance_type.startswith(NO_BF16):
-        if values.get("precision", "auto").strip('"') == "bf16":
-            raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
         warnings.append(
             f"{instance_type} has no native bf16: training runs in fp32 (twice the memory, slower); "
             f"{DEFAULT_INSTANCE} (A10G) or ml.g6.xlarge (L4) train in bf16"

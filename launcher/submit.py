@@ -8,9 +8,10 @@
     python launcher/submit.py follow JOB_NAME [--download DIR]
 
 Settings (region, role, bucket, image repository) come from launcher/settings.toml or SAE_* variables (see
-launcher/settings.py). Every check of the input runs before the first AWS call; the earlier jobs that --from-job and
---resume-from name are then looked up (read-only) before anything is pushed or uploaded. Exit status: 0 done, 2 bad
-input, 1 an AWS, Docker or job failure.
+launcher/settings.py). Every check of the input runs before the first AWS call; then the read-only look-ups (the
+earlier jobs that --from-job and --resume-from name, the W&B secret, an S3 export's manifest) and the SageMaker SDK's
+checks of each request run before anything is pushed or uploaded. Exit status: 0 done, 2 bad input, 1 an AWS, Docker
+or job failure.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +30,32 @@ if not __package__:  # run as a script: make the project's packages importable
 
 from botocore.exceptions import NoCredentialsError
 
+from container_src.checkpoints import trained_fields
 from container_src.config import ConfigError
 from container_src.data import check_eval_split
+from container_src.paths import hub_cache_env
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
 from launcher.channels import (
     ChannelError,
     check_local_dir,
+    check_sae_uri,
     read_fingerprint,
+    remote_export_fingerprint,
     resume_checkpoints,
+    s3_prefix,
     trained_model_artifact,
     upload_dir,
 )
-from launcher.follow import FetchError, TargetExistsError, check_succeeded, download, download_target, follow
+from launcher.follow import (
+    FetchError,
+    TargetExistsError,
+    UnknownJobError,
+    check_succeeded,
+    download,
+    download_target,
+    follow,
+)
 from launcher.secret import SecretError, secret_exists, store_wandb_key
 from launcher.settings import Settings, SettingsError
 from launcher.upload import upload_export
@@ -49,7 +64,8 @@ logger = logging.getLogger("launcher")
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 ACTIONS = ("push", "secret", "follow")
 DEFAULT_PROMPTS = Path("data/prompts")
-INPUT_ERRORS = (jobs.JobError, SettingsError, ChannelError, SecretError, TargetExistsError)
+PLANNED_IMAGE_TAG = "planned"  # the image of the requests the SDK checks before the push, which names the real one
+INPUT_ERRORS = (jobs.JobError, SettingsError, ChannelError, SecretError, TargetExistsError, UnknownJobError)
 
 
 def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -163,10 +179,14 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
     for warning in dict.fromkeys(w for v in values for w in jobs.check_instance(args.mode, args.instance_type, v)):
         logger.warning("%s", warning)
     args.max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)
+    if args.volume_gb < 1:
+        raise jobs.JobError(f"--volume-gb {args.volume_gb}: must be at least 1 (GB of the job's storage volume)")
     if args.mode != "viz" and (args.from_job or args.sae):
         raise jobs.JobError("--from-job and --sae feed a viz job's sae channel; use them with --mode viz")
     if args.mode == "viz" and bool(args.from_job) == bool(args.sae):
         raise jobs.JobError("--mode viz needs its SAE: give --from-job TRAIN_JOB or --sae s3://…")
+    if args.sae:
+        check_sae_uri(args.sae)
     if args.resume_from and (args.mode != "train" or len(runs) > 1):
         raise jobs.JobError("--resume-from continues one train job; it cannot be used with viz, bench or a sweep")
     if args.download and not args.wait:
@@ -177,12 +197,17 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
     if needs_prompts and not args.prompts.startswith("s3://"):
         read_fingerprint(Path(args.prompts))  # a missing export fails here, not after the image is pushed
     args.prompts = args.prompts if needs_prompts else None
-    for name in ("model", "tinystories"):
-        if getattr(args, name) and not getattr(args, name).startswith("s3://"):
-            check_local_dir(name, Path(getattr(args, name)))
+    for name in ("prompts", "model", "tinystories"):
+        source = getattr(args, name)
+        if source and source.startswith("s3://"):
+            setattr(args, name, s3_prefix(f"--{name}", source))
+        elif source and name != "prompts":
+            check_local_dir(name, Path(source))
+    if args.model and not args.model.startswith("s3://"):
+        _check_model_cache(Path(args.model), args.mode, values)
     if args.mode == "train" and args.tinystories and not args.tinystories.startswith("s3://"):
         for v in values:  # the job would refuse a folder without the evaluation's split, after starting
-            cfg = jobs.resolve(v).config
+            cfg = jobs.config_of("train", v)
             try:
                 check_eval_split(Path(args.tinystories), cfg.tinystories_eval_split, cfg.tinystories_split)
             except ConfigError as exc:
@@ -195,46 +220,83 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
     return settings, runs, values, names
 
 
+def _check_model_cache(folder: Path, mode: str, values: list[dict[str, str]]) -> None:
+    """A local --model folder must hold each run's model in the hub-cache layout, which the job would check only
+    once it had started."""
+    for v in values:
+        model_name = getattr(jobs.config_of(mode, v), "model_name", None)
+        if model_name:  # viz without one takes the SAE's model, known only in the job
+            try:
+                hub_cache_env(folder, model_name)
+            except ConfigError as exc:
+                raise jobs.JobError(f"--model {folder}: {exc}") from None
+
+
+def _check_same_run(job_name: str, earlier: dict[str, str], values: dict[str, str]) -> None:
+    """--resume-from goes on from the earlier job's checkpoints only when the new job trains what that one did:
+    other settings make another run id, and the job would train afresh beside them."""
+    try:
+        before = trained_fields(jobs.config_of("train", earlier))
+    except ConfigError as exc:
+        logger.warning("--resume-from %s: its hyperparameters are not readable here (%s); not compared", job_name, exc)
+        return
+    now = trained_fields(jobs.config_of("train", values))
+    differ = [f"{key}={before[key]!r} there, {now[key]!r} here" for key in before if before[key] != now[key]]
+    if differ:
+        raise jobs.JobError(
+            f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
+            "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE), or leave out "
+            "--resume-from to start a new run"
+        )
+
+
 def _prompt_ratio(values: dict[str, str]) -> float:
     if "prompt_ratio" in values:
         return float(values["prompt_ratio"].strip('"'))
-    return jobs.resolve(values).config.prompt_ratio
+    return jobs.config_of("train", values).prompt_ratio
 
 
-def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None]:
+def _earlier_jobs(
+    args: argparse.Namespace, settings: Settings, values: list[dict[str, str]]
+) -> tuple[str | None, str | None]:
     """(the sae channel of --from-job, the checkpoints of --resume-from), or None each when not given.
 
-    Read-only describe calls, made before the image is pushed or anything is uploaded: a mistyped or unfinished job
-    is refused before that work, not after it.
+    Read-only describe calls, made before the image is pushed or anything is uploaded: a mistyped or unfinished job,
+    or a --resume-from whose settings differ, is refused before that work, not after it.
     """
     if not (args.from_job or args.resume_from):
         return None, None
     sagemaker = client_for("sagemaker", settings.region)
     sae = trained_model_artifact(sagemaker, args.from_job) if args.from_job else None
-    checkpoints = resume_checkpoints(sagemaker, args.resume_from) if args.resume_from else None
+    checkpoints = None
+    if args.resume_from:
+        checkpoints, earlier = resume_checkpoints(sagemaker, args.resume_from)
+        _check_same_run(args.resume_from, earlier, values[0])  # one run: --resume-from refuses a sweep
     return sae, checkpoints
 
 
 def _channels(
-    args: argparse.Namespace, settings: Settings, s3: Any, from_job_sae: str | None
+    args: argparse.Namespace, settings: Settings, s3: Any, from_job_sae: str | None, *, upload: bool
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Channel name -> S3 URI (uploading local folders unless dry run), and the tags they contribute."""
+    """Channel name -> S3 URI, and the tags they contribute. Local folders go under prefixes named by their content,
+    so their URIs are known before they are uploaded (``upload``); an S3 export's manifest is read for its tag."""
     channels: dict[str, str] = {}
     tags: dict[str, str] = {}
     if args.prompts:
         if args.prompts.startswith("s3://"):
             channels["prompts"] = args.prompts
+            tags["prompts-fingerprint"] = remote_export_fingerprint(s3, args.prompts)
         else:
             fingerprint = read_fingerprint(Path(args.prompts))
             tags["prompts-fingerprint"] = fingerprint
             uri = settings.s3_uri("prompts", fingerprint[:16]) + "/"
-            channels["prompts"] = uri if args.dry_run else upload_export(Path(args.prompts), uri, s3_client=s3)
+            channels["prompts"] = upload_export(Path(args.prompts), uri, s3_client=s3) if upload else uri
     for name in ("model", "tinystories"):
         source = getattr(args, name)
         if source:
             local = None if source.startswith("s3://") else Path(source).resolve()
             base = settings.s3_uri("channels", name)
-            channels[name] = upload_dir(s3, local, base, dry_run=args.dry_run) if local else source
+            channels[name] = upload_dir(s3, local, base, dry_run=not upload) if local else source
     if from_job_sae:
         channels["sae"] = from_job_sae
         tags["from-job"] = args.from_job
@@ -261,32 +323,16 @@ def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]
 
 def _submit(args: argparse.Namespace) -> int:
     settings, runs, values, names = _prepare(args)
-    # From here on AWS is called: first the read-only look-ups, then the push and the uploads.
-    from_job_sae, checkpoint_from = _earlier_jobs(args, settings)
-    if args.image:
-        digest = args.image.partition("@")[2] or None
-        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit=ecr.git_commit(), digest=digest)
-    else:
-        image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
-    s3 = client_for("s3", settings.region)
-    if not args.dry_run:
-        ensure_bucket(s3, settings.bucket, settings.region)
-    channels, channel_tags = _channels(args, settings, s3, from_job_sae)
+    # From here on AWS is called: read-only look-ups and the SDK's checks, then the push, the uploads and the jobs.
+    from_job_sae, checkpoint_from = _earlier_jobs(args, settings, values)
     environment = _environment(args, settings)
-    sagemaker = client_for("sagemaker", settings.region)
-    rows = [["job", *(runs[0].keys()), "instance", "spot", "state"]]
-    for name, run, hp in zip(names, runs, values, strict=True):
-        tags = {
-            "git-commit": image.commit,
-            "image-digest": image.digest or "unknown",
-            "mode": args.mode,
-            **channel_tags,
-            **({"sweep": " ".join(f"{k}={v}" for k, v in run.items())} if run else {}),
-        }
-        spec = jobs.JobSpec(
+    s3 = client_for("s3", settings.region)
+    channels, channel_tags = _channels(args, settings, s3, from_job_sae, upload=False)
+    specs = [
+        jobs.JobSpec(
             name=name,
             mode=args.mode,
-            image=image.reference,
+            image=args.image or f"{settings.image_repository}:{PLANNED_IMAGE_TAG}",
             hyperparameters=hp,
             channels=channels,
             output_uri=settings.s3_uri("jobs"),
@@ -301,17 +347,52 @@ def _submit(args: argparse.Namespace) -> int:
             else None,
             network_isolation=args.network_isolation,
             environment=environment,
-            tags=tags,
+            tags={
+                "mode": args.mode,
+                **channel_tags,
+                **({"sweep": " ".join(f"{k}={v}" for k, v in run.items())} if run else {}),
+            },
         )
-        request = jobs.build_request(spec, settings)
-        _check_no_secret(request)
-        if args.dry_run:
-            _write(json.dumps(request, indent=2, default=str) + "\n")
-            state = "dry run"
-        else:
-            sagemaker.create_training_job(**request)
-            state = "submitted"
-        rows.append([name, *run.values(), args.instance_type, "yes" if args.spot else "no", state])
+        for name, run, hp in zip(names, runs, values, strict=True)
+    ]
+    for spec in specs:  # the SDK checks each request (the role with IAM, among others) before anything is pushed
+        _check_no_secret(jobs.build_request(spec, settings))
+    if not args.dry_run:
+        ensure_bucket(s3, settings.bucket, settings.region)
+    if args.image:
+        digest = args.image.partition("@")[2] or None
+        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit=ecr.git_commit(), digest=digest)
+    else:
+        image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
+    if not args.dry_run:
+        channels, _ = _channels(args, settings, s3, from_job_sae, upload=True)
+    sagemaker = client_for("sagemaker", settings.region)
+    rows = [["job", *(runs[0].keys()), "instance", "spot", "state"]]
+    submitted: list[str] = []
+    try:
+        for spec, run in zip(specs, runs, strict=True):
+            tags = {"git-commit": image.commit, "image-digest": image.digest or "unknown", **spec.tags}
+            request = jobs.build_request(replace(spec, image=image.reference, channels=channels, tags=tags), settings)
+            _check_no_secret(request)
+            if args.dry_run:
+                _write(json.dumps(request, indent=2, default=str) + "\n")
+                state = "dry run"
+            else:
+                sagemaker.create_training_job(**request)
+                submitted.append(spec.name)
+                logger.info("submitted %s", spec.name)
+                state = "submitted"
+            rows.append([spec.name, *run.values(), args.instance_type, "yes" if args.spot else "no", state])
+    except BaseException:
+        if submitted:
+            logger.error(
+                "%d of %d jobs were submitted before the error below and run on: %s. Follow them with "
+                "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job --training-job-name JOB`",
+                len(submitted),
+                len(specs),
+                ", ".join(submitted),
+            )
+        raise
     _write(_table(rows))
     if args.wait:
         return _follow_and_fetch(names, args, settings.region, stream_logs=len(names) == 1)
@@ -320,6 +401,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _main(argv: list[str]) -> int:
     action = argv[0] if argv and argv[0] in ACTIONS else "submit"
+    misplaced = next((a for a in argv if a in ACTIONS), None)
+    if action == "submit" and misplaced and not any(a.startswith("--mode") for a in argv):
+        raise jobs.JobError(f"{misplaced}: an action comes first, before its options (submit.py {misplaced} …)")
     if action == "submit":
         return _submit(_submit_parser().parse_args(argv))
     if action == "follow":

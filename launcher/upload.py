@@ -81,6 +81,20 @@ def _remote_manifest(s3: Any, bucket: str, prefix: str) -> dict[str, Any] | None
     return manifest if isinstance(manifest, dict) else {}
 
 
+def remote_fingerprint(s3: Any, s3_uri: str) -> str:
+    """The fingerprint of the export under ``s3_uri``, read from its manifest (a read-only call)."""
+    bucket, prefix = parse_s3_uri(s3_uri)
+    uri = f"s3://{bucket}/{prefix}"
+    with _s3_errors(uri):
+        remote = _remote_manifest(s3, bucket, prefix)
+    if not remote or not isinstance(remote.get("fingerprint"), str) or not remote["fingerprint"]:
+        raise UploadError(
+            f"{uri} holds no export ({MANIFEST} with a fingerprint is missing there); check the prefix, or upload "
+            "one with `export_prompts.py --s3-uri` (or give the export folder, which submit.py uploads)"
+        )
+    return remote["fingerprint"]
+
+
 def check_remote(s3_uri: str, fingerprint: str, *, force: bool = False, s3_client: Any = None) -> bool:
     """True when the prefix already holds this very export. Raises when it holds something else, unless force."""
     bucket, prefix = parse_s3_uri(s3_uri)

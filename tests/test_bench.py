@@ -39,7 +39,8 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     (base / "input" / "config" / "resourceconfig.json").write_text(
         json.dumps({"current_instance_type": "ml.g5.xlarge"})
     )
-    out, profile = tmp_path / "figures" / "bench.json", tmp_path / "figures" / "profile.txt"
+    # in a job a relative path is under model/, which comes back in model.tar.gz
+    out, profile = tmp_path / "figures" / "bench.json", base / "model" / "figures" / "profile.txt"
     result = run_container(
         base,
         "bench",
@@ -50,7 +51,7 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         "--lm_batches=1",
         "--training_tokens=204800",
         f"--json={out}",
-        f"--profile={profile}",
+        "--profile=figures/profile.txt",
         timeout=240,
     )
     assert result.returncode == EXIT_OK, result.stdout[-3000:] + result.stderr[-3000:]
@@ -103,7 +104,7 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     adam = next(line for line in table.splitlines() if "aten::_fused_adam" in line)
     assert adam.split()[-1] == "3", adam  # the last column counts the calls
     # The bench trained in a temporary tree of its own: nothing of a run is left in the caller's.
-    assert sorted(p.name for p in (base / "model").iterdir()) == ["bench.json"]
+    assert sorted(p.name for p in (base / "model").iterdir()) == ["bench.json", "figures"]
     assert not (base / "checkpoints").exists()
 
 

@@ -194,6 +194,18 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "train", "--spot", "--max-run", "7200", "--max-wait", "3600"], {}, "at least --max-run"),
         (["--mode", "train", "--prompts", "/nonexistent/export"], {}, "export the prompts first"),
         (["--mode", "train", "--network-isolation"], {}, "give --model and --tinystories"),
+        (["--mode", "train", "--set", "k=32", "--set", "k=64"], {}, "--set k: given twice ('32' and '64')"),
+        (["--mode", "train", "--set", "config=run.json"], {}, "config: a file path would be read inside the job"),
+        (["--mode", "train", "--volume-gb", "0"], {}, "--volume-gb 0: must be at least 1"),
+        (["--mode", "bench", "--instance-type", "ml.g4dn.xlarge", "--set", "precision=bf16"], {}, "no native bf16"),
+        # the SDK would upload a local path itself, even in a dry run
+        (["--mode", "viz", "--sae", "saes/run1"], {}, "--sae 'saes/run1': expected s3://BUCKET/KEY"),
+        (["--mode", "viz", "--sae", "s3://b/"], {}, "expected s3://BUCKET/KEY"),
+        (["--mode", "train", "--prompts", "s3://b"], {}, "--prompts: 's3://b': expected s3://BUCKET/PREFIX"),
+        (["--mode", "train", "--tinystories", "s3:///x"], {}, "--tinystories: 's3:///x' is not an S3 URI"),
+        # a folder that is not a hub cache (here the prompt export), refused before the job would refuse it
+        (["--mode", "train", "--model", "EXPORT"], {}, "is not a Hugging Face hub-cache layout"),
+        (["--settings", "launcher/settings.toml", "push"], {}, "push: an action comes first"),
     ],
 )
 def test_bad_input_is_refused_before_any_aws_call(
@@ -208,6 +220,7 @@ def test_bad_input_is_refused_before_any_aws_call(
 ) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    argv = [str(export) if a == "EXPORT" else a for a in argv]
     if "--prompts" not in argv:
         argv = [*argv, "--prompts", str(export)]
     assert _refused(aws, capsys, caplog, argv, message) == []
@@ -243,7 +256,8 @@ def test_mode_and_the_wandb_key_in_hyperparameters_are_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """--mode decides the job's mode: another mode in --config or --set is an error, not silently replaced. A value
-    that holds the local W&B key is refused under any key name, and the key itself is never logged."""
+    that holds the local W&B key is refused under any key name, and the key itself is never logged. A null in
+    --config is refused too."""
     config = tmp_path / "job.json"
     config.write_text(json.dumps({"mode": "viz", "preset": "smoke"}))
     base = ["--prompts", str(export)]
@@ -260,6 +274,10 @@ def test_mode_and_the_wandb_key_in_hyperparameters_are_refused(
             "run_name: secrets never go in hyperparameters (this one holds the value of WANDB_API_KEY)",
         )
     )
+    # a null would go as the text "null", which model_name would take as a model's name
+    nulls = tmp_path / "nulls.json"
+    nulls.write_text(json.dumps({"preset": "smoke", "model_name": None, "k": 4}))
+    refusals.append((["--mode", "train", "--config", str(nulls)], "model_name: null; leave the key out"))
     for argv, message in refusals:
         assert _refused(aws, capsys, caplog, [*argv, *base], message) == []
     # the key elsewhere in the request (here a channel's URI) is caught by the last check, before the request is sent
@@ -538,12 +556,13 @@ def jobs_in_progress(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> It
     proxy.shutdown()
 
 
-def _make_job(name: str, mode: str = "train", checkpoints: bool = True) -> str:
-    """A training job put straight into moto (no launcher): a train job with or without checkpoints, or another mode."""
+def _make_job(name: str, mode: str = "train", checkpoints: bool = True, **values: str) -> str:
+    """A training job put straight into moto (no launcher): a train job with or without checkpoints, or another mode,
+    with ``values`` among its hyperparameters."""
     extra = {"CheckpointConfig": {"S3Uri": f"s3://elsewhere/checkpoints/{name}/"}} if checkpoints else {}
     boto3.client("sagemaker").create_training_job(
         TrainingJobName=name,
-        HyperParameters={"mode": mode},
+        HyperParameters={"mode": mode, **values},
         AlgorithmSpecification={"TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1",
                                 "TrainingInputMode": "File"},
         RoleArn="arn:aws:iam::123456789012:role/sae-test",
@@ -592,9 +611,16 @@ def test_earlier_jobs_are_checked_before_the_push_and_uploads(
 def test_resume_from_an_ended_job_reuses_its_checkpoints(
     aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    earlier = _make_job("sae-train-earlier")
-    code, out = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--resume-from", earlier, "--prompts",
-                     str(export))  # fmt: skip
+    """It goes on only with the settings that decide the run id: other ones would train afresh beside the earlier
+    checkpoints. Settings outside the run id (log_every) may change."""
+    earlier = _make_job("sae-train-earlier", preset="smoke", k="4", log_every="5")
+    base = ["--mode", "train", "--set", "preset=smoke", "--resume-from", earlier, "--prompts", str(export)]
+    _recorder(aws["endpoint"], "reset-recording")
+    _recorder(aws["endpoint"], "start-recording")
+    assert _refused(aws, capsys, caplog, base, "the settings differ (k=4 there, 8 here)") == [
+        "SageMaker.DescribeTrainingJob"
+    ]
+    code, out = _run(capsys, *base, "--set", "k=4")
     assert code == 0, caplog.text
     [name] = _job_names(out)
     assert _job(name)["CheckpointConfig"]["S3Uri"] == f"s3://elsewhere/checkpoints/{earlier}/"
@@ -634,6 +660,89 @@ def test_two_submits_in_the_same_second_make_two_jobs(
         names += _job_names(out)
     assert len(set(names)) == 2
     assert [_job(name)["HyperParameters"]["k"] for name in names] == ["16", "32"]
+
+
+def test_the_sdks_checks_run_before_the_push_and_uploads(
+    aws: dict[str, Any],
+    export: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With its IAM check on, the SDK refuses the role (moto does not serve the policy simulation it calls): that
+    must come before the image is built and the prompts are uploaded, not after."""
+    monkeypatch.delenv("SAGEMAKER_VALIDATE_ROLE")
+    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export)]
+    sent = _refused(aws, capsys, caplog, argv, "the SageMaker SDK refused the job")
+    assert not [a for a in sent if a.startswith(("PUT", "AmazonEC2ContainerRegistry"))], sent
+
+
+def test_s3_prompts_are_an_export_named_as_a_prefix(
+    aws: dict[str, Any],
+    export: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--prompts s3://… must hold an export (its manifest's fingerprint tags the job) and is sent as a prefix
+    ending in /, so it cannot take in a sibling prefix such as 2025-07b/."""
+    from launcher.upload import upload_export
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=aws["bucket"])
+    upload_export(export, f"s3://{aws['bucket']}/prompts/2025-07", s3_client=s3)
+    _recorder(aws["endpoint"], "reset-recording")
+    _recorder(aws["endpoint"], "start-recording")
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
+    base = ["--mode", "train", "--set", "preset=smoke", "--image", image]
+    missing = f"s3://{aws['bucket']}/prompts/2025-08"
+    sent = _refused(aws, capsys, caplog, [*base, "--prompts", missing], f"{missing}/ holds no export")
+    assert not [a for a in sent if a.startswith("PUT") or "CreateTrainingJob" in a], sent
+    code, out = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}/prompts/2025-07")
+    assert code == 0, caplog.text
+    [name] = _job_names(out)
+    job = _job(name)
+    [channel] = job["InputDataConfig"]
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{aws['bucket']}/prompts/2025-07/"
+    assert _tags(job)["prompts-fingerprint"] == json.loads((export / "manifest.json").read_text())["fingerprint"]
+
+
+def test_a_sweep_that_fails_part_way_names_the_jobs_it_started(
+    aws: dict[str, Any],
+    export: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The second CreateTrainingJob is refused (a quota moto does not enforce, so the refusal is injected)."""
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    real, calls = BaseClient._make_api_call, []  # pyright: ignore[reportPrivateUsage]
+
+    def refuse_second(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "CreateTrainingJob":
+            calls.append(params["TrainingJobName"])
+            if len(calls) == 2:
+                error = {"Error": {"Code": "ResourceLimitExceeded", "Message": "account limit"}}
+                raise ClientError(error, operation)  # pyright: ignore[reportArgumentType]
+        return real(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", refuse_second)
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
+    code, out = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--sweep", "k=4,8", "--image", image,
+                     "--prompts", str(export))  # fmt: skip
+    assert code == submit.EXIT_FAILED and out == ""
+    assert f"1 of 2 jobs were submitted before the error below and run on: {calls[0]}" in caplog.text
+    assert "ResourceLimitExceeded" in caplog.text
+    assert _job(calls[0])["HyperParameters"]["k"] == "4"  # it was created (moto completes jobs at once)
+
+
+def test_following_an_unknown_job_is_bad_input(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    code, _ = _run(capsys, "follow", "sae-train-nope", "--no-logs")
+    assert code == submit.EXIT_INPUT
+    assert "sae-train-nope: no such training job in this account and region" in caplog.text
 
 
 def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], export: Path) -> None:
