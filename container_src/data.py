@@ -52,11 +52,12 @@ def _data_files(channel: Path) -> list[Path]:
     return sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
 
 
-def channel_fingerprint(channel: Path) -> str:
-    """A hash of a channel's file names and contents. Unlike datasets' own fingerprint it survives the fresh
-    download SageMaker makes on a restart, which changes every file's modification time."""
+def channel_fingerprint(channel: Path, files: list[Path] | None = None) -> str:
+    """A hash of a channel's file names and contents (of ``files`` in it, when given). Unlike datasets' own
+    fingerprint it survives the fresh download SageMaker makes on a restart, which changes every file's modification
+    time."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in channel.rglob("*") if p.is_file()):
+    for path in sorted(files if files is not None else (p for p in channel.rglob("*") if p.is_file())):
         digest.update(path.relative_to(channel).as_posix().encode() + b"\0")
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

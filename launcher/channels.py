@@ -71,13 +71,28 @@ def check_local_dir(name: str, folder: Path) -> Path:
     return folder
 
 
-def upload_dir(s3: Any, folder: Path, s3_base: str, *, dry_run: bool = False) -> str:
-    """Upload ``folder`` to ``<s3_base>/<content hash>/`` unless it is already there; returns that prefix URI.
+def model_files(folder: Path, model_names: set[str] | None) -> list[Path]:
+    """What a job reads of a hub-cache ``--model`` folder: ``refs/`` and ``snapshots/`` of each model named (of every
+    model when a run names none). Not ``blobs/``: the snapshots' files are links to it, uploaded as the files they
+    point at, so both would send every file twice. Nor the other models a user's own cache holds."""
+    hub = folder / "hub" if (folder / "hub").is_dir() else folder
+    entries = (
+        [hub / ("models--" + name.replace("/", "--")) for name in sorted(model_names)]
+        if model_names is not None
+        else sorted(hub.glob("models--*"))
+    )
+    read = [entry / part for entry in entries for part in ("refs", "snapshots")]
+    return sorted(p for part_dir in read for p in part_dir.rglob("*") if p.is_file())
+
+
+def upload_dir(s3: Any, folder: Path, s3_base: str, *, files: list[Path] | None = None, dry_run: bool = False) -> str:
+    """Upload ``folder`` (only ``files`` in it, when given) to ``<s3_base>/<content hash>/`` unless it is already
+    there; returns that prefix URI.
 
     A marker object beside the prefix (not inside it, where the container would read it as data) says the
     upload finished.
     """
-    fingerprint = channel_fingerprint(folder)  # the container's own hash of a channel's files
+    fingerprint = channel_fingerprint(folder, files)  # the container's own hash of a channel's files
     bucket, base = split_s3_uri(s3_base.rstrip("/"))
     prefix, marker = f"{base}/{fingerprint}/", f"{base}/{fingerprint}.complete"
     uri = f"s3://{bucket}/{prefix}"
@@ -89,7 +104,7 @@ def upload_dir(s3: Any, folder: Path, s3_base: str, *, dry_run: bool = False) ->
         return uri
     except s3.exceptions.ClientError:
         pass
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = files if files is not None else sorted(p for p in folder.rglob("*") if p.is_file())
     for path in files:
         s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
     s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())

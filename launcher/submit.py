@@ -40,6 +40,7 @@ from launcher.channels import (
     ChannelError,
     check_local_dir,
     check_sae_uri,
+    model_files,
     read_fingerprint,
     remote_export_fingerprint,
     resume_checkpoints,
@@ -204,7 +205,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
         elif source and name != "prompts":
             check_local_dir(name, Path(source))
     if args.model and not args.model.startswith("s3://"):
-        _check_model_cache(Path(args.model), args.mode, values)
+        args.model_names = _check_model_cache(Path(args.model), args.mode, values)
+        if not model_files(Path(args.model).resolve(), args.model_names):
+            raise jobs.JobError(
+                f"--model {args.model}: no models--*/refs or snapshots files in it; give a Hugging Face hub cache "
+                "(or $HF_HOME) that holds the model"
+            )
     if args.mode == "train" and args.tinystories and not args.tinystories.startswith("s3://"):
         for v in values:  # the job would refuse a folder without the evaluation's split, after starting
             cfg = jobs.config_of("train", v)
@@ -220,16 +226,21 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
     return settings, runs, values, names
 
 
-def _check_model_cache(folder: Path, mode: str, values: list[dict[str, str]]) -> None:
+def _check_model_cache(folder: Path, mode: str, values: list[dict[str, str]]) -> set[str] | None:
     """A local --model folder must hold each run's model in the hub-cache layout, which the job would check only
-    once it had started."""
+    once it had started. Returns the models the runs name, or None when one names none (viz then takes the SAE's
+    model, known only in the job)."""
+    names: set[str] = set()
     for v in values:
         model_name = getattr(jobs.config_of(mode, v), "model_name", None)
-        if model_name:  # viz without one takes the SAE's model, known only in the job
-            try:
-                hub_cache_env(folder, model_name)
-            except ConfigError as exc:
-                raise jobs.JobError(f"--model {folder}: {exc}") from None
+        if not model_name:
+            return None
+        try:
+            hub_cache_env(folder, model_name)
+        except ConfigError as exc:
+            raise jobs.JobError(f"--model {folder}: {exc}") from None
+        names.add(model_name)
+    return names
 
 
 def _check_same_run(job_name: str, earlier: dict[str, str], values: dict[str, str]) -> None:
@@ -293,10 +304,12 @@ def _channels(
             channels["prompts"] = upload_export(Path(args.prompts), uri, s3_client=s3) if upload else uri
     for name in ("model", "tinystories"):
         source = getattr(args, name)
-        if source:
-            local = None if source.startswith("s3://") else Path(source).resolve()
-            base = settings.s3_uri("channels", name)
-            channels[name] = upload_dir(s3, local, base, dry_run=not upload) if local else source
+        if source and source.startswith("s3://"):
+            channels[name] = source
+        elif source:
+            local = Path(source).resolve()
+            files = model_files(local, args.model_names) if name == "model" else None
+            channels[name] = upload_dir(s3, local, settings.s3_uri("channels", name), files=files, dry_run=not upload)
     if from_job_sae:
         channels["sae"] = from_job_sae
         tags["from-job"] = args.from_job

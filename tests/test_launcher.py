@@ -737,6 +737,46 @@ def test_a_sweep_that_fails_part_way_names_the_jobs_it_started(
     assert _job(calls[0])["HyperParameters"]["k"] == "4"  # it was created (moto completes jobs at once)
 
 
+def test_a_model_cache_uploads_only_what_the_job_reads(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    tiny_assets: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A user's own cache, as the hub writes it: snapshot files are links into blobs/, and other models sit beside
+    this one. The job gets refs/ and snapshots/ of its model (the links as the files they point at), once."""
+    home = tmp_path / "hf_home"
+    shutil.copytree(tiny_assets["hf_home"], home)
+    entry = home / "hub" / "models--roneneldan--TinyStories-33M"
+    (entry / "blobs").mkdir()
+    for path in sorted(p for p in (entry / "snapshots").rglob("*") if p.is_file()):
+        blob = entry / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        path.replace(blob)
+        path.symlink_to(blob)
+    other = home / "hub" / "models--someone--big" / "snapshots" / "abc"
+    other.mkdir(parents=True)
+    (other / "model.safetensors").write_bytes(b"\0" * 1000)
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
+    argv = ["--mode", "train", "--set", "preset=smoke", "--network-isolation", "--model", str(home), "--image", image]
+    code, out = _run(capsys, *argv, "--tinystories", str(tiny_assets["stories"]), "--prompts", str(export))
+    assert code == 0, caplog.text
+    [name] = _job_names(out)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in _job(name)["InputDataConfig"]}
+    prefix = channels["model"].split("/", 3)[3]
+    listed = boto3.client("s3").list_objects_v2(Bucket=aws["bucket"], Prefix=prefix)["Contents"]
+    uploaded = {o["Key"].removeprefix(prefix): o["Size"] for o in listed}
+    expected = {
+        p.relative_to(home).as_posix(): p.stat().st_size
+        for part in ("refs", "snapshots")
+        for p in (entry / part).rglob("*")
+        if p.is_file()
+    }
+    assert uploaded == expected and len(expected) > 3
+    assert all("/snapshots/" in key or "/refs/" in key for key in uploaded)
+
+
 def test_following_an_unknown_job_is_bad_input(
     aws: dict[str, Any], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
