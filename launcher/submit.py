@@ -374,7 +374,8 @@ def _submit(args: argparse.Namespace) -> int:
         ensure_bucket(s3, settings.bucket, settings.region)
     if args.image:
         digest = args.image.partition("@")[2] or None
-        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit=ecr.git_commit(), digest=digest)
+        # which commit built another image is not known here: this checkout's HEAD need not be it
+        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit="unknown", digest=digest)
     else:
         image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
     if not args.dry_run:

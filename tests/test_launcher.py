@@ -734,7 +734,10 @@ def test_a_sweep_that_fails_part_way_names_the_jobs_it_started(
     assert code == submit.EXIT_FAILED and out == ""
     assert f"1 of 2 jobs were submitted before the error below and run on: {calls[0]}" in caplog.text
     assert "ResourceLimitExceeded" in caplog.text
-    assert _job(calls[0])["HyperParameters"]["k"] == "4"  # it was created (moto completes jobs at once)
+    job = _job(calls[0])
+    assert job["HyperParameters"]["k"] == "4"  # it was created (moto completes jobs at once)
+    # another image's commit is not this checkout's HEAD
+    assert _tags(job)["git-commit"] == "unknown" and _tags(job)["image-digest"] == "unknown"
 
 
 def test_a_model_cache_uploads_only_what_the_job_reads(
