@@ -55,9 +55,13 @@ def run_id(cfg: TrainConfig, data_identity: str) -> str:
     trained = trained_fields(cfg)
     trained["data"] = data_identity
     digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{run_prefix(cfg)}-{digest}"
+
+
+def run_prefix(cfg: TrainConfig) -> str:
+    """The readable start of the run id: ``run_name``, or the architecture and k."""
     prefix = cfg.run_name or f"{cfg.architecture}-k{cfg.k}"
-    prefix = "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix)[:50]
-    return f"{prefix}-{digest}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix)[:50]
 
 
 def checkpoint_tokens(path: Path) -> int:

@@ -85,23 +85,23 @@ def model_files(folder: Path, model_names: set[str] | None) -> list[Path]:
     return sorted(p for part_dir in read for p in part_dir.rglob("*") if p.is_file())
 
 
-def upload_dir(s3: Any, folder: Path, s3_base: str, *, files: list[Path] | None = None, dry_run: bool = False) -> str:
-    """Upload ``folder`` (only ``files`` in it, when given) to ``<s3_base>/<content hash>/`` unless it is already
-    there; returns that prefix URI.
-
-    A marker object beside the prefix (not inside it, where the container would read it as data) says the
-    upload finished.
-    """
-    fingerprint = channel_fingerprint(folder, files)  # the container's own hash of a channel's files
+def planned_uri(folder: Path, s3_base: str, files: list[Path] | None = None) -> str:
+    """Where `upload_dir` puts ``folder`` (only ``files`` in it, when given): ``<s3_base>/<content hash>/``, so the
+    same folder is uploaded once and a changed one never overwrites what an earlier job read."""
     bucket, base = split_s3_uri(s3_base.rstrip("/"))
-    prefix, marker = f"{base}/{fingerprint}/", f"{base}/{fingerprint}.complete"
-    uri = f"s3://{bucket}/{prefix}"
-    if dry_run:
-        return uri
+    return f"s3://{bucket}/{base}/{channel_fingerprint(folder, files)}/"  # the container's own hash of a channel
+
+
+def upload_dir(s3: Any, folder: Path, uri: str, files: list[Path] | None = None) -> None:
+    """Upload ``folder`` (only ``files`` in it, when given) to the prefix ``uri`` from `planned_uri`, unless it is
+    there already. A marker object beside the prefix (not inside it, where the container would read it as data)
+    says the upload finished."""
+    bucket, prefix = split_s3_uri(uri)
+    marker = prefix.rstrip("/") + ".complete"
     try:
         s3.head_object(Bucket=bucket, Key=marker)
         logger.info("%s already at %s; not uploading again", folder, uri)
-        return uri
+        return
     except s3.exceptions.ClientError:
         pass
     files = files if files is not None else sorted(p for p in folder.rglob("*") if p.is_file())
@@ -109,7 +109,6 @@ def upload_dir(s3: Any, folder: Path, s3_base: str, *, files: list[Path] | None 
         s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
     s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())
     logger.info("uploaded %s (%d files) to %s", folder, len(files), uri)
-    return uri
 
 
 def _describe_train_job(sagemaker: Any, flag: str, job_name: str) -> dict[str, Any]:
@@ -139,9 +138,9 @@ def trained_model_artifact(sagemaker: Any, job_name: str) -> str:
     return artifact
 
 
-def resume_checkpoints(sagemaker: Any, job_name: str) -> tuple[str, dict[str, str]]:
+def resume_checkpoints(sagemaker: Any, job_name: str) -> tuple[str, dict[str, Any]]:
     """The checkpoint S3 URI of an earlier train job that has ended, for a new job to resume from, and that job's
-    hyperparameters.
+    description.
 
     A job still running (or stopping) keeps writing there, and two jobs writing one checkpoint folder would mix
     their states, so only an ended job is accepted.
@@ -158,4 +157,4 @@ def resume_checkpoints(sagemaker: Any, job_name: str) -> tuple[str, dict[str, st
         raise ChannelError(
             f"--resume-from {job_name}: that job had no checkpoint location, so there is nothing to resume"
         )
-    return uri, job.get("HyperParameters", {})
+    return uri, job

@@ -71,7 +71,7 @@ def follow(
     tokens: dict[str, str] = {}
     last = ""
     while True:
-        job = describe(sagemaker, job_name)
+        job = sagemaker.describe_training_job(TrainingJobName=job_name)
         status = f"{job['TrainingJobStatus']} ({job.get('SecondaryStatus', '')})"
         if status != last:
             logger.info("%s: %s", job_name, status)

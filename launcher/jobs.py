@@ -111,11 +111,11 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
                 f"mode={given['mode']} (from {source}) disagrees with --mode {mode}; the job's mode is --mode, "
                 f"so remove mode from {source} or change --mode"
             )
-    if "config" in base or "config" in overrides:
-        raise JobError(
-            "config: a file path would be read inside the job, where it does not exist; pass the file with "
-            "--config FILE, whose values are sent"
-        )
+        if "config" in given:
+            raise JobError(
+                f"config (from {source}): a path would be read inside the job, where only the image's files are; "
+                "give the values themselves (in the --config FILE, or with --set), or preset=NAME"
+            )
     values = {**base, **overrides, "mode": mode}
     for key, value in values.items():
         why = "names a credential" if looks_like_secret(key) else ""
@@ -151,7 +151,7 @@ def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> lis
     warnings = []
     if not gpu:
         warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
-    if instance_type.startswith(NO_BF16) and values.get("precision", "auto").strip('"') == "bf16":
+    if instance_type.startswith(NO_BF16) and config_of(mode, values).precision == "bf16":
         raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
     if mode == "train" and instance_type.startswith(NO_BF16):
         warnings.append(

@@ -30,7 +30,7 @@ if not __package__:  # run as a script: make the project's packages importable
 
 from botocore.exceptions import NoCredentialsError
 
-from container_src.checkpoints import trained_fields
+from container_src.checkpoints import run_prefix, trained_fields
 from container_src.config import ConfigError
 from container_src.data import check_eval_split
 from container_src.paths import hub_cache_env
@@ -41,6 +41,7 @@ from launcher.channels import (
     check_local_dir,
     check_sae_uri,
     model_files,
+    planned_uri,
     read_fingerprint,
     remote_export_fingerprint,
     resume_checkpoints,
@@ -53,6 +54,7 @@ from launcher.follow import (
     TargetExistsError,
     UnknownJobError,
     check_succeeded,
+    describe,
     download,
     download_target,
     follow,
@@ -243,16 +245,24 @@ def _check_model_cache(folder: Path, mode: str, values: list[dict[str, str]]) ->
     return names
 
 
-def _check_same_run(job_name: str, earlier: dict[str, str], values: dict[str, str]) -> None:
-    """--resume-from goes on from the earlier job's checkpoints only when the new job trains what that one did:
-    other settings make another run id, and the job would train afresh beside them."""
+def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str], channels: dict[str, str]) -> None:
+    """--resume-from goes on from the earlier job's checkpoints only when the new job trains what that one did: other
+    settings, another run_name or other data make another run id, and the job would train afresh beside them."""
     try:
-        before = trained_fields(jobs.config_of("train", earlier))
+        then = jobs.config_of("train", earlier.get("HyperParameters", {}))
     except ConfigError as exc:
         logger.warning("--resume-from %s: its hyperparameters are not readable here (%s); not compared", job_name, exc)
         return
-    now = trained_fields(jobs.config_of("train", values))
-    differ = [f"{key}={before[key]!r} there, {now[key]!r} here" for key in before if before[key] != now[key]]
+    now = jobs.config_of("train", values)
+    before, after = trained_fields(then), trained_fields(now)
+    differ = [f"{key}={before[key]!r} there, {after[key]!r} here" for key in before if before[key] != after[key]]
+    if run_prefix(then) != run_prefix(now):
+        differ.append(f"run_name={then.run_name!r} there, {now.run_name!r} here")
+    sources = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in earlier.get("InputDataConfig", [])}
+    for name in ("prompts", "tinystories"):  # the data in the run id (the model enters by its weights, not its source)
+        there, here = (sources.get(name) or "none").rstrip("/"), (channels.get(name) or "none").rstrip("/")
+        if there != here:
+            differ.append(f"channel {name}: {there} there, {here} here")
     if differ:
         raise jobs.JobError(
             f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
@@ -267,30 +277,35 @@ def _prompt_ratio(values: dict[str, str]) -> float:
     return jobs.config_of("train", values).prompt_ratio
 
 
-def _earlier_jobs(
-    args: argparse.Namespace, settings: Settings, values: list[dict[str, str]]
-) -> tuple[str | None, str | None]:
-    """(the sae channel of --from-job, the checkpoints of --resume-from), or None each when not given.
+def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(the sae channel of --from-job, the checkpoints of --resume-from and that job's description), None or empty
+    when not given.
 
-    Read-only describe calls, made before the image is pushed or anything is uploaded: a mistyped or unfinished job,
-    or a --resume-from whose settings differ, is refused before that work, not after it.
+    Read-only describe calls, made before the image is pushed or anything is uploaded: a mistyped or unfinished job
+    is refused before that work, not after it.
     """
     if not (args.from_job or args.resume_from):
-        return None, None
+        return None, None, {}
     sagemaker = client_for("sagemaker", settings.region)
     sae = trained_model_artifact(sagemaker, args.from_job) if args.from_job else None
-    checkpoints = None
-    if args.resume_from:
-        checkpoints, earlier = resume_checkpoints(sagemaker, args.resume_from)
-        _check_same_run(args.resume_from, earlier, values[0])  # one run: --resume-from refuses a sweep
-    return sae, checkpoints
+    checkpoints, earlier = resume_checkpoints(sagemaker, args.resume_from) if args.resume_from else (None, {})
+    return sae, checkpoints, earlier
+
+
+def _local(args: argparse.Namespace, name: str) -> tuple[Path, list[Path] | None] | None:
+    """Channel ``name``'s local folder and the files of it that go up (None: all), or None when it is not local."""
+    source = getattr(args, name)
+    if not source or source.startswith("s3://"):
+        return None
+    folder = Path(source).resolve()
+    return folder, model_files(folder, args.model_names) if name == "model" else None
 
 
 def _channels(
-    args: argparse.Namespace, settings: Settings, s3: Any, from_job_sae: str | None, *, upload: bool
+    args: argparse.Namespace, settings: Settings, s3: Any, from_job_sae: str | None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Channel name -> S3 URI, and the tags they contribute. Local folders go under prefixes named by their content,
-    so their URIs are known before they are uploaded (``upload``); an S3 export's manifest is read for its tag."""
+    """Channel name -> S3 URI, and the tags they contribute (read-only: an S3 export's manifest gives its tag). Local
+    folders go under prefixes named by their content, so their URIs are known before `_upload` puts them there."""
     channels: dict[str, str] = {}
     tags: dict[str, str] = {}
     if args.prompts:
@@ -300,22 +315,28 @@ def _channels(
         else:
             fingerprint = read_fingerprint(Path(args.prompts))
             tags["prompts-fingerprint"] = fingerprint
-            uri = settings.s3_uri("prompts", fingerprint[:16]) + "/"
-            channels["prompts"] = upload_export(Path(args.prompts), uri, s3_client=s3) if upload else uri
+            channels["prompts"] = settings.s3_uri("prompts", fingerprint[:16]) + "/"
     for name in ("model", "tinystories"):
-        source = getattr(args, name)
-        if source and source.startswith("s3://"):
-            channels[name] = source
-        elif source:
-            local = Path(source).resolve()
-            files = model_files(local, args.model_names) if name == "model" else None
-            channels[name] = upload_dir(s3, local, settings.s3_uri("channels", name), files=files, dry_run=not upload)
+        local = _local(args, name)
+        if local:
+            channels[name] = planned_uri(local[0], settings.s3_uri("channels", name), local[1])
+        elif getattr(args, name):
+            channels[name] = getattr(args, name)
     if from_job_sae:
         channels["sae"] = from_job_sae
         tags["from-job"] = args.from_job
     elif args.sae:
         channels["sae"] = args.sae
     return channels, tags
+
+
+def _upload(args: argparse.Namespace, s3: Any, channels: dict[str, str]) -> None:
+    """Upload the local folders to the prefixes `_channels` planned for them."""
+    if args.prompts and not args.prompts.startswith("s3://"):
+        upload_export(Path(args.prompts), channels["prompts"], s3_client=s3)
+    for name in ("model", "tinystories"):
+        if local := _local(args, name):
+            upload_dir(s3, local[0], channels[name], local[1])
 
 
 def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
@@ -337,10 +358,12 @@ def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]
 def _submit(args: argparse.Namespace) -> int:
     settings, runs, values, names = _prepare(args)
     # From here on AWS is called: read-only look-ups and the SDK's checks, then the push, the uploads and the jobs.
-    from_job_sae, checkpoint_from = _earlier_jobs(args, settings, values)
+    from_job_sae, checkpoint_from, earlier = _earlier_jobs(args, settings)
     environment = _environment(args, settings)
     s3 = client_for("s3", settings.region)
-    channels, channel_tags = _channels(args, settings, s3, from_job_sae, upload=False)
+    channels, channel_tags = _channels(args, settings, s3, from_job_sae)
+    if earlier:  # one run: --resume-from refuses a sweep
+        _check_same_run(args.resume_from, earlier, values[0], channels)
     specs = [
         jobs.JobSpec(
             name=name,
@@ -379,7 +402,7 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
     if not args.dry_run:
-        channels, _ = _channels(args, settings, s3, from_job_sae, upload=True)
+        _upload(args, s3, channels)
     sagemaker = client_for("sagemaker", settings.region)
     rows = [["job", *(runs[0].keys()), "instance", "spot", "state"]]
     submitted: list[str] = []
@@ -416,7 +439,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _main(argv: list[str]) -> int:
     action = argv[0] if argv and argv[0] in ACTIONS else "submit"
     misplaced = next((a for a in argv if a in ACTIONS), None)
-    if action == "submit" and misplaced and not any(a.startswith("--mode") for a in argv):
+    if action == "submit" and misplaced and not any(a == "--mode" or a.startswith("--mode=") for a in argv):
         raise jobs.JobError(f"{misplaced}: an action comes first, before its options (submit.py {misplaced} …)")
     if action == "submit":
         return _submit(_submit_parser().parse_args(argv))
@@ -425,6 +448,7 @@ def _main(argv: list[str]) -> int:
         if args.download:
             download_target(args.download, args.job)
         settings = Settings.load(args.settings).require("region")
+        describe(client_for("sagemaker", settings.region), args.job)  # an unknown name is bad input (status 2)
         return _follow_and_fetch([args.job], args, settings.region, stream_logs=not args.no_logs)
     args = _common(argparse.ArgumentParser(prog=f"submit.py {action}")).parse_args(argv[1:])
     if action == "push":
@@ -454,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error(
             "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY). --dry-run needs them too: it reads the W&B secret's existence, the image's "
-            "repository and any --from-job or --resume-from job, and only sends nothing"
+            "repository, any --from-job or --resume-from job and an S3 export's manifest, and only sends nothing"
         )
         return EXIT_INPUT
     except Exception as exc:  # an AWS error: the service's own message says what is wrong

@@ -85,8 +85,7 @@ def remote_fingerprint(s3: Any, s3_uri: str) -> str:
     """The fingerprint of the export under ``s3_uri``, read from its manifest (a read-only call)."""
     bucket, prefix = parse_s3_uri(s3_uri)
     uri = f"s3://{bucket}/{prefix}"
-    with _s3_errors(uri):
-        remote = _remote_manifest(s3, bucket, prefix)
+    remote = _remote_manifest(s3, bucket, prefix)  # S3's own refusals (access, a missing bucket) are AWS failures
     if not remote or not isinstance(remote.get("fingerprint"), str) or not remote["fingerprint"]:
         raise UploadError(
             f"{uri} holds no export ({MANIFEST} with a fingerprint is missing there); check the prefix, or upload "

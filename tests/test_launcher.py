@@ -195,7 +195,11 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "train", "--prompts", "/nonexistent/export"], {}, "export the prompts first"),
         (["--mode", "train", "--network-isolation"], {}, "give --model and --tinystories"),
         (["--mode", "train", "--set", "k=32", "--set", "k=64"], {}, "--set k: given twice ('32' and '64')"),
-        (["--mode", "train", "--set", "config=run.json"], {}, "config: a file path would be read inside the job"),
+        (
+            ["--mode", "train", "--set", "config=run.json"],
+            {},
+            "config (from --set or --sweep): a path would be read",
+        ),
         (["--mode", "train", "--volume-gb", "0"], {}, "--volume-gb 0: must be at least 1"),
         (["--mode", "bench", "--instance-type", "ml.g4dn.xlarge", "--set", "precision=bf16"], {}, "no native bf16"),
         # the SDK would upload a local path itself, even in a dry run
@@ -556,10 +560,19 @@ def jobs_in_progress(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> It
     proxy.shutdown()
 
 
-def _make_job(name: str, mode: str = "train", checkpoints: bool = True, **values: str) -> str:
+def _make_job(
+    name: str, mode: str = "train", checkpoints: bool = True, channels: dict[str, str] | None = None, **values: str
+) -> str:
     """A training job put straight into moto (no launcher): a train job with or without checkpoints, or another mode,
-    with ``values`` among its hyperparameters."""
-    extra = {"CheckpointConfig": {"S3Uri": f"s3://elsewhere/checkpoints/{name}/"}} if checkpoints else {}
+    with ``values`` among its hyperparameters and ``channels`` (name -> S3 URI) as its input."""
+    extra: dict[str, Any] = {}
+    if checkpoints:
+        extra["CheckpointConfig"] = {"S3Uri": f"s3://elsewhere/checkpoints/{name}/"}
+    if channels:
+        extra["InputDataConfig"] = [
+            {"ChannelName": c, "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri}}}
+            for c, uri in channels.items()
+        ]
     boto3.client("sagemaker").create_training_job(
         TrainingJobName=name,
         HyperParameters={"mode": mode, **values},
@@ -609,18 +622,36 @@ def test_earlier_jobs_are_checked_before_the_push_and_uploads(
 
 
 def test_resume_from_an_ended_job_reuses_its_checkpoints(
-    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """It goes on only with the settings that decide the run id: other ones would train afresh beside the earlier
-    checkpoints. Settings outside the run id (log_every) may change."""
-    earlier = _make_job("sae-train-earlier", preset="smoke", k="4", log_every="5")
-    base = ["--mode", "train", "--set", "preset=smoke", "--resume-from", earlier, "--prompts", str(export)]
+    """It goes on only with what decides the run id (the settings, run_name, the prompts and stories): anything else
+    would train afresh beside the earlier checkpoints. Settings outside the run id (log_every) may change."""
+    fingerprint = json.loads((export / "manifest.json").read_text())["fingerprint"]
+    prompts = f"s3://{aws['bucket']}/sae-censorship/prompts/{fingerprint[:16]}/"
+    earlier = _make_job(
+        "sae-train-earlier", channels={"prompts": prompts}, preset="smoke", k="4", log_every="5", run_name="first"
+    )
+    other = tmp_path / "other-export"
+    shutil.copytree(export, other)
+    (other / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 64, "counts": {"total": 95}}))
+    base = ["--mode", "train", "--set", "preset=smoke", "--resume-from", earlier]
     _recorder(aws["endpoint"], "reset-recording")
     _recorder(aws["endpoint"], "start-recording")
-    assert _refused(aws, capsys, caplog, base, "the settings differ (k=4 there, 8 here)") == [
-        "SageMaker.DescribeTrainingJob"
+    refusals = [
+        (["--prompts", str(export)], "the settings differ (k=4 there, 8 here; run_name='first' there, None here)"),
+        (
+            ["--set", "k=4", "--set", "run_name=first", "--prompts", str(other)],
+            f"the settings differ (channel prompts: {prompts.rstrip('/')} there, s3://",
+        ),
     ]
-    code, out = _run(capsys, *base, "--set", "k=4")
+    for argv, message in refusals:
+        sent = _refused(aws, capsys, caplog, [*base, *argv], message)
+        assert set(sent) <= {"SageMaker.DescribeTrainingJob", "secretsmanager.DescribeSecret"}, sent
+    code, out = _run(capsys, *base, "--set", "k=4", "--set", "run_name=first", "--prompts", str(export))
     assert code == 0, caplog.text
     [name] = _job_names(out)
     assert _job(name)["CheckpointConfig"]["S3Uri"] == f"s3://elsewhere/checkpoints/{earlier}/"
@@ -697,6 +728,9 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     missing = f"s3://{aws['bucket']}/prompts/2025-08"
     sent = _refused(aws, capsys, caplog, [*base, "--prompts", missing], f"{missing}/ holds no export")
     assert not [a for a in sent if a.startswith("PUT") or "CreateTrainingJob" in a], sent
+    # S3's own refusal (here: no such bucket) is an AWS failure, status 1
+    code, _ = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}-none/prompts/2025-07")
+    assert code == submit.EXIT_FAILED and "NoSuchBucket" in caplog.text
     code, out = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}/prompts/2025-07")
     assert code == 0, caplog.text
     [name] = _job_names(out)
