@@ -179,6 +179,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
         raise jobs.JobError(f"{', '.join(both)}: given in both --set and --sweep; keep one")
     runs = jobs.combinations(sweep)
     values = [jobs.hyperparameters(args.mode, base, {**sets, **run}) for run in runs]
+    seen: dict[str, dict[str, str]] = {}
+    for run, v in zip(runs, values, strict=True):  # k=16 and k=16.0 are one configuration
+        same = seen.setdefault(repr(jobs.config_of(args.mode, v)), run)
+        if same is not run:
+            raise jobs.JobError(f"--sweep: {same} and {run} are the same configuration; list each value once")
     for warning in dict.fromkeys(w for v in values for w in jobs.check_instance(args.mode, args.instance_type, v)):
         logger.warning("%s", warning)
     args.max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)

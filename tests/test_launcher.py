@@ -171,6 +171,7 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "train", "--sweep", "k"], {}, "expected key=v1,v2"),
         (["--mode", "train", "--sweep", "k=32,"], {}, "no empty value"),
         (["--mode", "train", "--sweep", "k=32", "--sweep", "k=64"], {}, "given twice"),
+        (["--mode", "train", "--sweep", "k=16,16.0"], {}, "{'k': '16'} and {'k': '16.0'} are the same configuration"),
         (
             ["--mode", "train"],
             {"SAE_ROLE_ARN": "", "SAE_BUCKET": ""},
