@@ -271,8 +271,8 @@ def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, st
     if differ:
         raise jobs.JobError(
             f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
-            "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE), or leave out "
-            "--resume-from to start a new run"
+            "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE) and channels "
+            "(--prompts, --tinystories), or leave out --resume-from to start a new run"
         )
 
 
