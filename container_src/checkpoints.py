@@ -105,7 +105,7 @@ def read_marker(path: Path) -> dict[str, Any] | None:
         marker = json.loads((path / COMPLETE_MARKER).read_text())
         for name, written in marker["files"].items():
             # the size first: a torn or foreign file is then skipped without reading it
-            if (path / name).stat().st_size != written["size"] or _file_record(path / name) != written:
+            if (path / name).stat().st_size != written["size"] or _digest(path / name) != written["digest"]:
                 return None
         return marker
     except (OSError, ValueError, KeyError, AttributeError):

@@ -52,12 +52,17 @@ def _data_files(channel: Path) -> list[Path]:
     return sorted(p for p in channel.rglob("*") if p.suffix in _DATA_FILE_BUILDERS)
 
 
+def channel_files(channel: Path) -> list[Path]:
+    """Every file in a channel's folder, in a stable order."""
+    return sorted(p for p in channel.rglob("*") if p.is_file())
+
+
 def channel_fingerprint(channel: Path, files: list[Path] | None = None) -> str:
-    """A hash of a channel's file names and contents (of ``files`` in it, when given). Unlike datasets' own
-    fingerprint it survives the fresh download SageMaker makes on a restart, which changes every file's modification
-    time."""
+    """A hash of a channel's file names and contents (of ``files`` in it, when given; else of `channel_files`).
+    Unlike datasets' own fingerprint it survives the fresh download SageMaker makes on a restart, which changes
+    every file's modification time."""
     digest = hashlib.sha256()
-    for path in sorted(files if files is not None else (p for p in channel.rglob("*") if p.is_file())):
+    for path in sorted(files if files is not None else channel_files(channel)):
         digest.update(path.relative_to(channel).as_posix().encode() + b"\0")
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

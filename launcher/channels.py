@@ -53,14 +53,12 @@ def s3_prefix(flag: str, uri: str) -> str:
 def check_sae_uri(uri: str) -> str:
     """``--sae``: an S3 object or prefix (SageMaker would upload a local path itself, even in a dry run)."""
     try:
-        bucket, key = split_s3_uri(uri)
-    except ValueError:
-        bucket, key = "", ""
-    if not bucket or not key.strip("/"):
+        parse_s3_uri(uri)  # a bucket and a key
+    except UploadError:
         raise ChannelError(
             f"--sae {uri!r}: expected s3://BUCKET/KEY (a train job's model.tar.gz, or a prefix holding an SAE); "
             "upload a local SAE folder first (aws s3 cp --recursive DIR s3://BUCKET/PREFIX/), or use --from-job"
-        )
+        ) from None
     return uri
 
 
@@ -85,17 +83,17 @@ def model_files(folder: Path, model_names: set[str] | None) -> list[Path]:
     return sorted(p for part_dir in read for p in part_dir.rglob("*") if p.is_file())
 
 
-def planned_uri(folder: Path, s3_base: str, files: list[Path] | None = None) -> str:
-    """Where `upload_dir` puts ``folder`` (only ``files`` in it, when given): ``<s3_base>/<content hash>/``, so the
-    same folder is uploaded once and a changed one never overwrites what an earlier job read."""
+def planned_uri(folder: Path, s3_base: str, files: list[Path]) -> str:
+    """Where `upload_dir` puts ``files`` of ``folder``: ``<s3_base>/<content hash>/``, so the same files are
+    uploaded once and changed ones never overwrite what an earlier job read."""
     bucket, base = split_s3_uri(s3_base.rstrip("/"))
     return f"s3://{bucket}/{base}/{channel_fingerprint(folder, files)}/"  # the container's own hash of a channel
 
 
-def upload_dir(s3: Any, folder: Path, uri: str, files: list[Path] | None = None) -> None:
-    """Upload ``folder`` (only ``files`` in it, when given) to the prefix ``uri`` from `planned_uri`, unless it is
-    there already. A marker object beside the prefix (not inside it, where the container would read it as data)
-    says the upload finished."""
+def upload_dir(s3: Any, folder: Path, uri: str, files: list[Path]) -> None:
+    """Upload ``files`` of ``folder`` to the prefix ``uri`` from `planned_uri`, unless they are there already. A
+    marker object beside the prefix (not inside it, where the container would read it as data) says the upload
+    finished."""
     bucket, prefix = split_s3_uri(uri)
     marker = prefix.rstrip("/") + ".complete"
     try:
@@ -104,7 +102,6 @@ def upload_dir(s3: Any, folder: Path, uri: str, files: list[Path] | None = None)
         return
     except s3.exceptions.ClientError:
         pass
-    files = files if files is not None else sorted(p for p in folder.rglob("*") if p.is_file())
     for path in files:
         s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
     s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())

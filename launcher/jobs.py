@@ -139,8 +139,8 @@ def config_of(mode: str, values: dict[str, str]) -> Any:
     return resolve(values, schema=CONTAINER_MODES[mode][0]).config
 
 
-def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> list[str]:
-    """Refuse what cannot work; return warnings for what works badly."""
+def check_instance(mode: str, instance_type: str, cfg: Any) -> list[str]:
+    """Refuse what cannot work for a run of ``mode`` with config ``cfg``; return warnings for what works badly."""
     if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9]+", instance_type):
         raise JobError(f"--instance-type {instance_type!r}: expected a SageMaker type such as {DEFAULT_INSTANCE}")
     gpu = instance_type.startswith(GPU_FAMILIES)
@@ -151,7 +151,7 @@ def check_instance(mode: str, instance_type: str, values: dict[str, str]) -> lis
     warnings = []
     if not gpu:
         warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
-    if instance_type.startswith(NO_BF16) and config_of(mode, values).precision == "bf16":
+    if instance_type.startswith(NO_BF16) and cfg.precision == "bf16":
         raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
     if mode == "train" and instance_type.startswith(NO_BF16):
         warnings.append(

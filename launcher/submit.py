@@ -32,7 +32,7 @@ from botocore.exceptions import NoCredentialsError
 
 from container_src.checkpoints import run_prefix, trained_fields
 from container_src.config import ConfigError
-from container_src.data import check_eval_split
+from container_src.data import channel_files, check_eval_split
 from container_src.paths import hub_cache_env
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
@@ -179,12 +179,13 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
         raise jobs.JobError(f"{', '.join(both)}: given in both --set and --sweep; keep one")
     runs = jobs.combinations(sweep)
     values = [jobs.hyperparameters(args.mode, base, {**sets, **run}) for run in runs]
+    configs = [jobs.config_of(args.mode, v) for v in values]  # each run's config, as the container will have it
     seen: dict[str, dict[str, str]] = {}
-    for run, v in zip(runs, values, strict=True):  # k=16 and k=16.0 are one configuration
-        same = seen.setdefault(repr(jobs.config_of(args.mode, v)), run)
+    for run, cfg in zip(runs, configs, strict=True):  # k=16 and k=16.0 are one configuration
+        same = seen.setdefault(repr(cfg), run)
         if same is not run:
             raise jobs.JobError(f"--sweep: {same} and {run} are the same configuration; list each value once")
-    for warning in dict.fromkeys(w for v in values for w in jobs.check_instance(args.mode, args.instance_type, v)):
+    for warning in dict.fromkeys(w for c in configs for w in jobs.check_instance(args.mode, args.instance_type, c)):
         logger.warning("%s", warning)
     args.max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)
     if args.volume_gb < 1:
@@ -201,7 +202,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
         raise jobs.JobError("--download needs --wait (or use `submit.py follow JOB --download DIR` later)")
     if args.dry_run and (args.wait or args.download):
         raise jobs.JobError("--dry-run sends nothing, so there is nothing to --wait for or --download")
-    needs_prompts = args.mode == "viz" or (args.mode == "train" and any(_prompt_ratio(v) > 0 for v in values))
+    needs_prompts = args.mode == "viz" or (args.mode == "train" and any(c.prompt_ratio > 0 for c in configs))
     if needs_prompts and not args.prompts.startswith("s3://"):
         read_fingerprint(Path(args.prompts))  # a missing export fails here, not after the image is pushed
     args.prompts = args.prompts if needs_prompts else None
@@ -212,15 +213,14 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
         elif source and name != "prompts":
             check_local_dir(name, Path(source))
     if args.model and not args.model.startswith("s3://"):
-        args.model_names = _check_model_cache(Path(args.model), args.mode, values)
+        args.model_names = _check_model_cache(Path(args.model), configs)
         if not model_files(Path(args.model).resolve(), args.model_names):
             raise jobs.JobError(
                 f"--model {args.model}: no models--*/refs or snapshots files in it; give a Hugging Face hub cache "
                 "(or $HF_HOME) that holds the model"
             )
     if args.mode == "train" and args.tinystories and not args.tinystories.startswith("s3://"):
-        for v in values:  # the job would refuse a folder without the evaluation's split, after starting
-            cfg = jobs.config_of("train", v)
+        for cfg in configs:  # the job would refuse a folder without the evaluation's split, after starting
             try:
                 check_eval_split(Path(args.tinystories), cfg.tinystories_eval_split, cfg.tinystories_split)
             except ConfigError as exc:
@@ -233,13 +233,13 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], 
     return settings, runs, values, names
 
 
-def _check_model_cache(folder: Path, mode: str, values: list[dict[str, str]]) -> set[str] | None:
+def _check_model_cache(folder: Path, configs: list[Any]) -> set[str] | None:
     """A local --model folder must hold each run's model in the hub-cache layout, which the job would check only
     once it had started. Returns the models the runs name, or None when one names none (viz then takes the SAE's
     model, known only in the job)."""
     names: set[str] = set()
-    for v in values:
-        model_name = getattr(jobs.config_of(mode, v), "model_name", None)
+    for cfg in configs:
+        model_name = getattr(cfg, "model_name", None)
         if not model_name:
             return None
         try:
@@ -276,12 +276,6 @@ def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, st
         )
 
 
-def _prompt_ratio(values: dict[str, str]) -> float:
-    if "prompt_ratio" in values:
-        return float(values["prompt_ratio"].strip('"'))
-    return jobs.config_of("train", values).prompt_ratio
-
-
 def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None, dict[str, Any]]:
     """(the sae channel of --from-job, the checkpoints of --resume-from and that job's description), None or empty
     when not given.
@@ -297,13 +291,13 @@ def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | N
     return sae, checkpoints, earlier
 
 
-def _local(args: argparse.Namespace, name: str) -> tuple[Path, list[Path] | None] | None:
-    """Channel ``name``'s local folder and the files of it that go up (None: all), or None when it is not local."""
+def _local(args: argparse.Namespace, name: str) -> tuple[Path, list[Path]] | None:
+    """Channel ``name``'s local folder and the files of it that go up, or None when it is not local."""
     source = getattr(args, name)
     if not source or source.startswith("s3://"):
         return None
     folder = Path(source).resolve()
-    return folder, model_files(folder, args.model_names) if name == "model" else None
+    return folder, model_files(folder, args.model_names) if name == "model" else channel_files(folder)
 
 
 def _channels(
