@@ -2,7 +2,8 @@
 # The dependency install, one recipe for the image (Dockerfile) and for every venv (make install, so CI): CI thus
 # proves that the lock the image installs from installs. torch first, taking its own dependencies at the locked
 # versions (the CPU build on a workstation; the CUDA build in the image, with its nvidia-*, cuda-* and triton wheels
-# at docker/cuda.lock's versions), then the lock files without resolution. torchvision/torchaudio must be absent: next to this torch they break transformer_lens.
+# at docker/cuda.lock's versions), then the lock files without resolution. torchvision/torchaudio must be absent:
+# next to this torch they break transformer_lens.
 #   usage: docker/install.sh PYTHON LOCK [LOCK ...]     (docker/container.lock first)
 set -eu
 py=$1
