@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from container_src.config import (
+    SCHEMAS,
     BenchConfig,
     ConfigError,
     Resolved,
@@ -56,11 +57,9 @@ def _bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> Any:
     return run_bench(resolved, paths)
 
 
-# Each mode: its config schema and its runner, imported only when it runs.
+# Each mode: its config schema (config.SCHEMAS) and its runner, imported only when it runs.
 MODES: dict[str, tuple[type[RunConfig], Callable[[Any, ContainerPaths], Any]]] = {
-    "train": (TrainConfig, _train),
-    "viz": (VizConfig, _viz),
-    "bench": (BenchConfig, _bench),
+    mode: (SCHEMAS[mode], runner) for mode, runner in (("train", _train), ("viz", _viz), ("bench", _bench))
 }
 
 

@@ -430,7 +430,6 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
         "d_sae": d_sae,
         "k": cfg.k,
         "compile_sae": runtime.compile_sae,
-        "compile_llm": cfg.compile_llm,
         "warmup_steps": warmup,
         "steps": steps,
         "timed_window": TIMED_WINDOW,

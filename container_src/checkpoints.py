@@ -36,7 +36,6 @@ _NOT_IN_RUN_ID = {
     "device",
     "compile_sae",
     "data_worker",
-    "compile_llm",
     "prefetch_llm_batches",
     "lean_step",
     "fused_lm",

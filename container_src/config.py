@@ -28,11 +28,14 @@ logger = logging.getLogger(__name__)
 PRESETS_DIR = Path(__file__).parent / "presets"
 ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
-COMPILE_LLM_REFUSED = (
-    "must stay false: SAE-Lens compiles the model's run_with_cache, whose caching hook is a new function on every "
-    "call and a guard of the compiled code, so torch.compile keeps recompiling it until its recompile limit and "
-    "then runs it uncompiled; on an H100 it failed with a KeyError at the hook. fused_lm is what makes the model fast"
-)
+# Keys that existed once, with what to do instead.
+REMOVED_KEYS = {
+    "compile_llm": (
+        "removed: SAE-Lens's torch.compile of the model's run_with_cache never worked here (its caching hook is a new "
+        "function on every call and a guard of the compiled code, so torch keeps recompiling it until its recompile "
+        "limit; on an H100 it failed with a KeyError at the hook). fused_lm is what makes the model fast; drop the key"
+    ),
+}
 # Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
 META_KEYS = ("mode", "preset", "config")
 # SageMaker itself adds hyperparameters in some set-ups (script-mode SDK settings, the tuner's objective); they are
@@ -122,9 +125,6 @@ class TrainConfig(RunConfig):
     """torch.compile the SAE's training forward pass; when empty, on for a CUDA device where Triton finds a C
     compiler (the image has gcc; +14% end to end on an H100, for about 15 s of compiling), where a failed compile
     then runs the step eagerly; off on CPU."""
-    compile_llm: bool = False
-    """SAE-Lens's torch.compile of the model's run_with_cache: refused, since it does not work with this SAE-Lens
-    (see ``COMPILE_LLM_REFUSED``); the model's speed comes from ``fused_lm``."""
     prefetch_llm_batches: int = 2
     """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
     buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged; a checkpoint's data
@@ -191,7 +191,6 @@ class TrainConfig(RunConfig):
         need(self.context_size >= 2, "context_size", "must be at least 2")
         need(self.store_batch_size_prompts >= 1, "store_batch_size_prompts", "must be at least 1")
         need(self.prefetch_llm_batches >= 0, "prefetch_llm_batches", "must be 0 (off) or more")
-        need(not self.compile_llm, "compile_llm", COMPILE_LLM_REFUSED)
         need(
             self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
             "n_batches_in_buffer",
@@ -324,6 +323,9 @@ class BenchConfig(TrainConfig):
         _need(self, self.profile is None or bool(self.profile.strip()), "profile", "must be a file path")
 
 
+# Each mode's schema, by mode name: the container's mode table, which the launcher checks its requests against.
+SCHEMAS: dict[str, type[RunConfig]] = {"train": TrainConfig, "viz": VizConfig, "bench": BenchConfig}
+
 C = TypeVar("C", bound=RunConfig)
 
 
@@ -442,7 +444,7 @@ def looks_like_secret(key: str) -> bool:
 
 def _modes_taking(key: str, schema: type) -> list[str]:
     """The other modes whose configuration has ``key``."""
-    others = [c for c in (TrainConfig, VizConfig, BenchConfig) if c is not schema and key in _field_types(c)]
+    others = [c for c in SCHEMAS.values() if c is not schema and key in _field_types(c)]
     return [c.__name__.removesuffix("Config").lower() for c in others]
 
 
@@ -450,6 +452,8 @@ _SOURCE_NAMES = {"hyperparameters": "the hyperparameters", "cli": "the command l
 
 
 def _unknown_key_message(key: str, schema: type, source: str) -> str:
+    if key in REMOVED_KEYS:
+        return f"configuration key {key!r}: {REMOVED_KEYS[key]}"
     if looks_like_secret(key):
         return (
             f"{key}: secrets never go in the configuration or hyperparameters. "

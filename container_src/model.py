@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from container_src.config import ConfigError
-from container_src.paths import GPU_FAMILIES
+from container_src.hardware import capability_has_bf16, has_gpu
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -56,7 +56,7 @@ def pick_runtime(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu" and job_instance and job_instance.startswith(GPU_FAMILIES):
+        if device == "cpu" and job_instance and has_gpu(job_instance):
             raise ConfigError(
                 f"device=auto: this job runs on {job_instance}, which has an NVIDIA GPU, but torch "
                 f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees no CUDA device: the host's NVIDIA "
@@ -68,9 +68,7 @@ def pick_runtime(
             raise ConfigError(f"device={device!r}: no CUDA device is visible; use device=auto or cpu")
         props = torch.cuda.get_device_properties(torch.device(device))
         name = props.name
-        # Native bf16 needs compute capability 8.0 (A100, A10G, L4, H100). A T4 (7.5) only emulates it, which
-        # torch.cuda.is_bf16_supported() counts as support by default: the check is done by hand.
-        bf16_ok = props.major >= 8
+        bf16_ok = capability_has_bf16(props.major)
     else:
         name, bf16_ok = "cpu", False
     if precision == "bf16" and not bf16_ok:

@@ -26,9 +26,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_DIR = "/opt/ml"
 CHANNELS = ("prompts", "model", "tinystories", "sae")
-# SageMaker instance families with NVIDIA GPUs; everything else (ml.m, ml.c, ml.r, ml.t, Trainium, Inferentia) has
-# no CUDA.
-GPU_FAMILIES = ("ml.g", "ml.p")
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ def hub_cache_env(model_channel: Path, model_name: str) -> dict[str, str]:
     The channel may be an ``$HF_HOME`` (holding ``hub/models--…``) or a hub cache itself (holding ``models--…``).
     """
     hub = model_channel / "hub" if (model_channel / "hub").is_dir() else model_channel
-    entry = "models--" + model_name.replace("/", "--")
+    entry = hub_cache_entry(model_name)
     present = sorted(p.name for p in hub.glob("models--*"))
     if not present:
         raise ConfigError(
@@ -151,6 +148,11 @@ def hub_cache_env(model_channel: Path, model_name: str) -> dict[str, str]:
             f"the channel holds {', '.join(present)}"
         )
     return hub_env(hub)
+
+
+def hub_cache_entry(model_name: str) -> str:
+    """The folder a hub cache keeps ``model_name`` in (``org/name`` -> ``models--org--name``)."""
+    return "models--" + model_name.replace("/", "--")
 
 
 def hub_env(hub: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,24 @@ def write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put the finished folder ``staging`` at ``target``, so a reader finds the old folder or the new one, whole:
+    an old ``target`` is moved aside, ``staging`` renamed in, and only then the old one deleted. Both must be on one
+    file system. If the rename fails, the old folder goes back."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    had_old = target.exists()
+    if had_old:
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if had_old:
+            old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from container_src.paths import hub_cache_entry
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "roneneldan/TinyStories-33M"
@@ -130,7 +132,7 @@ def write_model_cache(
     )
     model = GPTNeoForCausalLM(config)
     commit = hashlib.sha1(f"{model_name}:{shape}:{seed}".encode()).hexdigest()
-    repo_dir = Path(cache_dir) / "hub" / ("models--" + model_name.replace("/", "--"))
+    repo_dir = Path(cache_dir) / "hub" / hub_cache_entry(model_name)
     snapshot = repo_dir / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(snapshot, safe_serialization=True)

@@ -419,7 +419,6 @@ def _sae_lens_config(
         autocast=runtime.autocast,
         autocast_lm=runtime.autocast,
         compile_sae=runtime.compile_sae,
-        compile_llm=cfg.compile_llm,
         prefetch_llm_batches=cfg.prefetch_llm_batches,
         seed=cfg.seed,
         n_checkpoints=cfg.n_checkpoints,

@@ -355,7 +355,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         dashboards.write_index(rows, set(chosen), summary, staging / "index.html")
         summary["seconds"]["total"] = round(time.monotonic() - started, 2)
         records.write_json(staging / "summary.json", summary)
-        _publish(staging, paths.model_dir / "dashboards")
+        records.replace_dir(staging, paths.model_dir / "dashboards")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -369,13 +369,3 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         ", ".join(f"{r['feature']} ({r['score']})" for r in rows[:5]),
     )
     return summary
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Replace ``target`` with ``staging``; the old dashboards go only once the new ones are in place."""
-    old = target.with_name(".dashboards-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.replace(old)
-    staging.replace(target)
-    shutil.rmtree(old, ignore_errors=True)

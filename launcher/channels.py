@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from container_src.data import channel_fingerprint
+from container_src.paths import hub_cache_entry
 from launcher.aws import split_s3_uri
 from launcher.follow import UnknownJobError, describe
 from launcher.upload import UploadError, parse_s3_uri, read_manifest, remote_fingerprint
@@ -75,7 +76,7 @@ def model_files(folder: Path, model_names: set[str] | None) -> list[Path]:
     point at, so both would send every file twice. Nor the other models a user's own cache holds."""
     hub = folder / "hub" if (folder / "hub").is_dir() else folder
     entries = (
-        [hub / ("models--" + name.replace("/", "--")) for name in sorted(model_names)]
+        [hub / hub_cache_entry(name) for name in sorted(model_names)]
         if model_names is not None
         else sorted(hub.glob("models--*"))
     )

@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from container_src.__main__ import MODES as CONTAINER_MODES
-from container_src.config import ConfigError, looks_like_secret, read_json_object, resolve
-from container_src.paths import GPU_FAMILIES
+from container_src.config import SCHEMAS, ConfigError, looks_like_secret, read_json_object, resolve
+from container_src.hardware import has_gpu, instance_has_bf16
 from launcher.settings import Settings
 
-MODES = tuple(CONTAINER_MODES)  # the container's own table: a mode it lacks is refused here, before any AWS call
+MODES = tuple(SCHEMAS)  # the container's own table: a mode it lacks is refused here, before any AWS call
 DEFAULT_INSTANCE = "ml.g5.xlarge"  # A10G: bf16, 24 GB
-# GPUs without native bf16 (T4, V100, K80, M60): the container falls back to fp32 there.
-NO_BF16 = ("ml.g4dn.", "ml.p3.", "ml.p3dn.", "ml.p2.", "ml.g3.", "ml.g3s.")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 JOB_PREFIX = "sae"
 MAX_NAME = 63  # SageMaker: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$
@@ -126,7 +123,7 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
                 f"{key}: secrets never go in hyperparameters (this one {why}); store the W&B key with "
                 "`submit.py secret` and jobs get only its Secrets Manager id"
             )
-    schema = CONTAINER_MODES[mode][0]  # checked here exactly as the container will check them
+    schema = SCHEMAS[mode]  # checked here exactly as the container will check them
     try:
         resolve(values, schema=schema)
     except ConfigError as exc:
@@ -136,14 +133,14 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
 
 def config_of(mode: str, values: dict[str, str]) -> Any:
     """``values`` as the container's config for ``mode`` (they passed :func:`hyperparameters`' check)."""
-    return resolve(values, schema=CONTAINER_MODES[mode][0]).config
+    return resolve(values, schema=SCHEMAS[mode]).config
 
 
 def check_instance(mode: str, instance_type: str, cfg: Any) -> list[str]:
     """Refuse what cannot work for a run of ``mode`` with config ``cfg``; return warnings for what works badly."""
     if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9]+", instance_type):
         raise JobError(f"--instance-type {instance_type!r}: expected a SageMaker type such as {DEFAULT_INSTANCE}")
-    gpu = instance_type.startswith(GPU_FAMILIES)
+    gpu = has_gpu(instance_type)
     if mode == "train" and not gpu:
         raise JobError(
             f"--instance-type {instance_type}: has no NVIDIA GPU; training needs one (for example {DEFAULT_INSTANCE})"
@@ -151,9 +148,9 @@ def check_instance(mode: str, instance_type: str, cfg: Any) -> list[str]:
     warnings = []
     if not gpu:
         warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
-    if instance_type.startswith(NO_BF16) and cfg.precision == "bf16":
+    if gpu and not instance_has_bf16(instance_type) and cfg.precision == "bf16":
         raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
-    if mode == "train" and instance_type.startswith(NO_BF16):
+    if mode == "train" and not instance_has_bf16(instance_type):
         warnings.append(
             f"{instance_type} has no native bf16: training runs in fp32 (twice the memory, slower); "
             f"{DEFAULT_INSTANCE} (A10G) or ml.g6.xlarge (L4) train in bf16"

@@ -225,7 +225,7 @@ def test_help_lists_keys_and_presets(
     assert (
         "--hook_name" in out
         and "--n_features" in out
-        and "tinystories-33m" in out
+        and "presets: smoke" in out
         and json.dumps("blocks.2.mlp.hook_post") in out.replace("'", '"')
     )
     assert list(tmp_path.iterdir()) == []  # help runs nothing and writes nothing (no failure file)
