@@ -887,16 +887,17 @@ def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
 
 
 def test_settings_file_and_environment(tmp_path: Path) -> None:
-    from launcher.settings import Settings, SettingsError
+    from launcher.errors import LauncherError
+    from launcher.settings import Settings
 
     file = tmp_path / "s.toml"
     file.write_text('region = "eu-west-1"\nbucket = "from-file"\nrole_arn = "arn:aws:iam::111122223333:role/x"\n')
     settings = Settings.load(file, env={"SAE_BUCKET": "from-env"})
     assert (settings.region, settings.bucket) == ("eu-west-1", "from-env")
-    with pytest.raises(SettingsError, match="image_repository"):
+    with pytest.raises(LauncherError, match="image_repository"):
         settings.require("region", "image_repository")
     file.write_text('regoin = "x"\n')
-    with pytest.raises(SettingsError, match="unknown key"):
+    with pytest.raises(LauncherError, match="unknown key"):
         Settings.load(file, env={})
-    with pytest.raises(SettingsError, match="not an IAM role ARN"):
+    with pytest.raises(LauncherError, match="not an IAM role ARN"):
         Settings(region="r", role_arn="my-role", bucket="b-1").require("role_arn")
