@@ -1,11 +1,8 @@
 """Build, tag and push the image to ECR, under a tag that names its content.
 
-The tag is ``<content hash>-<lock hash>``: the content hash covers git's object ids of exactly what the image is
-built from (IMAGE_INPUTS), so a commit that changes anything else (a README, the launcher, tests) keeps the tag, and
-the image is found in ECR and not built or pushed again. When those files differ from the commit, the hash is of
-the working copy and the tag ends in ``-dirty``, so an image of uncommitted files never takes a clean tag. The commit
-itself goes on the image as a label and on every job as a tag. Login goes through ``ecr:GetAuthorizationToken``;
-the password goes to ``docker login`` on stdin, never on a command line or in a log.
+The tag hashes git's object ids of exactly what the image is built from (IMAGE_INPUTS) and the lock, so an image
+already in ECR is not built or pushed again; files that differ from the commit give a ``-dirty`` tag. The docker
+login password goes to ``docker login`` on stdin, never on a command line or in a log.
 """
 
 from __future__ import annotations
