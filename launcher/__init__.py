@@ -1,1 +1,1 @@
-"""Host-side tools: exporting the prompt collection and uploading it as a job's channel."""
+"""Host-side tools: the prompt export (export_prompts.py) and the image push and SageMaker jobs (submit.py)."""

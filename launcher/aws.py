@@ -9,17 +9,24 @@ from typing import Any
 
 import boto3
 
+from launcher.errors import LauncherError
+
 
 def client_for(service: str, region: str | None = None) -> Any:
     return boto3.client(service, region_name=region or None)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key/prefix`` -> (bucket, key/prefix)."""
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` -> (bucket, key/prefix), the key without slashes at its ends. A bucket alone is
+    refused: a channel on a whole bucket would take in everything in it."""
     if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
-        raise ValueError(f"{uri!r} is not an S3 URI (s3://bucket/prefix)")
+        raise LauncherError(f"{uri!r} is not an S3 URI (s3://bucket/prefix)")
     bucket, _, key = uri[5:].partition("/")
-    return bucket, key
+    if not key.strip("/"):
+        raise LauncherError(
+            f"{uri!r}: expected s3://BUCKET/PREFIX with a non-empty prefix (for example s3://b/prompts)"
+        )
+    return bucket, key.strip("/")
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:

@@ -1,10 +1,9 @@
 """Benchmark the prompt export: build an embedded Chroma store of generated rows, export it, print rows/s.
 
-    python launcher/bench_export.py --rows 100000      # target: under 60 s on 2 cores
+    python launcher/bench_export.py --rows 100000
 
-Nine rows in ten have the current shape and one in ten the older one (``response_text``, ``kind_of_censorship``,
-``model``, an embedding written out as the document), so both paths of the mapping are timed. The timed part is
-the whole export as a user runs it: copying the store, reading it page by page, mapping, writing the dataset.
+One row in ten has the collection's older shape, so both paths of the mapping are timed; the timed part is the
+whole export as a user runs it (copying the store, reading it page by page, mapping, writing the dataset).
 """
 
 from __future__ import annotations

@@ -7,47 +7,27 @@ one never overwrites what an earlier job read.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from container_src.data import channel_fingerprint
 from container_src.paths import hub_cache_entry
-from launcher.aws import split_s3_uri
-from launcher.follow import UnknownJobError, describe
-from launcher.upload import UploadError, parse_s3_uri, read_manifest, remote_fingerprint
+from launcher.aws import parse_s3_uri
+from launcher.errors import LauncherError
+from launcher.follow import describe
+from launcher.upload import split_prefix, upload_folder
 
 logger = logging.getLogger(__name__)
 
 
-class ChannelError(ValueError):
-    """A channel that cannot be used; the message says what to do."""
-
-
-def read_fingerprint(export_dir: Path) -> str:
-    """The prompts' content fingerprint from an export's manifest.json (it tags every job that reads them)."""
-    try:
-        return read_manifest(export_dir)["fingerprint"]
-    except UploadError as exc:
-        raise ChannelError(str(exc)) from None
-
-
-def remote_export_fingerprint(s3: Any, uri: str) -> str:
-    """``--prompts s3://…``: the fingerprint of the export there (it tags the job), read before anything is pushed."""
-    try:
-        return remote_fingerprint(s3, uri)
-    except UploadError as exc:
-        raise ChannelError(f"--prompts: {exc}") from None
-
-
-def s3_prefix(flag: str, uri: str) -> str:
+def s3_channel(flag: str, uri: str) -> str:
     """``uri`` as a channel's S3 prefix, ending in ``/``: without it a channel on ``s3://b/prompts/2025-07`` would
     also take in ``s3://b/prompts/2025-07b/``."""
     try:
-        bucket, prefix = parse_s3_uri(uri)
-    except UploadError as exc:
-        raise ChannelError(f"{flag}: {exc}") from None
+        bucket, prefix = split_prefix(uri)
+    except LauncherError as exc:
+        raise LauncherError(f"{flag}: {exc}") from None
     return f"s3://{bucket}/{prefix}"
 
 
@@ -55,8 +35,8 @@ def check_sae_uri(uri: str) -> str:
     """``--sae``: an S3 object or prefix (SageMaker would upload a local path itself, even in a dry run)."""
     try:
         parse_s3_uri(uri)  # a bucket and a key
-    except UploadError:
-        raise ChannelError(
+    except LauncherError:
+        raise LauncherError(
             f"--sae {uri!r}: expected s3://BUCKET/KEY (a train job's model.tar.gz, or a prefix holding an SAE); "
             "upload a local SAE folder first (aws s3 cp --recursive DIR s3://BUCKET/PREFIX/), or use --from-job"
         ) from None
@@ -66,7 +46,7 @@ def check_sae_uri(uri: str) -> str:
 def check_local_dir(name: str, folder: Path) -> Path:
     folder = folder.resolve()  # the model channel may be symlinked hub caches; upload what they point at
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise ChannelError(f"--{name} {folder}: not a folder, or empty; give a folder or an s3:// URI")
+        raise LauncherError(f"--{name} {folder}: not a folder, or empty; give a folder or an s3:// URI")
     return folder
 
 
@@ -87,37 +67,25 @@ def model_files(folder: Path, model_names: set[str] | None) -> list[Path]:
 def planned_uri(folder: Path, s3_base: str, files: list[Path]) -> str:
     """Where `upload_dir` puts ``files`` of ``folder``: ``<s3_base>/<content hash>/``, so the same files are
     uploaded once and changed ones never overwrite what an earlier job read."""
-    bucket, base = split_s3_uri(s3_base.rstrip("/"))
+    bucket, base = parse_s3_uri(s3_base)
     return f"s3://{bucket}/{base}/{channel_fingerprint(folder, files)}/"  # the container's own hash of a channel
 
 
 def upload_dir(s3: Any, folder: Path, uri: str, files: list[Path]) -> None:
-    """Upload ``files`` of ``folder`` to the prefix ``uri`` from `planned_uri`, unless they are there already. A
-    marker object beside the prefix (not inside it, where the container would read it as data) says the upload
-    finished."""
-    bucket, prefix = split_s3_uri(uri)
-    marker = prefix.rstrip("/") + ".complete"
-    try:
-        s3.head_object(Bucket=bucket, Key=marker)
-        logger.info("%s already at %s; not uploading again", folder, uri)
-        return
-    except s3.exceptions.ClientError:
-        pass
-    for path in files:
-        s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
-    s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())
-    logger.info("uploaded %s (%d files) to %s", folder, len(files), uri)
+    """Upload ``files`` of ``folder`` to the prefix ``uri`` from `planned_uri`, unless they are there already. The
+    prefix is named by the content, so whatever else it holds (an upload cut short) is replaced."""
+    upload_folder(s3, folder, files, uri, uri.rstrip("/").rsplit("/", 1)[1], force=True)
 
 
 def _describe_train_job(sagemaker: Any, flag: str, job_name: str) -> dict[str, Any]:
     """The job named on ``flag``, checked to be a `train` job (a read-only call: it runs before any push)."""
     try:
         job = describe(sagemaker, job_name)
-    except UnknownJobError as exc:
-        raise ChannelError(f"{flag} {exc}") from None
+    except LauncherError as exc:
+        raise LauncherError(f"{flag} {exc}") from None
     mode = job.get("HyperParameters", {}).get("mode", "train").strip('"')
     if mode != "train":
-        raise ChannelError(f"{flag} {job_name}: it is a {mode} job; {flag} needs a train job")
+        raise LauncherError(f"{flag} {job_name}: it is a {mode} job; {flag} needs a train job")
     return job
 
 
@@ -126,13 +94,13 @@ def trained_model_artifact(sagemaker: Any, job_name: str) -> str:
     job = _describe_train_job(sagemaker, "--from-job", job_name)
     status = job["TrainingJobStatus"]
     if status != "Completed":
-        raise ChannelError(
+        raise LauncherError(
             f"--from-job {job_name}: the job is {status}, not Completed; "
             f"follow it with `submit.py follow {job_name}` and try again when it has finished"
         )
     artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     if not artifact:
-        raise ChannelError(f"--from-job {job_name}: the job has no model artifact")
+        raise LauncherError(f"--from-job {job_name}: the job has no model artifact")
     return artifact
 
 
@@ -146,13 +114,13 @@ def resume_checkpoints(sagemaker: Any, job_name: str) -> tuple[str, dict[str, An
     job = _describe_train_job(sagemaker, "--resume-from", job_name)
     status = job["TrainingJobStatus"]
     if status not in ("Completed", "Failed", "Stopped"):
-        raise ChannelError(
+        raise LauncherError(
             f"--resume-from {job_name}: the job is {status} and still writes its checkpoints; "
             f"stop it (aws sagemaker stop-training-job --training-job-name {job_name}) or wait for it to end"
         )
     uri = job.get("CheckpointConfig", {}).get("S3Uri")
     if not uri:
-        raise ChannelError(
+        raise LauncherError(
             f"--resume-from {job_name}: that job had no checkpoint location, so there is nothing to resume"
         )
     return uri, job

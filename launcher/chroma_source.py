@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from launcher.prompt_rows import ExportError, Record
+from launcher.errors import LauncherError
+from launcher.prompt_rows import Record
 
 if TYPE_CHECKING:
     from chromadb.api.client import Client
@@ -47,13 +48,13 @@ class Source:
         """Cheap checks before anything is opened."""
         if self.path is not None:
             if not self.path.is_dir():
-                raise ExportError(f"--chroma-path {self.path}: no such directory")
+                raise LauncherError(f"--chroma-path {self.path}: no such directory")
             if not (self.path / STORE_FILE).is_file():
-                raise ExportError(f"--chroma-path {self.path}: not a Chroma store (no {STORE_FILE} in it)")
+                raise LauncherError(f"--chroma-path {self.path}: not a Chroma store (no {STORE_FILE} in it)")
         elif "://" in (self.host or "") or "/" in (self.host or ""):
-            raise ExportError(f"--chroma-host {self.host}: give a host name, not a URL (--chroma-ssl for https)")
+            raise LauncherError(f"--chroma-host {self.host}: give a host name, not a URL (--chroma-ssl for https)")
         elif not 0 < self.port < 65536:
-            raise ExportError(f"--chroma-port {self.port}: not a TCP port (1-65535)")
+            raise LauncherError(f"--chroma-port {self.port}: not a TCP port (1-65535)")
 
 
 def _writable_copy(src: Path, dst: Path) -> None:
@@ -94,7 +95,7 @@ def open_client(source: Source) -> Iterator[Client]:
                 token = os.environ.get(TOKEN_ENV)
                 headers = {"Authorization": f"Bearer {token}"} if token else None
                 client = http_client(source.host or "", source.port, source.ssl, headers)
-        except ExportError:
+        except LauncherError:
             raise
         except Exception as exc:
             raise _open_error(source, exc) from None
@@ -104,18 +105,18 @@ def open_client(source: Source) -> Iterator[Client]:
             client.close()
 
 
-def _open_error(source: Source, exc: Exception) -> ExportError:
+def _open_error(source: Source, exc: Exception) -> LauncherError:
     if source.path is not None:
-        return ExportError(f"could not open the Chroma store {source.path}: {exc}")
+        return LauncherError(f"could not open the Chroma store {source.path}: {exc}")
     address = f"{source.host}:{source.port}"
     if "could not connect" in str(exc).lower():
         scheme = "https" if source.ssl else "http"
-        return ExportError(
+        return LauncherError(
             f"cannot reach a Chroma server at {address} ({scheme}): is it running, and are --chroma-host, "
             "--chroma-port and --chroma-ssl right?"
         )
     hint = f"check {TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else f"set {TOKEN_ENV} if the server needs a token"
-    return ExportError(f"the Chroma server at {address} refused the client: {exc} ({hint})")
+    return LauncherError(f"the Chroma server at {address} refused the client: {exc} ({hint})")
 
 
 def get_collection(client: Client, name: str, where: str) -> Collection:
@@ -123,7 +124,7 @@ def get_collection(client: Client, name: str, where: str) -> Collection:
     names = sorted(collection.name for collection in client.list_collections())
     if name not in names:
         have = f"Collections there: {', '.join(names)}" if names else "It has no collections"
-        raise ExportError(f"collection {name!r} does not exist in {where}. {have}. Choose one with --collection.")
+        raise LauncherError(f"collection {name!r} does not exist in {where}. {have}. Choose one with --collection.")
     return client.get_collection(name)
 
 
@@ -133,7 +134,7 @@ def read_records(collection: Collection, where: str, page_size: int, progress: b
 
     total = collection.count()
     if total == 0:
-        raise ExportError(f"collection {collection.name!r} in {where} is empty: there is nothing to export")
+        raise LauncherError(f"collection {collection.name!r} in {where} is empty: there is nothing to export")
     records: dict[str, Record] = {}
     offset = 0
     with tqdm(total=total, unit="rows", desc=f"reading {collection.name}", disable=not progress or None) as bar:
@@ -141,7 +142,7 @@ def read_records(collection: Collection, where: str, page_size: int, progress: b
             try:
                 page = collection.get(limit=page_size, offset=offset, include=["documents", "metadatas"])
             except Exception as exc:
-                raise ExportError(
+                raise LauncherError(
                     f"reading {collection.name!r} from {where} failed after {offset} rows: {exc}"
                 ) from None
             ids = page["ids"]
@@ -155,7 +156,7 @@ def read_records(collection: Collection, where: str, page_size: int, progress: b
             bar.update(len(ids))
     now = collection.count()
     if now != total or len(records) != total:
-        raise ExportError(
+        raise LauncherError(
             f"collection {collection.name!r} changed while it was read ({total} rows at the start, {now} at the end, "
             f"{len(records)} distinct ids read); run the export again when it is quiet"
         )

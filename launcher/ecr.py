@@ -1,11 +1,8 @@
 """Build, tag and push the image to ECR, under a tag that names its content.
 
-The tag is ``<content hash>-<lock hash>``: the content hash covers git's object ids of exactly what the image is
-built from (IMAGE_INPUTS), so a commit that changes anything else (a README, the launcher, tests) keeps the tag, and
-the image is found in ECR and not built or pushed again. When those files differ from the commit, the hash is of
-the working copy and the tag ends in ``-dirty``, so an image of uncommitted files never takes a clean tag. The commit
-itself goes on the image as a label and on every job as a tag. Login goes through ``ecr:GetAuthorizationToken``;
-the password goes to ``docker login`` on stdin, never on a command line or in a log.
+The tag hashes git's object ids of exactly what the image is built from (IMAGE_INPUTS) and the lock, so an image
+already in ECR is not built or pushed again; files that differ from the commit give a ``-dirty`` tag. The docker
+login password goes to ``docker login`` on stdin, never on a command line or in a log.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.aws import client_for
+from launcher.errors import EXIT_FAILED, LauncherError
 from launcher.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,10 +38,6 @@ IMAGE_INPUTS = (
 # SageMaker's training instances are x86_64; a build on an ARM laptop must still produce that.
 PLATFORM = "linux/amd64"
 STDERR_FD = 2
-
-
-class PushError(RuntimeError):
-    """Building or pushing the image failed; the message says which step."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +63,10 @@ def _git(*args: str, root: Path, env: dict[str, str] | None = None) -> str:
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
-        raise PushError(
+        raise LauncherError(
             f"git {' '.join(args)} failed in {root}: the image tag is made from git's view of the image's files, "
-            f"so push from a git checkout ({str(detail).strip()})"
+            f"so push from a git checkout ({str(detail).strip()})",
+            EXIT_FAILED,
         ) from None
     return out.stdout
 
@@ -108,13 +103,18 @@ def content_tag(root: Path = ROOT) -> tuple[str, str]:
     return tag, commit
 
 
-def ensure_repository(ecr: Any, name: str, *, create: bool = True) -> str:
-    """The repository's URI, creating the repository (immutable tags, scan on push) when it is missing."""
+def repository_uri(ecr: Any, name: str) -> str | None:
+    """The repository's URI, or None when it does not exist yet."""
     try:
         return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
     except ecr.exceptions.RepositoryNotFoundException:
-        if not create:
-            raise PushError(f"ECR repository {name} does not exist yet; `submit.py push` creates it") from None
+        return None
+
+
+def ensure_repository(ecr: Any, name: str) -> str:
+    """The repository's URI, creating the repository (immutable tags, scan on push) when it is missing."""
+    if uri := repository_uri(ecr, name):
+        return uri
     logger.info("creating ECR repository %s", name)
     repo = ecr.create_repository(
         repositoryName=name,
@@ -139,12 +139,12 @@ def _docker(docker: str, *args: str, stdin: str | None = None, quiet: bool = Fal
         out = subprocess.PIPE if quiet else STDERR_FD
         result = subprocess.run([docker, *args], input=stdin, text=True, stdout=out, stderr=out, check=False, cwd=ROOT)
     except FileNotFoundError:
-        raise PushError(
-            f"{docker!r} not found: install the Docker CLI, or pass --image to use a pushed image"
+        raise LauncherError(
+            f"{docker!r} not found: install the Docker CLI, or pass --image to use a pushed image", EXIT_FAILED
         ) from None
     if result.returncode != 0:
         detail = f": {(result.stderr or '').strip()[-500:]}" if quiet else ""
-        raise PushError(f"docker {args[0]} failed with status {result.returncode}{detail}")
+        raise LauncherError(f"docker {args[0]} failed with status {result.returncode}{detail}", EXIT_FAILED)
 
 
 def login(ecr: Any, docker: str) -> None:
@@ -159,9 +159,8 @@ def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -
     tag, commit = content_tag()
     ecr = client_for("ecr", settings.region)
     if dry_run:
-        try:
-            repo_uri = ensure_repository(ecr, settings.image_repository, create=False)
-        except PushError:
+        repo_uri = repository_uri(ecr, settings.image_repository)
+        if repo_uri is None:
             account = client_for("sts", settings.region).get_caller_identity()["Account"]
             repo_uri = f"{account}.dkr.ecr.{settings.region}.amazonaws.com/{settings.image_repository}"
         return Image(uri=f"{repo_uri}:{tag}", tag=tag, commit=commit, digest=pushed_digest_or_none(ecr, settings, tag))
@@ -192,7 +191,7 @@ def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -
     _docker(docker, "push", remote)
     digest = pushed_digest(ecr, settings.image_repository, tag)
     if not digest:
-        raise PushError(f"pushed {remote}, but ECR does not list it; check the push output above")
+        raise LauncherError(f"pushed {remote}, but ECR does not list it; check the push output above", EXIT_FAILED)
     logger.info("pushed %s (%s)", remote, digest)
     return Image(uri=remote, tag=tag, commit=commit, digest=digest, pushed=True)
 

@@ -17,7 +17,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +25,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from container_src.records import replace_dir
 from launcher.chroma_source import Source, get_collection, open_client, read_records
+from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, LauncherError
 from launcher.prompt_rows import (
     DUPLICATE,
     NO_QUESTION,
     NO_RESPONSE,
-    ExportError,
     FieldMapping,
     available_keys,
     build_rows,
@@ -41,7 +41,7 @@ from launcher.prompt_rows import (
     fingerprint,
     parse_field_overrides,
 )
-from launcher.upload import MANIFEST, UploadError, check_remote, parse_s3_uri, upload_export
+from launcher.upload import MANIFEST, check_remote, split_prefix, upload_export
 
 logger = logging.getLogger("export_prompts")
 
@@ -101,24 +101,25 @@ def _check_out(out: Path, source: Source) -> None:
     """Refuse an --out that is not ours to replace: a folder that holds something other than an earlier export,
     or a place inside the store being read."""
     if source.path is not None and out.resolve().is_relative_to(source.path.resolve()):
-        raise ExportError(f"--out {out} is inside the store {source.path}, which must stay unchanged")
+        raise LauncherError(f"--out {out} is inside the store {source.path}, which must stay unchanged")
     if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file; give a folder")
+        raise LauncherError(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ExportError(f"--out {out} holds files but no {MANIFEST}, so it is not an earlier export; choose another")
+        raise LauncherError(
+            f"--out {out} holds files but no {MANIFEST}, so it is not an earlier export; choose another"
+        )
 
 
 def _recover(out: Path) -> None:
     """Tidy after an export that was killed mid-way: drop its temporary folder, and put back a previous export that
-    was moved aside but not yet replaced."""
+    `replace_dir` moved aside (as ``.NAME.old``) but had not yet replaced."""
     for leftover in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    backups = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if backups and not out.exists():
-        logger.warning("restoring the previous export from %s (an earlier export was interrupted)", backups[-1])
-        backups.pop().rename(out)
-    for stale in backups:
-        shutil.rmtree(stale, ignore_errors=True)
+    aside = out.with_name(f".{out.name}.old")
+    if aside.exists() and not out.exists():
+        logger.warning("restoring the previous export from %s (an earlier export was interrupted)", aside)
+        aside.rename(out)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _features(columns: Sequence[str]) -> Any:
@@ -152,24 +153,15 @@ def write_export(out: Path, rows: list[dict[str, Any]], columns: Sequence[str], 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
-    backup = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
     try:
         dataset = Dataset.from_dict({c: [row[c] for row in rows] for c in columns}, features=_features(columns))
         dataset.save_to_disk(str(tmp))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         plot_categories(manifest["categories"], tmp / CATEGORIES_PNG, f"{manifest['collection']}: {len(rows)} prompts")
-        if out.exists():
-            out.rename(backup)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if backup.exists():
-                backup.rename(out)
-            raise
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def summary(manifest: dict[str, Any], out: Path) -> str:
@@ -200,9 +192,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         logger.info("--field thought=%s: exporting the thought column, as with --with-thought", fields["thought"][0])
     mapping = FieldMapping(fields, overridden, template, with_thought, args.keep_duplicates)
     if args.page_size < 1:
-        raise ExportError(f"--page-size {args.page_size}: must be at least 1")
+        raise LauncherError(f"--page-size {args.page_size}: must be at least 1")
     if args.s3_uri:
-        parse_s3_uri(args.s3_uri)
+        split_prefix(args.s3_uri)
     if args.out.is_symlink():  # the export replaces a folder by renaming: through a link, replace where it points
         args.out = args.out.resolve()
     _recover(args.out)
@@ -217,7 +209,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     built = build_rows(records, mapping)
     skipped = {reason: built.skipped[reason] for reason in (NO_QUESTION, NO_RESPONSE, DUPLICATE)} | dict(built.skipped)
     if not built.rows:
-        raise ExportError(
+        raise LauncherError(
             f"all {len(records)} rows were skipped ({skipped}); nothing to export. Check the --field mapping."
         )
     if built.unreadable_censored:
@@ -249,16 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         manifest = export(args)
-    except (ExportError, UploadError) as exc:
+    except LauncherError as exc:  # every refusal of the export is status 2, S3's too
         logger.error("%s", exc)
-        return 2
+        return EXIT_INPUT
     except Exception:
         logger.exception("export failed")
-        return 1
+        return EXIT_FAILED
     sys.stdout.write(summary(manifest, args.out))
     if manifest.get("s3_uri"):
         sys.stdout.write(f"uploaded to    {manifest['s3_uri']}\n")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

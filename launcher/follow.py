@@ -11,34 +11,24 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from launcher.aws import split_s3_uri
+from container_src.records import replace_dir
+from launcher.aws import parse_s3_uri
+from launcher.errors import EXIT_FAILED, LauncherError
 
 logger = logging.getLogger(__name__)
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
 
 
-class FetchError(RuntimeError):
-    """A job that failed, or an artifact that cannot be fetched; the message says which."""
-
-
-class TargetExistsError(ValueError):
-    """The download folder already holds this job; nothing is overwritten."""
-
-
-class UnknownJobError(ValueError):
-    """No training job of that name in this account and region."""
-
-
 def describe(sagemaker: Any, job_name: str) -> dict[str, Any]:
-    """DescribeTrainingJob; a name SageMaker does not know (it answers ValidationException) is UnknownJobError,
-    while anything else (access denied, throttling) is an AWS failure and keeps its own message."""
+    """DescribeTrainingJob; a name SageMaker does not know (it answers ValidationException) is bad input, while
+    anything else (access denied, throttling) is an AWS failure and keeps its own message."""
     try:
         return sagemaker.describe_training_job(TrainingJobName=job_name)
     except sagemaker.exceptions.ClientError as exc:
         if exc.response["Error"]["Code"] not in ("ValidationException", "ResourceNotFound"):
             raise
-        raise UnknownJobError(
+        raise LauncherError(
             f"{job_name}: no such training job in this account and region; "
             "check the name (the table printed when it was submitted lists it)"
         ) from None
@@ -86,14 +76,14 @@ def follow(
 def check_succeeded(job: dict[str, Any]) -> None:
     if job["TrainingJobStatus"] != "Completed":
         reason = job.get("FailureReason", "no reason given")
-        raise FetchError(f"{job['TrainingJobName']} {job['TrainingJobStatus']}: {reason}")
+        raise LauncherError(f"{job['TrainingJobName']} {job['TrainingJobStatus']}: {reason}", EXIT_FAILED)
 
 
 def download_target(dest: Path, job_name: str) -> Path:
     """Where a job's artifact is unpacked; refused up front if something is already there."""
     target = dest / job_name
     if target.exists():
-        raise TargetExistsError(f"--download: {target} already exists; remove it or choose another folder")
+        raise LauncherError(f"--download: {target} already exists; remove it or choose another folder")
     return target
 
 
@@ -102,8 +92,8 @@ def download(s3: Any, job: dict[str, Any], dest: Path) -> Path:
     target = download_target(dest, job["TrainingJobName"])
     artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     if not artifact:
-        raise FetchError(f"{job['TrainingJobName']} has no model artifact")
-    bucket, key = split_s3_uri(artifact)
+        raise LauncherError(f"{job['TrainingJobName']} has no model artifact", EXIT_FAILED)
+    bucket, key = parse_s3_uri(artifact)
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{job['TrainingJobName']}."))
     try:
@@ -111,11 +101,11 @@ def download(s3: Any, job: dict[str, Any], dest: Path) -> Path:
         try:
             s3.download_file(bucket, key, str(archive))
         except s3.exceptions.ClientError as exc:
-            raise FetchError(f"could not download {artifact}: {exc}") from None
+            raise LauncherError(f"could not download {artifact}: {exc}", EXIT_FAILED) from None
         unpacked = staging / "model"
         with tarfile.open(archive) as tar:
             tar.extractall(unpacked, filter="data")  # refuses absolute paths, .. and links out of the folder
-        unpacked.rename(target)
+        replace_dir(unpacked, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("unpacked %s into %s", artifact, target)

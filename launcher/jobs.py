@@ -19,6 +19,7 @@ from typing import Any
 
 from container_src.config import SCHEMAS, ConfigError, looks_like_secret, read_json_object, resolve
 from container_src.hardware import has_gpu, instance_has_bf16
+from launcher.errors import LauncherError
 from launcher.settings import Settings
 
 MODES = tuple(SCHEMAS)  # the container's own table: a mode it lacks is refused here, before any AWS call
@@ -30,10 +31,6 @@ _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # The container's [metric] lines (container_src/records.py): per step, then one final line.
 STEP_METRICS = ("tokens", "loss", "explained_variance", "l0", "dead_features", "lr")
 FINAL_METRICS = ("explained_variance", "ce_loss_score", "mse", "cossim", "l0", "dead_feature_fraction")
-
-
-class JobError(ValueError):
-    """Bad launcher input; raised before any AWS call, naming the problem."""
 
 
 def metric_definitions() -> list[dict[str, str]]:
@@ -48,9 +45,9 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            raise JobError(f"{flag} {item!r}: expected key=value, for example {flag} k=32")
+            raise LauncherError(f"{flag} {item!r}: expected key=value, for example {flag} k=32")
         if key.strip() in out:
-            raise JobError(f"{flag} {key.strip()}: given twice ({out[key.strip()]!r} and {value!r}); keep one")
+            raise LauncherError(f"{flag} {key.strip()}: given twice ({out[key.strip()]!r} and {value!r}); keep one")
         out[key.strip()] = value
     return out
 
@@ -62,11 +59,13 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
         key, eq, raw = item.partition("=")
         values = [v.strip() for v in raw.split(",")]
         if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not all(values):
-            raise JobError(f"--sweep {item!r}: expected key=v1,v2,… with no empty value, for example --sweep k=32,64")
+            raise LauncherError(
+                f"--sweep {item!r}: expected key=v1,v2,… with no empty value, for example --sweep k=32,64"
+            )
         if key in sweep:
-            raise JobError(f"--sweep {key}: given twice; list all its values in one --sweep {key}=v1,v2")
+            raise LauncherError(f"--sweep {key}: given twice; list all its values in one --sweep {key}=v1,v2")
         if len(set(values)) != len(values):
-            raise JobError(f"--sweep {item!r}: a value is repeated")
+            raise LauncherError(f"--sweep {item!r}: a value is repeated")
         sweep[key] = values
     return sweep
 
@@ -81,10 +80,10 @@ def read_config_file(path: Path) -> dict[str, str]:
     try:
         data = read_json_object(path, "--config")
     except ConfigError as exc:
-        raise JobError(str(exc)) from None
+        raise LauncherError(str(exc)) from None
     if nulls := sorted(k for k, v in data.items() if v is None):
         # as a hyperparameter null would be the text "null", which a text setting takes as its value
-        raise JobError(f"--config {path}: {', '.join(nulls)}: null; leave the key out to keep its default")
+        raise LauncherError(f"--config {path}: {', '.join(nulls)}: null; leave the key out to keep its default")
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
@@ -101,15 +100,15 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
     ``base`` is the ``--config`` file, ``overrides`` the ``--set`` and ``--sweep`` values.
     """
     if mode not in MODES:
-        raise JobError(f"--mode {mode!r}: unknown mode; choose one of {', '.join(MODES)}")
+        raise LauncherError(f"--mode {mode!r}: unknown mode; choose one of {', '.join(MODES)}")
     for source, given in (("--config", base), ("--set or --sweep", overrides)):
         if "mode" in given and given["mode"].strip().strip('"') != mode:
-            raise JobError(
+            raise LauncherError(
                 f"mode={given['mode']} (from {source}) disagrees with --mode {mode}; the job's mode is --mode, "
                 f"so remove mode from {source} or change --mode"
             )
         if "config" in given:
-            raise JobError(
+            raise LauncherError(
                 f"config (from {source}): a path would be read inside the job, where only the image's files are; "
                 "give the values themselves (in the --config FILE, or with --set), or preset=NAME"
             )
@@ -119,7 +118,7 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
         if not why and holds_wandb_key(value):
             why = "holds the value of WANDB_API_KEY"
         if why:
-            raise JobError(
+            raise LauncherError(
                 f"{key}: secrets never go in hyperparameters (this one {why}); store the W&B key with "
                 "`submit.py secret` and jobs get only its Secrets Manager id"
             )
@@ -127,7 +126,7 @@ def hyperparameters(mode: str, base: dict[str, str], overrides: dict[str, str]) 
     try:
         resolve(values, schema=schema)
     except ConfigError as exc:
-        raise JobError(f"hyperparameters: {exc}") from None
+        raise LauncherError(f"hyperparameters: {exc}") from None
     return values
 
 
@@ -139,17 +138,19 @@ def config_of(mode: str, values: dict[str, str]) -> Any:
 def check_instance(mode: str, instance_type: str, cfg: Any) -> list[str]:
     """Refuse what cannot work for a run of ``mode`` with config ``cfg``; return warnings for what works badly."""
     if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9]+", instance_type):
-        raise JobError(f"--instance-type {instance_type!r}: expected a SageMaker type such as {DEFAULT_INSTANCE}")
+        raise LauncherError(f"--instance-type {instance_type!r}: expected a SageMaker type such as {DEFAULT_INSTANCE}")
     gpu = has_gpu(instance_type)
     if mode == "train" and not gpu:
-        raise JobError(
+        raise LauncherError(
             f"--instance-type {instance_type}: has no NVIDIA GPU; training needs one (for example {DEFAULT_INSTANCE})"
         )
     warnings = []
     if not gpu:
         warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
     if gpu and not instance_has_bf16(instance_type) and cfg.precision == "bf16":
-        raise JobError(f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type")
+        raise LauncherError(
+            f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type"
+        )
     if mode == "train" and not instance_has_bf16(instance_type):
         warnings.append(
             f"{instance_type} has no native bf16: training runs in fp32 (twice the memory, slower); "
@@ -199,14 +200,16 @@ class JobSpec:
 
 def check_timing(spot: bool, max_run: int, max_wait: int | None) -> int | None:
     if max_run < 60:
-        raise JobError(f"--max-run {max_run}: must be at least 60 seconds")
+        raise LauncherError(f"--max-run {max_run}: must be at least 60 seconds")
     if not spot:
         if max_wait is not None:
-            raise JobError("--max-wait applies only to --spot jobs")
+            raise LauncherError("--max-wait applies only to --spot jobs")
         return None
     max_wait = max_wait if max_wait is not None else 2 * max_run
     if max_wait < max_run:
-        raise JobError(f"--max-wait {max_wait}: must be at least --max-run ({max_run}); it includes the run itself")
+        raise LauncherError(
+            f"--max-wait {max_wait}: must be at least --max-run ({max_run}); it includes the run itself"
+        )
     return max_wait
 
 
@@ -259,7 +262,7 @@ def build_request(spec: JobSpec, settings: Settings) -> dict[str, Any]:
             networking=Networking(enable_network_isolation=True) if spec.network_isolation else None,
         ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()])
     except Exception as exc:  # the SDK validates the role with IAM while constructing
-        raise JobError(
+        raise LauncherError(
             f"the SageMaker SDK refused the job: {type(exc).__name__}: {str(exc)[:300]}. It checks role_arn with "
             "IAM (iam:GetRole, iam:SimulatePrincipalPolicy); against an endpoint without IAM (a local test "
             "server) set SAGEMAKER_VALIDATE_ROLE=false"

@@ -20,11 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from container_src.data import NO_CATEGORY
-
-
-class ExportError(Exception):
-    """A problem with the source, the mapping or the output that the user can fix; the message says how."""
-
+from launcher.errors import LauncherError
 
 DOCUMENT = "document"  # as a key: the record's Chroma document rather than a metadata key
 
@@ -92,9 +88,9 @@ def parse_field_overrides(pairs: Sequence[str]) -> tuple[dict[str, tuple[str, ..
     for pair in pairs:
         name, sep, key = (part.strip() for part in pair.partition("="))
         if not sep or not name or not key:
-            raise ExportError(f"--field {pair!r}: expected NAME=KEY, for example --field response=answer_text")
+            raise LauncherError(f"--field {pair!r}: expected NAME=KEY, for example --field response=answer_text")
         if name not in fields:
-            raise ExportError(
+            raise LauncherError(
                 f"--field {pair!r}: unknown column {name!r}; columns that can be mapped: {', '.join(fields)}"
             )
         fields[name] = (key,)
@@ -109,15 +105,15 @@ def check_template(template: str) -> str:
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        raise ExportError(f"--template: {exc} (write a literal brace as {{{{ or }}}})") from None
+        raise LauncherError(f"--template: {exc} (write a literal brace as {{{{ or }}}})") from None
     bad = [name for name in names if name not in TEMPLATE_FIELDS]
     if bad:
-        raise ExportError(
+        raise LauncherError(
             f"--template: unknown field(s) {', '.join(bad)}; a template may use "
             + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
         )
     if not names:
-        raise ExportError("--template has no {field}: every row would get the same text")
+        raise LauncherError("--template has no {field}: every row would get the same text")
     return template
 
 
@@ -215,7 +211,7 @@ def check_keys(mapping: FieldMapping, keys: set[str]) -> list[str]:
             continue
         which = f"key {wanted[0]!r}" if len(wanted) == 1 else f"any of the keys {', '.join(map(repr, wanted))}"
         if name in mapping.overridden or name in REQUIRED_FIELDS:
-            raise ExportError(
+            raise LauncherError(
                 f"no row has {which} for column {name!r}. The rows have: {listing}. "
                 f"Map it with --field {name}=KEY ({DOCUMENT!r} is the row's document)."
             )

@@ -6,18 +6,18 @@ import logging
 import os
 from typing import Any
 
+from launcher.errors import LauncherError
+
 logger = logging.getLogger(__name__)
-
-
-class SecretError(ValueError):
-    """No key to store, or a secret that cannot be used."""
 
 
 def store_wandb_key(secrets: Any, secret_id: str, env: dict[str, str] | None = None) -> str:
     """Create or update the secret from ``WANDB_API_KEY``; returns its ARN. The key itself is never logged."""
     key = (env if env is not None else os.environ).get("WANDB_API_KEY", "").strip()
     if not key:
-        raise SecretError("WANDB_API_KEY is not set: export it in this shell (from wandb.ai/authorize), then run again")
+        raise LauncherError(
+            "WANDB_API_KEY is not set: export it in this shell (from wandb.ai/authorize), then run again"
+        )
     try:
         arn = secrets.describe_secret(SecretId=secret_id)["ARN"]
         secrets.put_secret_value(SecretId=secret_id, SecretString=key)

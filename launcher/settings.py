@@ -17,11 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from launcher.errors import LauncherError
+
 DEFAULT_FILE = Path(__file__).resolve().parent / "settings.toml"
-
-
-class SettingsError(ValueError):
-    """A missing or malformed setting; the message says where to set it."""
 
 
 @dataclass(frozen=True)
@@ -51,16 +49,16 @@ class Settings:
             try:
                 data = tomllib.loads(file.read_text())
             except tomllib.TOMLDecodeError as exc:
-                raise SettingsError(f"settings file {file} is not valid TOML: {exc}") from None
+                raise LauncherError(f"settings file {file} is not valid TOML: {exc}") from None
             known = {f.name for f in fields(cls)} - {"source"}
             unknown = sorted(set(data) - known)
             if unknown:
-                raise SettingsError(
+                raise LauncherError(
                     f"settings file {file}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}"
                 )
             values = {k: str(v) for k, v in data.items()}
         elif explicit:
-            raise SettingsError(f"settings file {file} does not exist")
+            raise LauncherError(f"settings file {file} does not exist")
         for f in fields(cls):
             if env.get(f"SAE_{f.name.upper()}"):
                 values[f.name] = env[f"SAE_{f.name.upper()}"]
@@ -74,16 +72,16 @@ class Settings:
         missing = [n for n in names if not getattr(self, n)]
         if missing:
             where = ", ".join(f"{n} (or SAE_{n.upper()})" for n in missing)
-            raise SettingsError(
+            raise LauncherError(
                 f"missing setting(s): {where}. Put them in launcher/{DEFAULT_FILE.name} (copy "
                 "launcher/settings.example.toml) or the environment; see the README's SageMaker set-up."
             )
         if "role_arn" in names and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", self.role_arn):
-            raise SettingsError(
+            raise LauncherError(
                 f"role_arn={self.role_arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
             )
         if "bucket" in names and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.bucket):
-            raise SettingsError(f"bucket={self.bucket!r} is not an S3 bucket name (no s3:// and no slashes)")
+            raise LauncherError(f"bucket={self.bucket!r} is not an S3 bucket name (no s3:// and no slashes)")
         return self
 
     def s3_uri(self, *parts: str) -> str:

@@ -32,43 +32,20 @@ from botocore.exceptions import NoCredentialsError
 
 from container_src.checkpoints import run_prefix, trained_fields
 from container_src.config import ConfigError
-from container_src.data import channel_files, check_eval_split
-from container_src.paths import hub_cache_env
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
-from launcher.channels import (
-    ChannelError,
-    check_local_dir,
-    check_sae_uri,
-    model_files,
-    planned_uri,
-    read_fingerprint,
-    remote_export_fingerprint,
-    resume_checkpoints,
-    s3_prefix,
-    trained_model_artifact,
-    upload_dir,
-)
-from launcher.follow import (
-    FetchError,
-    TargetExistsError,
-    UnknownJobError,
-    check_succeeded,
-    describe,
-    download,
-    download_target,
-    follow,
-)
-from launcher.secret import SecretError, secret_exists, store_wandb_key
-from launcher.settings import Settings, SettingsError
-from launcher.upload import upload_export
+from launcher.channels import planned_uri, resume_checkpoints, trained_model_artifact, upload_dir
+from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, LauncherError
+from launcher.follow import check_succeeded, describe, download, download_target, follow
+from launcher.plan import Plan, prepare
+from launcher.secret import secret_exists, store_wandb_key
+from launcher.settings import Settings
+from launcher.upload import read_manifest, remote_fingerprint, upload_export
 
 logger = logging.getLogger("launcher")
-EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 ACTIONS = ("push", "secret", "follow")
 DEFAULT_PROMPTS = Path("data/prompts")
 PLANNED_IMAGE_TAG = "planned"  # the image of the requests the SDK checks before the push, which names the real one
-INPUT_ERRORS = (jobs.JobError, SettingsError, ChannelError, SecretError, TargetExistsError, UnknownJobError)
 
 
 def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -135,7 +112,7 @@ def _follow_parser() -> argparse.ArgumentParser:
 def _check_no_secret(request: dict[str, Any]) -> None:
     """Last line of defence: the local W&B key must not appear anywhere in what is sent or printed."""
     if jobs.holds_wandb_key(json.dumps(request, default=str)):
-        raise jobs.JobError("the W&B key appears in the job request; remove it (jobs get only WANDB_SECRET_ID)")
+        raise LauncherError("the W&B key appears in the job request; remove it (jobs get only WANDB_SECRET_ID)")
 
 
 def _write(text: str) -> None:
@@ -160,94 +137,14 @@ def _follow_and_fetch(names: list[str], args: argparse.Namespace, region: str, s
             where = (
                 str(download(s3, job, args.download)) if args.download else job["ModelArtifacts"]["S3ModelArtifacts"]
             )
-        except FetchError as exc:
+        except LauncherError as exc:
+            if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
+                raise
             logger.error("%s", exc)
             status, where = EXIT_FAILED, job.get("FailureReason", "")[:80]
         rows.append([name, job["TrainingJobStatus"], where])
     _write(_table(rows))
     return status
-
-
-def _prepare(args: argparse.Namespace) -> tuple[Settings, list[dict[str, str]], list[dict[str, str]], list[str]]:
-    """Every check that needs no AWS call: settings, hyperparameters, sweep, instance, channels, names."""
-    settings = Settings.load(args.settings)
-    settings.require("region", "role_arn", "bucket", *([] if args.image else ["image_repository"]))
-    base = jobs.read_config_file(args.config) if args.config else {}
-    sets = jobs.parse_assignments(args.set, "--set")
-    sweep = jobs.parse_sweep(args.sweep)
-    if both := sorted(set(sweep) & set(sets)):
-        raise jobs.JobError(f"{', '.join(both)}: given in both --set and --sweep; keep one")
-    runs = jobs.combinations(sweep)
-    values = [jobs.hyperparameters(args.mode, base, {**sets, **run}) for run in runs]
-    configs = [jobs.config_of(args.mode, v) for v in values]  # each run's config, as the container will have it
-    seen: dict[str, dict[str, str]] = {}
-    for run, cfg in zip(runs, configs, strict=True):  # k=16 and k=16.0 are one configuration
-        same = seen.setdefault(repr(cfg), run)
-        if same is not run:
-            raise jobs.JobError(f"--sweep: {same} and {run} are the same configuration; list each value once")
-    for warning in dict.fromkeys(w for c in configs for w in jobs.check_instance(args.mode, args.instance_type, c)):
-        logger.warning("%s", warning)
-    args.max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)
-    if args.volume_gb < 1:
-        raise jobs.JobError(f"--volume-gb {args.volume_gb}: must be at least 1 (GB of the job's storage volume)")
-    if args.mode != "viz" and (args.from_job or args.sae):
-        raise jobs.JobError("--from-job and --sae feed a viz job's sae channel; use them with --mode viz")
-    if args.mode == "viz" and bool(args.from_job) == bool(args.sae):
-        raise jobs.JobError("--mode viz needs its SAE: give --from-job TRAIN_JOB or --sae s3://…")
-    if args.sae:
-        check_sae_uri(args.sae)
-    if args.resume_from and (args.mode != "train" or len(runs) > 1):
-        raise jobs.JobError("--resume-from continues one train job; it cannot be used with viz, bench or a sweep")
-    if args.download and not args.wait:
-        raise jobs.JobError("--download needs --wait (or use `submit.py follow JOB --download DIR` later)")
-    if args.dry_run and (args.wait or args.download):
-        raise jobs.JobError("--dry-run sends nothing, so there is nothing to --wait for or --download")
-    needs_prompts = args.mode == "viz" or (args.mode == "train" and any(c.prompt_ratio > 0 for c in configs))
-    if needs_prompts and not args.prompts.startswith("s3://"):
-        read_fingerprint(Path(args.prompts))  # a missing export fails here, not after the image is pushed
-    args.prompts = args.prompts if needs_prompts else None
-    for name in ("prompts", "model", "tinystories"):
-        source = getattr(args, name)
-        if source and source.startswith("s3://"):
-            setattr(args, name, s3_prefix(f"--{name}", source))
-        elif source and name != "prompts":
-            check_local_dir(name, Path(source))
-    if args.model and not args.model.startswith("s3://"):
-        args.model_names = _check_model_cache(Path(args.model), configs)
-        if not model_files(Path(args.model).resolve(), args.model_names):
-            raise jobs.JobError(
-                f"--model {args.model}: no models--*/refs or snapshots files in it; give a Hugging Face hub cache "
-                "(or $HF_HOME) that holds the model"
-            )
-    if args.mode == "train" and args.tinystories and not args.tinystories.startswith("s3://"):
-        for cfg in configs:  # the job would refuse a folder without the evaluation's split, after starting
-            try:
-                check_eval_split(Path(args.tinystories), cfg.tinystories_eval_split, cfg.tinystories_split)
-            except ConfigError as exc:
-                raise jobs.JobError(f"--tinystories: {exc}") from None
-    if args.network_isolation and args.mode != "bench" and not (args.model and args.tinystories):
-        raise jobs.JobError("--network-isolation: the job cannot reach the hub, so give --model and --tinystories")
-    names = jobs.job_names(args.mode, runs)
-    for name in names if args.download else []:
-        download_target(args.download, name)
-    return settings, runs, values, names
-
-
-def _check_model_cache(folder: Path, configs: list[Any]) -> set[str] | None:
-    """A local --model folder must hold each run's model in the hub-cache layout, which the job would check only
-    once it had started. Returns the models the runs name, or None when one names none (viz then takes the SAE's
-    model, known only in the job)."""
-    names: set[str] = set()
-    for cfg in configs:
-        model_name = getattr(cfg, "model_name", None)
-        if not model_name:
-            return None
-        try:
-            hub_cache_env(folder, model_name)
-        except ConfigError as exc:
-            raise jobs.JobError(f"--model {folder}: {exc}") from None
-        names.add(model_name)
-    return names
 
 
 def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str], channels: dict[str, str]) -> None:
@@ -269,7 +166,7 @@ def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, st
         if there != here:
             differ.append(f"channel {name}: {there} there, {here} here")
     if differ:
-        raise jobs.JobError(
+        raise LauncherError(
             f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
             "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE) and channels "
             "(--prompts, --tinystories), or leave out --resume-from to start a new run"
@@ -291,36 +188,26 @@ def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | N
     return sae, checkpoints, earlier
 
 
-def _local(args: argparse.Namespace, name: str) -> tuple[Path, list[Path]] | None:
-    """Channel ``name``'s local folder and the files of it that go up, or None when it is not local."""
-    source = getattr(args, name)
-    if not source or source.startswith("s3://"):
-        return None
-    folder = Path(source).resolve()
-    return folder, model_files(folder, args.model_names) if name == "model" else channel_files(folder)
-
-
 def _channels(
-    args: argparse.Namespace, settings: Settings, s3: Any, from_job_sae: str | None
+    args: argparse.Namespace, plan: Plan, s3: Any, from_job_sae: str | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Channel name -> S3 URI, and the tags they contribute (read-only: an S3 export's manifest gives its tag). Local
     folders go under prefixes named by their content, so their URIs are known before `_upload` puts them there."""
     channels: dict[str, str] = {}
     tags: dict[str, str] = {}
-    if args.prompts:
-        if args.prompts.startswith("s3://"):
-            channels["prompts"] = args.prompts
-            tags["prompts-fingerprint"] = remote_export_fingerprint(s3, args.prompts)
-        else:
-            fingerprint = read_fingerprint(Path(args.prompts))
-            tags["prompts-fingerprint"] = fingerprint
-            channels["prompts"] = settings.s3_uri("prompts", fingerprint[:16]) + "/"
+    prompts = plan.sources.get("prompts")
+    if prompts and prompts.startswith("s3://"):
+        channels["prompts"] = prompts
+        tags["prompts-fingerprint"] = remote_fingerprint(s3, prompts)
+    elif prompts:
+        fingerprint = read_manifest(Path(prompts))["fingerprint"]
+        tags["prompts-fingerprint"] = fingerprint
+        channels["prompts"] = plan.settings.s3_uri("prompts", fingerprint[:16]) + "/"
     for name in ("model", "tinystories"):
-        local = _local(args, name)
-        if local:
-            channels[name] = planned_uri(local[0], settings.s3_uri("channels", name), local[1])
-        elif getattr(args, name):
-            channels[name] = getattr(args, name)
+        if local := plan.local(name):
+            channels[name] = planned_uri(local[0], plan.settings.s3_uri("channels", name), local[1])
+        elif name in plan.sources:
+            channels[name] = plan.sources[name]
     if from_job_sae:
         channels["sae"] = from_job_sae
         tags["from-job"] = args.from_job
@@ -329,12 +216,13 @@ def _channels(
     return channels, tags
 
 
-def _upload(args: argparse.Namespace, s3: Any, channels: dict[str, str]) -> None:
+def _upload(plan: Plan, s3: Any, channels: dict[str, str]) -> None:
     """Upload the local folders to the prefixes `_channels` planned for them."""
-    if args.prompts and not args.prompts.startswith("s3://"):
-        upload_export(Path(args.prompts), channels["prompts"], s3_client=s3)
+    prompts = plan.sources.get("prompts")
+    if prompts and not prompts.startswith("s3://"):
+        upload_export(Path(prompts), channels["prompts"], s3_client=s3)
     for name in ("model", "tinystories"):
-        if local := _local(args, name):
+        if local := plan.local(name):
             upload_dir(s3, local[0], channels[name], local[1])
 
 
@@ -354,16 +242,18 @@ def _environment(args: argparse.Namespace, settings: Settings) -> dict[str, str]
     return {}
 
 
-def _submit(args: argparse.Namespace) -> int:
-    settings, runs, values, names = _prepare(args)
-    # From here on AWS is called: read-only look-ups and the SDK's checks, then the push, the uploads and the jobs.
-    from_job_sae, checkpoint_from, earlier = _earlier_jobs(args, settings)
-    environment = _environment(args, settings)
-    s3 = client_for("s3", settings.region)
-    channels, channel_tags = _channels(args, settings, s3, from_job_sae)
-    if earlier:  # one run: --resume-from refuses a sweep
-        _check_same_run(args.resume_from, earlier, values[0], channels)
-    specs = [
+def _specs(
+    args: argparse.Namespace,
+    plan: Plan,
+    channels: dict[str, str],
+    tags: dict[str, str],
+    *,
+    checkpoint_from: str | None,
+    environment: dict[str, str],
+) -> list[jobs.JobSpec]:
+    """One request per run, naming the planned image (the SDK checks them before the image is pushed)."""
+    settings = plan.settings
+    return [
         jobs.JobSpec(
             name=name,
             mode=args.mode,
@@ -375,7 +265,7 @@ def _submit(args: argparse.Namespace) -> int:
             volume_gb=args.volume_gb,
             max_run=args.max_run,
             spot=args.spot,
-            max_wait=args.max_wait,
+            max_wait=plan.max_wait,
             # Train jobs checkpoint to S3 under their own name: a spot restart of the job resumes from there.
             checkpoint_uri=(checkpoint_from or settings.s3_uri("checkpoints", name) + "/")
             if args.mode == "train"
@@ -384,31 +274,23 @@ def _submit(args: argparse.Namespace) -> int:
             environment=environment,
             tags={
                 "mode": args.mode,
-                **channel_tags,
+                **tags,
                 **({"sweep": " ".join(f"{k}={v}" for k, v in run.items())} if run else {}),
             },
         )
-        for name, run, hp in zip(names, runs, values, strict=True)
+        for name, run, hp in zip(plan.names, plan.runs, plan.values, strict=True)
     ]
-    for spec in specs:  # the SDK checks each request (the role with IAM, among others) before anything is pushed
-        _check_no_secret(jobs.build_request(spec, settings))
-    if not args.dry_run:
-        ensure_bucket(s3, settings.bucket, settings.region)
-    if args.image:
-        digest = args.image.partition("@")[2] or None
-        # which commit built another image is not known here: this checkout's HEAD need not be it
-        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit="unknown", digest=digest)
-    else:
-        image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
-    if not args.dry_run:
-        _upload(args, s3, channels)
-    sagemaker = client_for("sagemaker", settings.region)
-    rows = [["job", *(runs[0].keys()), "instance", "spot", "state"]]
+
+
+def _create(args: argparse.Namespace, plan: Plan, specs: list[jobs.JobSpec], image: ecr.Image) -> list[list[str]]:
+    """Send (or, in a dry run, print) each job's request; returns the table's rows."""
+    sagemaker = client_for("sagemaker", plan.settings.region)
+    rows = [["job", *(plan.runs[0].keys()), "instance", "spot", "state"]]
     submitted: list[str] = []
     try:
-        for spec, run in zip(specs, runs, strict=True):
+        for spec, run in zip(specs, plan.runs, strict=True):
             tags = {"git-commit": image.commit, "image-digest": image.digest or "unknown", **spec.tags}
-            request = jobs.build_request(replace(spec, image=image.reference, channels=channels, tags=tags), settings)
+            request = jobs.build_request(replace(spec, image=image.reference, tags=tags), plan.settings)
             _check_no_secret(request)
             if args.dry_run:
                 _write(json.dumps(request, indent=2, default=str) + "\n")
@@ -429,9 +311,35 @@ def _submit(args: argparse.Namespace) -> int:
                 ", ".join(submitted),
             )
         raise
-    _write(_table(rows))
+    return rows
+
+
+def _submit(args: argparse.Namespace) -> int:
+    plan = prepare(args)
+    settings = plan.settings
+    # From here on AWS is called: read-only look-ups and the SDK's checks, then the push, the uploads and the jobs.
+    from_job_sae, checkpoint_from, earlier = _earlier_jobs(args, settings)
+    environment = _environment(args, settings)
+    s3 = client_for("s3", settings.region)
+    channels, channel_tags = _channels(args, plan, s3, from_job_sae)
+    if earlier:  # one run: --resume-from refuses a sweep
+        _check_same_run(args.resume_from, earlier, plan.values[0], channels)
+    specs = _specs(args, plan, channels, channel_tags, checkpoint_from=checkpoint_from, environment=environment)
+    for spec in specs:  # the SDK checks each request (the role with IAM, among others) before anything is pushed
+        _check_no_secret(jobs.build_request(spec, settings))
+    if not args.dry_run:
+        ensure_bucket(s3, settings.bucket, settings.region)
+    if args.image:
+        digest = args.image.partition("@")[2] or None
+        # which commit built another image is not known here: this checkout's HEAD need not be it
+        image = ecr.Image(uri=args.image.partition("@")[0], tag="", commit="unknown", digest=digest)
+    else:
+        image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
+    if not args.dry_run:
+        _upload(plan, s3, channels)
+    _write(_table(_create(args, plan, specs, image)))
     if args.wait:
-        return _follow_and_fetch(names, args, settings.region, stream_logs=len(names) == 1)
+        return _follow_and_fetch(plan.names, args, settings.region, stream_logs=len(plan.names) == 1)
     return EXIT_OK
 
 
@@ -439,7 +347,7 @@ def _main(argv: list[str]) -> int:
     action = argv[0] if argv and argv[0] in ACTIONS else "submit"
     misplaced = next((a for a in argv if a in ACTIONS), None)
     if action == "submit" and misplaced and not any(a == "--mode" or a.startswith("--mode=") for a in argv):
-        raise jobs.JobError(f"{misplaced}: an action comes first, before its options (submit.py {misplaced} …)")
+        raise LauncherError(f"{misplaced}: an action comes first, before its options (submit.py {misplaced} …)")
     if action == "submit":
         return _submit(_submit_parser().parse_args(argv))
     if action == "follow":
@@ -467,12 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return _main(sys.argv[1:] if argv is None else list(argv))
-    except INPUT_ERRORS as exc:
+    except LauncherError as exc:
         logger.error("%s", exc)
-        return EXIT_INPUT
-    except (ecr.PushError, FetchError) as exc:
-        logger.error("%s", exc)
-        return EXIT_FAILED
+        return exc.status
     except NoCredentialsError:
         logger.error(
             "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "

@@ -20,8 +20,9 @@ import pytest
 from container_src.data import load_prompts
 from launcher import bench_export
 from launcher.chroma_source import http_client, persistent_client
+from launcher.errors import LauncherError
 from launcher.export_prompts import main
-from launcher.upload import UploadError, upload_export
+from launcher.upload import upload_export
 from tests.conftest import ROOT, _free_port, start_server
 
 Row = tuple[str, str | None, Mapping[str, Any]]  # id, document, metadata
@@ -575,10 +576,10 @@ def test_s3_upload_refuses_a_different_export(
     assert remote["fingerprint"] == manifest_of(out)["fingerprint"] and "thought" in remote["columns"]
 
     s3.put_object(Bucket="exports", Key="other/readme.txt", Body=b"not an export")
-    with pytest.raises(UploadError, match=r"no manifest\.json, so it is not an export"):
+    with pytest.raises(LauncherError, match=r"no manifest\.json, so it is not an export"):
         upload_export(out, "s3://exports/other", s3_client=s3)
     assert upload_export(out, "s3://exports/other", force=True, s3_client=s3) == "s3://exports/other/"
-    with pytest.raises(UploadError, match="NoSuchBucket"):
+    with pytest.raises(LauncherError, match="NoSuchBucket"):
         upload_export(out, "s3://missing-bucket/p", s3_client=s3)
 
 

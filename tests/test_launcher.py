@@ -815,6 +815,41 @@ def test_a_model_cache_uploads_only_what_the_job_reads(
     assert all("/snapshots/" in key or "/refs/" in key for key in uploaded)
 
 
+def test_a_local_channel_goes_up_once_with_its_record_beside_it(aws: dict[str, Any], tmp_path: Path) -> None:
+    """A folder that is not an export: its files under a prefix named by their content, and a record beside the
+    prefix (inside, the job would read it as data). The same folder again uploads nothing; an upload cut short
+    (files but no record) is completed."""
+    from launcher.channels import planned_uri, upload_dir
+
+    folder = tmp_path / "stories"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "train.jsonl").write_text('{"text": "a story"}\n')
+    (folder / "data" / "validation.jsonl").write_text('{"text": "another"}\n')
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=aws["bucket"])
+    uri = planned_uri(folder, f"s3://{aws['bucket']}/channels/tinystories", files)
+    prefix = uri.split("/", 3)[3]
+    fingerprint = prefix.rstrip("/").rsplit("/", 1)[1]
+
+    def listing() -> dict[str, str]:
+        objects = s3.list_objects_v2(Bucket=aws["bucket"], Prefix="channels/").get("Contents", [])
+        return {o["Key"]: o["ETag"] for o in objects}
+
+    upload_dir(s3, folder, uri, files)
+    first = listing()
+    record = prefix.rstrip("/") + ".complete"
+    assert set(first) == {prefix + "data/train.jsonl", prefix + "data/validation.jsonl", record}
+    body = json.loads(s3.get_object(Bucket=aws["bucket"], Key=record)["Body"].read())
+    assert body == {"fingerprint": fingerprint, "files": 2}
+    upload_dir(s3, folder, uri, files)
+    assert listing() == first
+    s3.delete_object(Bucket=aws["bucket"], Key=record)
+    s3.delete_object(Bucket=aws["bucket"], Key=prefix + "data/validation.jsonl")
+    upload_dir(s3, folder, uri, files)
+    assert set(listing()) == set(first)
+
+
 def test_following_an_unknown_job_is_bad_input(
     aws: dict[str, Any], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -887,16 +922,17 @@ def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
 
 
 def test_settings_file_and_environment(tmp_path: Path) -> None:
-    from launcher.settings import Settings, SettingsError
+    from launcher.errors import LauncherError
+    from launcher.settings import Settings
 
     file = tmp_path / "s.toml"
     file.write_text('region = "eu-west-1"\nbucket = "from-file"\nrole_arn = "arn:aws:iam::111122223333:role/x"\n')
     settings = Settings.load(file, env={"SAE_BUCKET": "from-env"})
     assert (settings.region, settings.bucket) == ("eu-west-1", "from-env")
-    with pytest.raises(SettingsError, match="image_repository"):
+    with pytest.raises(LauncherError, match="image_repository"):
         settings.require("region", "image_repository")
     file.write_text('regoin = "x"\n')
-    with pytest.raises(SettingsError, match="unknown key"):
+    with pytest.raises(LauncherError, match="unknown key"):
         Settings.load(file, env={})
-    with pytest.raises(SettingsError, match="not an IAM role ARN"):
+    with pytest.raises(LauncherError, match="not an IAM role ARN"):
         Settings(region="r", role_arn="my-role", bucket="b-1").require("role_arn")
