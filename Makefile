@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke bench relock clean lint-docker pin-base bench-export
+.PHONY: install lint test smoke bench relock clean lint-docker pin-base bench-export docs
 
 install: $(VENV)/.installed
 
@@ -61,6 +61,10 @@ bench: install
 	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tiny --repeats 2 --json $(BENCH)/cpu-tiny.json
 	SAGEMAKER_BASE_DIR=$(BENCH) $(PY) -m container_src bench --model_shape tinystories-33m --steps 6 --warmup_steps 2 --lm_batches 2 \
 		--json $(BENCH)/cpu-tinystories-33m.json
+
+# docs/configuration.md, generated from the field docstrings in container_src/config.py (a test fails when stale).
+docs: install
+	$(PY) -m container_src.config_doc > docs/configuration.md
 
 relock:
 	bash docker/relock.sh

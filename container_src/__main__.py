@@ -3,6 +3,7 @@
     python -m container_src train [--preset NAME] [--config FILE] [--key value ...]
     python -m container_src viz [--key value ...]
     python -m container_src bench [--key value ...]
+    python -m container_src MODE --help    # the mode's keys: type, default, meaning
     train [--key value ...]          # the same, from the image's PATH (SageMaker runs `docker run IMAGE train`)
 
 SageMaker always passes `train`, so a `mode` hyperparameter overrides the mode on the command line. Any error is
@@ -20,18 +21,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from container_src.config import (
-    SCHEMAS,
-    BenchConfig,
-    ConfigError,
-    Resolved,
-    RunConfig,
-    TrainConfig,
-    VizConfig,
-    parse_cli,
-    pick_mode,
-    resolve,
-)
+from container_src.config import SCHEMAS, BenchConfig, ConfigError, Resolved, RunConfig, TrainConfig, VizConfig, resolve
+from container_src.config_sources import parse_cli, pick_mode
 from container_src.paths import ContainerPaths
 
 logger = logging.getLogger("container_src")
@@ -63,16 +54,11 @@ MODES: dict[str, tuple[type[RunConfig], Callable[[Any, ContainerPaths], Any]]] =
 }
 
 
-def _usage() -> str:
-    from dataclasses import fields
+def _usage(argv: list[str]) -> str:
+    """The entry point's usage, then the keys of the mode named first in ``argv`` (of every mode when none is)."""
+    from container_src.config_doc import usage
 
-    from container_src.config import list_presets
-
-    lines = [__doc__ or "", f"modes: {', '.join(MODES)}", f"presets: {', '.join(list_presets())}"]
-    for mode, (schema, _) in MODES.items():
-        lines.append(f"{mode} keys:")
-        lines += [f"  --{f.name} (default {f.default!r})" for f in fields(schema)]
-    return "\n".join(lines) + "\n"
+    return f"{__doc__ or ''}\n{usage(argv[0] if argv else None)}"
 
 
 def _setup_logging() -> None:
@@ -103,7 +89,7 @@ def _stop(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["help"] or "-h" in argv or "--help" in argv:  # also after a mode: `bench --help`
-        sys.stdout.write(_usage())
+        sys.stdout.write(_usage(argv))
         return EXIT_OK
     _setup_logging()
     # SIGTERM (docker stop, StopTrainingJob) ends every mode with 143 and a failure file. In the image Python is

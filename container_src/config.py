@@ -1,11 +1,10 @@
-"""Each mode's typed configuration, and how its sources are merged.
+"""Each mode's typed configuration: its keys, their defaults and meaning, and the checks of their values.
 
-Sources, lowest to highest precedence: the dataclass defaults (the seed plan), a preset (``--preset NAME`` or a
-``preset`` key, files in ``presets/``) or ``--config FILE`` (JSON), then SageMaker's ``hyperparameters.json`` (all
-strings), then ``--key value`` flags. Every value is converted to its field's type; an unknown key, a bad value or an
-impossible combination raises :class:`ConfigError` naming the key, before any model is loaded.
-
-Secrets never enter the config: keys that look like one are refused with a pointer to ``WANDB_SECRET_ID``.
+One dataclass per mode (``SCHEMAS``), with a docstring under each field: ``--help`` and docs/configuration.md are
+generated from them (``config_doc``). ``resolve`` merges a run's sources into one of them (lowest precedence first:
+the defaults, a preset or ``--config FILE``, SageMaker's ``hyperparameters.json``, then ``--key value`` flags; how is in
+``config_sources``); an unknown key, a bad value or an impossible combination raises :class:`ConfigError` naming the
+key, before any model is loaded. Secrets never enter the config: ``wandb_key`` reads the W&B key from the environment.
 """
 
 from __future__ import annotations
@@ -13,39 +12,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-logger = logging.getLogger(__name__)
+# looks_like_secret and read_json_object are re-exported: the launcher imports them from here.
+from container_src.config_sources import ConfigError, check_types, merge
+from container_src.config_sources import looks_like_secret as looks_like_secret
+from container_src.config_sources import read_json_object as read_json_object
+from container_src.model_shapes import SHAPES
 
-PRESETS_DIR = Path(__file__).parent / "presets"
 ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
-# Keys that existed once, with what to do instead.
-REMOVED_KEYS = {
-    "compile_llm": (
-        "removed: SAE-Lens's torch.compile of the model's run_with_cache never worked here (its caching hook is a new "
-        "function on every call and a guard of the compiled code, so torch keeps recompiling it until its recompile "
-        "limit; on an H100 it failed with a KeyError at the hook). fused_lm is what makes the model fast; drop the key"
-    ),
-}
-# Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
-META_KEYS = ("mode", "preset", "config")
-# SageMaker itself adds hyperparameters in some set-ups (script-mode SDK settings, the tuner's objective); they are
-# not ours to interpret and must not fail a job.
-_PLATFORM_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
-_SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "auth_token", "access_token", "hf_token", "wandb_key")
-
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message names the key."""
 
 
 def _need(cfg: object, ok: bool, key: str, why: str) -> None:
@@ -64,12 +44,12 @@ class RunConfig:
     tinystories_split: str = "train"
     """Split of the hub dataset to stream."""
     precision: str = "auto"
-    """`auto` (bf16 autocast where the GPU supports it, else fp32), `fp32` or `bf16`."""
+    """Numeric precision: `auto` (bf16 autocast where the GPU supports it, else fp32), `fp32` or `bf16`."""
     device: str = "auto"
-    """`auto` (cuda when available), `cpu`, `cuda` or `cuda:N`."""
+    """Device to run on: `auto` (cuda when available), `cpu`, `cuda` or `cuda:N`."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         self._check_values()
 
     def _check_values(self) -> None:
@@ -92,7 +72,7 @@ class TrainConfig(RunConfig):
     hook_name: str = "blocks.2.mlp.hook_post"
     """TransformerLens hook to train on. Its width (d_in) is read from the model, never configured."""
     architecture: str = "topk"
-    """`topk` or `batchtopk`."""
+    """SAE architecture: `topk` or `batchtopk`."""
     expansion_factor: int = 8
     """d_sae = expansion_factor × d_in, unless d_sae is given."""
     d_sae: int | None = None
@@ -112,9 +92,10 @@ class TrainConfig(RunConfig):
     context_size: int = 512
     """Tokens per sequence fed to the model. Must not exceed the model's context."""
     n_batches_in_buffer: int = 16
-    """Size of SAE-Lens's shuffling buffer in sequences of ``context_size`` tokens, despite the name (SAE-Lens 6.54
-    sizes it ``n_batches_in_buffer × context_size`` tokens): at each refill it is shuffled, training batches are
-    served from it and half of it is kept for the next refill."""
+    """Size of SAE-Lens's shuffling buffer, in sequences of `context_size` tokens (despite the name).
+
+    SAE-Lens 6.54 sizes it ``n_batches_in_buffer × context_size`` tokens: at each refill it is shuffled, training
+    batches are served from it and half of it is kept for the next refill."""
     store_batch_size_prompts: int = 16
     """Sequences per model forward pass when filling the buffer."""
     n_checkpoints: int = 5
@@ -122,25 +103,30 @@ class TrainConfig(RunConfig):
     prompt_ratio: float = 0.1
     """Share of documents drawn from the prompts channel (cycled); the rest are TinyStories."""
     compile_sae: bool | None = None
-    """torch.compile the SAE's training forward pass; when empty, on for a CUDA device where Triton finds a C
-    compiler (the image has gcc; +14% end to end on an H100, for about 15 s of compiling), where a failed compile
-    then runs the step eagerly; off on CPU."""
+    """Compile the SAE's training forward pass with torch.compile; when empty, on for a CUDA device, off on CPU.
+
+    When empty it is on only where Triton finds a C compiler (the image has gcc), and a compile that fails then runs
+    the step eagerly. Compiling takes some seconds at the start of the run."""
     prefetch_llm_batches: int = 2
-    """Training batches prepared ahead in a background thread (tokenising, the model's forward pass, the shuffling
-    buffer), overlapping the SAE step; 0 turns it off. The data and its order are unchanged; a checkpoint's data
-    position includes the batches prepared ahead, which a resumed run skips."""
+    """Training batches prepared ahead in a background thread, overlapping the SAE step; 0 turns it off.
+
+    The thread tokenises, runs the model's forward pass and fills the shuffling buffer. The data and its order are
+    unchanged; a checkpoint's data position includes the batches prepared ahead, which a resumed run skips."""
     data_worker: bool = True
-    """Read, tokenise and pack the training stream in a process of its own, which hands the rows back in order; the
-    training process then spends neither its interpreter lock nor its cores on them. The rows are the same; false
-    does the work in the training process."""
+    """Read, tokenise and pack the training stream in a process of its own; false does it in the training process.
+
+    The worker hands the rows back in order, so the rows are the same; the training process then spends neither its
+    interpreter lock nor its cores on them."""
     lean_step: bool = True
-    """Train with our SAE step (container_src/sae_step.py): Adam's fused kernel, and for `topk` a training forward
-    pass with less dense work. The loss and the updates are SAE-Lens's, to rounding; false runs SAE-Lens's own step
-    and Adam."""
+    """Train with our SAE step (container_src/sae_step.py); false runs SAE-Lens's own step and Adam.
+
+    Ours uses Adam's fused kernel, and for `topk` a training forward pass with less dense work. The loss and the
+    updates are SAE-Lens's, to rounding."""
     fused_lm: bool = True
-    """Run the model's attention, layer norms and MLP activation through torch's fused kernels
-    (container_src/fused.py): no [batch, head, query, key] tensors are written, and each norm and GELU is one kernel
-    instead of several. The activations are TransformerLens's, to rounding; false runs TransformerLens's own code."""
+    """Run the model through torch's fused kernels (container_src/fused.py); false runs TransformerLens's own code.
+
+    The attention, layer norms and MLP activation are fused: no [batch, head, query, key] tensors are written, and
+    each norm and GELU is one kernel instead of several. The activations are TransformerLens's, to rounding."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead."""
     feature_sampling_window: int = 2000
@@ -150,10 +136,12 @@ class TrainConfig(RunConfig):
     eval_batches: int = 10
     """Batches of `store_batch_size_prompts` sequences used for the final evaluation."""
     tinystories_eval_split: str = "validation"
-    """TinyStories split the evaluations read (the final one, and W&B's during training), held out from training;
-    a `tinystories` channel must have it (a saved DatasetDict's split, or files named for it). The value of
-    `tinystories_split` evaluates on training stories instead, with a warning. The prompts are cycled in training,
-    so the evaluation's prompts are always ones the SAE trained on."""
+    """TinyStories split the evaluations read, held out from training.
+
+    The evaluations are the final one and W&B's during training. A `tinystories` channel must have this split (a
+    saved DatasetDict's split, or files named for it). The value of `tinystories_split` evaluates on training
+    stories instead, with a warning. The prompts are cycled in training, so the evaluation's prompts are always
+    ones the SAE trained on."""
     log_to_wandb: bool = True
     """Log to W&B; offline (files under the output dir) when no key is available."""
     wandb_project: str = "sae_tinystories"
@@ -285,10 +273,11 @@ class BenchConfig(TrainConfig):
     """
 
     steps: int | None = None
-    """Training steps per pipeline after the warm-up (the timed window is whole buffer refills among them); when
-    empty, 200 on a GPU and 8 on CPU."""
+    """Training steps per pipeline after the warm-up; when empty, 200 on a GPU and 8 on CPU.
+
+    The timed window is whole buffer refills among them."""
     warmup_steps: int | None = None
-    """Untimed steps before them (buffer fill, compilation, allocator); when empty, 20 on a GPU and 2 on CPU."""
+    """Untimed steps before the timed ones (buffer fill, compilation, allocator); when empty, 20 on GPU, 2 on CPU."""
     lm_batches: int = 5
     """Model batches (`store_batch_size_prompts` sequences each) timed for the model-only throughput."""
     model_shape: str = "tinystories-33m"
@@ -302,13 +291,12 @@ class BenchConfig(TrainConfig):
     json: str | None = None
     """Also write the figures to this JSON file."""
     profile: str | None = None
-    """Also run ours once more under torch.profiler, over the steps after the warm-up, and write its operator table
-    to this file (the figures come from the runs without the profiler)."""
+    """Also run ours once more under torch.profiler and write its operator table to this file.
+
+    The profiled run covers the steps after the warm-up; the figures come from the runs without the profiler."""
 
     def _check_values(self) -> None:
         super()._check_values()
-        from container_src.synthetic import SHAPES
-
         _need(self, self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         _need(
             self,
@@ -350,172 +338,6 @@ class Resolved(Generic[C]):
         }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Type conversion
-
-
-def _field_types(schema: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(schema)
-    return {f.name: hints[f.name] for f in fields(schema)}
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def convert(key: str, raw: Any, schema: type = TrainConfig) -> Any:
-    """Convert ``raw`` (a string from hyperparameters or a flag, or a JSON value) to the type of field ``key`` of
-    ``schema`` (``resolve`` has refused keys that are not fields)."""
-    base, optional = _unwrap_optional(_field_types(schema)[key])
-    raw = _unquote(raw)
-    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"))):
-        return None
-    try:
-        return _convert_scalar(base, raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}={raw!r}: expected {base.__name__}{' or none' if optional else ''} ({exc})") from None
-
-
-def _unquote(raw: Any) -> Any:
-    """Some SageMaker clients JSON-encode every hyperparameter, so "64" can arrive as '"64"'; take the inner string."""
-    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        with contextlib.suppress(json.JSONDecodeError):
-            inner = json.loads(raw)
-            if isinstance(inner, str):
-                return inner
-    return raw
-
-
-def _convert_scalar(base: type, raw: Any) -> Any:
-    if base is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off"):
-            return False
-        raise ValueError("not a boolean (true/false)")
-    if base is int:
-        if isinstance(raw, bool):
-            raise TypeError("a boolean is not an integer")
-        if isinstance(raw, int):
-            return raw
-        try:
-            number = float(str(raw).replace("_", "")) if not isinstance(raw, float) else raw
-        except ValueError:
-            raise ValueError("not a number") from None
-        if not number.is_integer():
-            raise ValueError("not a whole number")
-        return int(number)
-    if base is float:
-        if isinstance(raw, bool):
-            raise TypeError("a boolean is not a number")
-        return float(str(raw).replace("_", "")) if isinstance(raw, str) else float(raw)
-    if base is str:
-        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
-            raise TypeError(f"got {type(raw).__name__}")
-        return str(raw)
-    raise TypeError(f"unsupported field type {base}")
-
-
-def _check_types(cfg: RunConfig) -> None:
-    """Values set in Python (tests, presets loaded by hand) get the same checks as strings from SageMaker."""
-    for key, tp in _field_types(type(cfg)).items():
-        value = getattr(cfg, key)
-        base, optional = _unwrap_optional(tp)
-        if value is None and optional:
-            continue
-        if base is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(cfg, key, float(value))
-            continue
-        if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-            raise ConfigError(f"{key}={value!r}: expected {base.__name__}, got {type(value).__name__}")
-
-
-def looks_like_secret(key: str) -> bool:
-    """A key that names a credential; such keys are refused in every configuration source (and by the launcher)."""
-    lowered = key.lower()
-    return lowered in ("key", "token") or any(marker in lowered for marker in _SECRET_MARKERS)
-
-
-def _modes_taking(key: str, schema: type) -> list[str]:
-    """The other modes whose configuration has ``key``."""
-    others = [c for c in SCHEMAS.values() if c is not schema and key in _field_types(c)]
-    return [c.__name__.removesuffix("Config").lower() for c in others]
-
-
-_SOURCE_NAMES = {"hyperparameters": "the hyperparameters", "cli": "the command line"}
-
-
-def _unknown_key_message(key: str, schema: type, source: str) -> str:
-    if key in REMOVED_KEYS:
-        return f"configuration key {key!r}: {REMOVED_KEYS[key]}"
-    if looks_like_secret(key):
-        return (
-            f"{key}: secrets never go in the configuration or hyperparameters. "
-            "Set WANDB_API_KEY in the environment locally, or WANDB_SECRET_ID (a Secrets Manager id) for a job."
-        )
-    import difflib
-
-    where = f" (from {_SOURCE_NAMES.get(source, source.replace(':', ' ', 1))})"
-    if owners := _modes_taking(key, schema):
-        return f"configuration key {key!r}{where} belongs to {' and '.join(owners)}, not {schema.__name__}"
-    names = [f.name for f in fields(schema)]
-    close = difflib.get_close_matches(key, names, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(names)}."
-    return f"unknown configuration key {key!r}{where} for {schema.__name__}.{hint}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Sources
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a JSON object of key: value pairs")
-    return data
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    path = PRESETS_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ConfigError(f"preset={name!r}: no such preset. Available: {', '.join(list_presets())}")
-    return read_json_object(path, "preset")
-
-
-def parse_cli(argv: list[str]) -> dict[str, str]:
-    """``--key value`` and ``--key=value`` pairs; dashes in keys become underscores."""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}: options look like --key value")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"--{key} needs a value")
-            value = argv[i + 1]
-            i += 1
-        out[key.replace("-", "_")] = value
-        i += 1
-    return out
-
-
 def resolve(
     hyperparameters: Mapping[str, Any] | None = None,
     cli: Mapping[str, str] | None = None,
@@ -529,51 +351,8 @@ def resolve(
     otherwise (flags, a config file, a job's own hyperparameters, the launcher's check of them) they are an
     error.
     """
-    hyperparameters = dict(hyperparameters or {})
-    cli = dict(cli or {})
-    layers: list[tuple[str, dict[str, Any]]] = []
-
-    preset = _unquote(cli.get("preset", hyperparameters.get("preset")))
-    config_file = _unquote(cli.get("config", hyperparameters.get("config")))
-    if preset:
-        layers.append((f"preset:{preset}", load_preset(str(preset))))
-    if config_file:
-        layers.append((f"config:{config_file}", read_json_object(Path(str(config_file)), "config file")))
-    layers.append(("hyperparameters", hyperparameters))
-    layers.append(("cli", cli))
-
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    left: set[str] = set()
-    for source, layer in layers:
-        for key, raw in layer.items():
-            if key.startswith(_PLATFORM_KEY_PREFIXES):
-                logger.info("ignoring platform hyperparameter %s", key)
-                continue
-            if key in META_KEYS:
-                if source not in ("hyperparameters", "cli"):
-                    raise ConfigError(
-                        f"{source}: key {key!r} is read only from the command line or the hyperparameters; "
-                        "move it there"
-                    )
-                continue
-            if key not in _field_types(schema):
-                shared = shared_tree and (source == "hyperparameters" or source.startswith("preset:"))
-                if shared and _modes_taking(key, schema):
-                    left.add(key)
-                    continue
-                raise ConfigError(_unknown_key_message(key, schema, source))
-            values[key] = convert(key, raw, schema)
-            sources[key] = source
-    if left:
-        logger.warning("%s: keys of other modes, left to them: %s", schema.__name__, ", ".join(sorted(left)))
-    present = [source for source, layer in layers if layer]
-    return Resolved(config=schema(**values), sources=sources, layers=present)
-
-
-def pick_mode(argv_mode: str, hyperparameters: Mapping[str, Any], cli: Mapping[str, str]) -> str:
-    """``--mode`` beats a ``mode`` hyperparameter, which beats the command line's MODE (SageMaker always says train)."""
-    return str(_unquote(cli.get("mode") or hyperparameters.get("mode") or argv_mode))
+    values, sources, layers = merge(hyperparameters, cli, schema, SCHEMAS, shared_tree)
+    return Resolved(config=schema(**values), sources=sources, layers=layers)
 
 
 def wandb_key(env: Mapping[str, str] | None = None) -> str | None:

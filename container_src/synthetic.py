@@ -14,9 +14,9 @@ import argparse
 import hashlib
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
+from container_src.model_shapes import SHAPES
 from container_src.paths import hub_cache_entry
 
 logger = logging.getLogger(__name__)
@@ -70,29 +70,6 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
         pad_token="<|endoftext|>",
         model_max_length=2048,
     )
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a GPT-Neo. TransformerLens gives it d_mlp = 4 × hidden_size, the width of ``mlp.hook_post``."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    max_position_embeddings: int
-    vocab_size: int | None = None
-    """None: the size of the locally trained tokenizer's vocabulary."""
-
-
-SHAPES = {
-    # Builds in seconds; mlp.hook_post is 256 wide.
-    "tiny": ModelShape(hidden_size=64, num_layers=4, num_heads=4, max_position_embeddings=512),
-    # roneneldan/TinyStories-33M's published config: the same matrices, so the same speed. Only token ids below the
-    # local tokenizer's vocabulary occur, which changes no matrix size.
-    "tinystories-33m": ModelShape(
-        hidden_size=768, num_layers=4, num_heads=16, max_position_embeddings=2048, vocab_size=50257
-    ),
-}
 
 
 def write_model_cache(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from container_src.config import ConfigError, TrainConfig, list_presets, parse_cli, pick_mode, resolve, wandb_key
+from container_src.config import ConfigError, TrainConfig, resolve, wandb_key
+from container_src.config_sources import list_presets, parse_cli, pick_mode
 
 
 def test_hyperparameter_strings_become_field_types() -> None:
@@ -202,7 +203,7 @@ def test_a_shared_tree_leaves_other_modes_keys_to_them(caplog: pytest.LogCapture
     from container_src.config import VizConfig
 
     shared = {"preset": "smoke", "k": "16", "n_features": "3", "seed": "5"}
-    with caplog.at_level("INFO", logger="container_src.config"):
+    with caplog.at_level("INFO", logger="container_src.config_sources"):
         viz = resolve(shared, schema=VizConfig, shared_tree=True)
     assert (viz.config.n_features, viz.config.seed, viz.config.device) == (3, 5, "cpu")  # device from the preset
     assert "keys of other modes, left to them: " in caplog.text and "expansion_factor" in caplog.text

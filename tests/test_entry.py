@@ -214,20 +214,40 @@ def test_failure_reason_fits_sagemaker(opt_ml: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["help"], ["bench", "--help"], ["viz", "-h"], ["train", "--k", "8", "--help"]]
+    ("argv", "modes"),
+    [
+        (["--help"], ["train", "viz", "bench"]),
+        (["help"], ["train", "viz", "bench"]),
+        (["bench", "--help"], ["bench"]),
+        (["viz", "-h"], ["viz"]),
+        (["train", "--k", "8", "--help"], ["train"]),
+    ],
 )
 def test_help_lists_keys_and_presets(
-    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    argv: list[str],
+    modes: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    """Help lists the presets and each key of the mode asked for (of every mode without one): type, default and
+    the first line of its docstring."""
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert (
-        "--hook_name" in out
-        and "--n_features" in out
-        and "presets: smoke" in out
-        and json.dumps("blocks.2.mlp.hook_post") in out.replace("'", '"')
-    )
+    assert "presets: smoke" in out and "modes: train, viz, bench" in out
+    hook_default = json.dumps("blocks.2.mlp.hook_post")
+    expected = {
+        "train": ["--hook_name: str = ", "TransformerLens hook to train on.", "--d_sae: int | None = None"],
+        "viz": ["--n_features: int = 50", "Dashboards for this many features, the most prompt-specific first."],
+        "bench": ["--hook_name: str = ", "--model_shape: str = ", "Shape of the random stand-in model"],
+    }
+    for mode in modes:
+        for text in expected[mode]:
+            assert text in out, (mode, text)
+    assert (hook_default in out.replace("'", '"')) == bool({"train", "bench"} & set(modes))
+    assert ("--n_features" in out) == ("viz" in modes)  # a mode's help lists only its own keys
+    assert ("--model_shape" in out) == ("bench" in modes)
     assert list(tmp_path.iterdir()) == []  # help runs nothing and writes nothing (no failure file)
 
 
