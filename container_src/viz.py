@@ -57,6 +57,8 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Models:
+    """The language model and the SAE, checked against each other, and the context size they run at."""
+
     lm: Any
     sae: Any
     context_size: int
@@ -118,7 +120,7 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
 
 
 def load_models(cfg: VizConfig, inputs: Inputs) -> Models:
-    """The model and the SAE, checked against each other, and the context the SAE reads."""
+    """Load the model and the SAE, and check that they fit each other and the context size."""
     runtime, sae_cfg, hook_name = inputs.runtime, inputs.sae_cfg, inputs.hook_name
     logger.info(
         "loading %s on %s (%s) for SAE %s", inputs.model_name, runtime.device_name, runtime.precision, inputs.sae_dir
