@@ -261,11 +261,10 @@ class PackedRows:
     BOS), and packed by SAE-Lens's own ``concat_and_batch_sequences`` with the store's BOS and separator settings.
 
     Why: given text, the store tokenises one document at a time onto the model's device and packs it there, a small
-    host-to-device copy and several device round trips per document. On a GPU that starves the SAE (on an H100,
-    99k tokens/s from text to the hook against 757k for the forward pass alone). Here documents are tokenised in
-    batches on the CPU, and ``store.PackedStore`` copies the rows to the device a model batch at a time. Its resume
-    position then counts rows, not documents; each iteration starts the stream afresh, so fast-forwarding
-    reproduces the same rows.
+    host-to-device copy and several device round trips per document, which on a GPU starve the SAE. Here documents
+    are tokenised in batches on the CPU, and ``store.PackedStore`` copies the rows to the device a model batch at a
+    time. Its resume position then counts rows, not documents; each iteration starts the stream afresh, so
+    fast-forwarding reproduces the same rows.
     """
 
     def __init__(self, stream: Iterable[dict[str, Any]], model: Any, runner_cfg: Any, batch: int = 256) -> None:

@@ -1,30 +1,7 @@
-"""The model's attention and MLP activation through torch's fused kernels, for train's forward passes (filling the
-activation buffer, and the evaluations).
-
-TransformerLens computes attention in the open so that its scores and pattern can be hooked: for every layer it
-writes the [batch, head, query, key] scores, masks them, takes the softmax, clears NaNs and multiplies by the values,
-each a pass over a tensor that at TinyStories-33M's shape (16 sequences of 512, 16 heads) is 268 MB in fp32. On an
-H100 the model's forward pass then took 40% as long as the SAE step; with the fused kernel, which reads queries,
-keys and values once and never writes the pattern, it ran 1.8× faster.
-
-`fuse_model` swaps the class of each plain ``Attention`` module for `FusedAttention`, which keeps the parameters,
-buffers and hook points. A forward pass takes the fused path only when it would give what TransformerLens gives:
-causal attention with standard positional embeddings on one device; no cache, padding mask, extra mask, score cap,
-per-head result or 4-bit weights; and nothing hooked on the scores or the pattern (``run_with_cache`` of
-``hook_pattern`` gets the pattern, from TransformerLens's own code). ``hook_q``, ``hook_k``, ``hook_v`` and
-``hook_z`` run either way. The outputs agree with TransformerLens's to rounding (the kernel sums in another order,
-and under bf16 autocast it never rounds the scores to bf16, where TransformerLens does).
-
-It also gives each MLP whose activation is TransformerLens's ``gelu_new`` (GPT-2's and GPT-Neo's tanh approximation,
-written as six elementwise operations) torch's one-kernel ``gelu(approximate="tanh")``, the same function, which
-TransformerLens itself uses for ``gelu_pytorch_tanh``, with ``gelu_new``'s output dtype on a GPU (`gelu_tanh`).
-``hook_pre`` and ``hook_post`` are unchanged.
-
-And each ``LayerNorm`` (the model is loaded unfolded, so its norms have weights) runs as torch's one-kernel
-``layer_norm`` (`FusedLayerNorm`) rather than TransformerLens's nine passes (two means, a power, a square root and
-five elementwise operations), unless its scale is hooked, which that kernel does not give; ``hook_normalized`` runs
-either way. It matters more than its size suggests: TransformerLens's block applies ``ln1`` three times, once each
-to the queries', keys' and values' input.
+"""Torch's fused kernels for the model's attention, layer norms and GELU, in train's forward passes (filling the
+activation buffer, and the evaluations). `fuse_model` swaps the classes of TransformerLens's modules in place. Each
+takes the fused path only where it gives what TransformerLens gives, to rounding, and TransformerLens's own code
+otherwise; a hook on what a fused kernel never computes (attention scores and pattern, a norm's scale) selects it.
 """
 
 from __future__ import annotations
@@ -57,9 +34,21 @@ def _global_module_hooks() -> bool:
 
 
 class FusedAttention(Attention):
-    """TransformerLens's ``Attention`` with a fused path for what train's forward passes need (module docstring)."""
+    """TransformerLens's ``Attention`` with a fused path for what train's forward passes need.
+
+    TransformerLens computes attention in the open so that its scores and pattern can be hooked: per layer it writes
+    the [batch, head, query, key] scores, masks them, takes the softmax, clears NaNs and multiplies by the values,
+    each a pass over that tensor. ``scaled_dot_product_attention`` reads queries, keys and values once and never
+    writes the pattern. ``hook_q``, ``hook_k``, ``hook_v`` and ``hook_z`` run either way. The outputs agree with
+    TransformerLens's to rounding: the kernel sums in another order, and under bf16 autocast it never rounds the
+    scores to bf16, where TransformerLens does.
+    """
 
     def fusable(self, **kwargs: Any) -> bool:
+        """Whether the fused path gives what TransformerLens gives: causal attention with standard positional
+        embeddings on one device; no cache, padding mask, extra mask, score cap, per-head result or 4-bit weights;
+        nothing hooked on the scores or the pattern (``run_with_cache`` of ``hook_pattern`` then gets the pattern
+        from TransformerLens's own code)."""
         cfg = self.cfg
         return (
             all(value is None for value in kwargs.values())
@@ -112,9 +101,13 @@ class FusedAttention(Attention):
 
 
 class FusedLayerNorm(LayerNorm):
-    """TransformerLens's ``LayerNorm`` through torch's ``layer_norm`` (module docstring): the same centring, biased
-    variance, epsilon, weight and bias, and the same output dtype, where the input, the weights and ``cfg.dtype``
-    are all fp32 or all fp64 (otherwise TransformerLens's code runs)."""
+    """TransformerLens's ``LayerNorm`` through torch's one-kernel ``layer_norm`` rather than its nine passes (two
+    means, a power, a square root and five elementwise operations): the same centring, biased variance, epsilon,
+    weight and bias, and the same output dtype, where the input, the weights and ``cfg.dtype`` are all fp32 or all
+    fp64 (otherwise TransformerLens's code runs). The model is loaded unfolded, so its norms have weights. It matters
+    more than its size suggests: TransformerLens's block applies ``ln1`` three times, once each to the queries',
+    keys' and values' input. ``hook_normalized`` runs either way; a hooked scale, which the kernel does not give,
+    selects TransformerLens's code."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         dtype = self.cfg.dtype
@@ -126,17 +119,20 @@ class FusedLayerNorm(LayerNorm):
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """``gelu_new`` in one kernel, with ``gelu_new``'s output dtype. That dtype follows autocast: CUDA autocast runs
-    ``gelu_new``'s ``torch.pow`` in fp32, and type promotion then makes the result fp32 for a bf16 input, so the
-    activations at ``hook_post`` that the SAE trains on are fp32 on a GPU; CPU autocast keeps ``pow`` in bf16. The
-    zero-size ``pow`` asks the dispatcher which applies here."""
+    """``gelu_new`` (GPT-2's and GPT-Neo's tanh approximation, six elementwise operations) as torch's one-kernel
+    ``gelu(approximate="tanh")``, the same function, which TransformerLens itself uses for ``gelu_pytorch_tanh``;
+    ``hook_pre`` and ``hook_post`` are unaffected. The output dtype is ``gelu_new``'s, which follows autocast: CUDA
+    autocast runs ``gelu_new``'s ``torch.pow`` in fp32, and type promotion then makes the result fp32 for a bf16
+    input, so the activations at ``hook_post`` that the SAE trains on are fp32 on a GPU; CPU autocast keeps ``pow``
+    in bf16. The zero-size ``pow`` asks the dispatcher which applies here."""
     dtype = torch.promote_types(x.dtype, torch.pow(x.new_empty(0), 3.0).dtype)
     return functional.gelu(x.to(dtype), approximate="tanh")
 
 
 def fuse_model(lm: HookedTransformer) -> None:
     """Give each plain ``Attention`` and ``LayerNorm`` module of ``lm`` the fused path, and each ``gelu_new`` MLP
-    the fused GELU. Subclasses (grouped-query attention, say) keep their own forward."""
+    the fused GELU. Swapping the class keeps each module's parameters, buffers and hook points. Subclasses
+    (grouped-query attention, say) keep their own forward."""
     attention = norms = activations = 0
     for module in lm.modules():
         if type(module) is Attention:

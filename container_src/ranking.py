@@ -1,21 +1,6 @@
-"""Which SAE features are specific to the prompts: firing statistics per source and category, and their score.
-
-The score of a feature is the natural log of a one-sided 95% lower bound on its firing-rate ratio: the share of
-prompt tokens it fires on over the share of TinyStories tokens it fires on. Score > 0 says "fires more often on the
-prompts, with 95% confidence"; ranking by it keeps a feature seen on three prompt tokens from outranking one seen on
-three thousand. The bound is exact given the feature's total number of fires f = f_p + f_s: if fires are rare
-events (Poisson) at rates r_p and r_s over n_p and n_s tokens, then f_p given f is binomial with success
-probability π = n_p·θ / (n_p·θ + n_s), θ = r_p / r_s. Clopper–Pearson's lower bound on π, a Beta quantile, turns
-into one on θ:
-
-    π_low = Beta(f_p, f_s + 1).ppf(0.05)        score = ln θ_low = ln(π_low / (1 − π_low)) + ln(n_s / n_p)
-
-No pseudo-counts are involved, so unequal token counts bias nothing (a prior worth one or two tokens tips the score
-of features that never fire on one side, by ln(n_s / n_p), or by the log of the pseudo-count's share, when one side
-is much smaller than the other: a small censorship category, say). A feature that never fired on the prompts has no
-lower bound above 0, and no score (None); one that fired on neither side is dead. Firing (activation > 0) rather
-than activation size, because features' scales differ and a TopK SAE decides per token which features fire. The
-same score is computed per censorship category, against the same stories.
+"""Which SAE features are specific to the prompts: firing statistics per source and censorship category, and each
+feature's score, a lower bound on how many times more often it fires on a prompt token than on a TinyStories token
+(`score`), overall and per category against the same stories.
 """
 
 from __future__ import annotations
@@ -68,7 +53,24 @@ class FeatureStats:
 
 def score(fires_a: Any, tokens_a: int, fires_b: Any, tokens_b: int) -> Any:
     """ln of the one-sided 95% lower bound on the firing-rate ratio of side a over side b (elementwise over
-    features; see the module's docstring), as a float64 array; NaN where a feature never fired on side a."""
+    features), as a float64 array; NaN where a feature never fired on side a.
+
+    For the prompts over the stories: the share of prompt tokens a feature fires on over the share of TinyStories
+    tokens it fires on. Score > 0 says "fires more often on the prompts, with 95% confidence"; ranking by it keeps a
+    feature seen on three prompt tokens from outranking one seen on three thousand. The bound is exact given the
+    feature's total number of fires f = f_p + f_s: if fires are rare events (Poisson) at rates r_p and r_s over n_p
+    and n_s tokens, then f_p given f is binomial with success probability π = n_p·θ / (n_p·θ + n_s), θ = r_p / r_s.
+    Clopper–Pearson's lower bound on π, a Beta quantile, turns into one on θ:
+
+        π_low = Beta(f_p, f_s + 1).ppf(0.05)        score = ln θ_low = ln(π_low / (1 − π_low)) + ln(n_s / n_p)
+
+    No pseudo-counts are involved, so unequal token counts bias nothing (a prior worth one or two tokens tips the
+    score of features that never fire on one side, by ln(n_s / n_p), or by the log of the pseudo-count's share, when
+    one side is much smaller than the other: a small censorship category, say). A feature that never fired on the
+    prompts has no lower bound above 0, and no score (None); one that fired on neither side is dead. Firing
+    (activation > 0) rather than activation size, because features' scales differ and a TopK SAE decides per token
+    which features fire.
+    """
     import numpy as np
     from scipy.stats import beta
 

@@ -1,27 +1,6 @@
-"""A lean training step for SAE-Lens's TopK SAE: the same loss and gradients, with less dense work; and fused Adam.
-
-SAE-Lens's ``TopKTrainingSAE`` scatters the top k latents into a dense [tokens × d_sae] tensor, scales it by the
-decoder norms and multiplies it by the whole decoder, although only k of d_sae latents are non-zero per token (64 of
-24,576 in the seed configuration); its backward pass runs the matching dense products and element-wise passes.
-``LeanTopKTrainingSAE`` is that SAE (SAE-Lens's config, initialisation, saving, inference format, trainer,
-statistics and dead-latent loss) with one method replaced, ``training_forward_pass``:
-
-- encoder: ``(x - b_dec) @ W_enc + b_enc``, scaled by the decoder's row norms, then the top k, as SAE-Lens does. Its
-  backward pass builds the dense gradient once, from the k selected entries per token, and gets the gradients of
-  ``b_enc``, ``b_dec`` and the norms from those entries alone (``b_dec``'s by a matrix-vector product where
-  SAE-Lens's autograd runs a third [tokens × d_sae] @ [d_sae × d_in] product);
-- decoder: on CPU each token's k decoder rows are gathered and summed with their weights (``embedding_bag``, as
-  sparsify does) instead of the dense product; on a GPU the code is scattered straight into a dense matrix in the
-  autocast dtype and multiplied, which skips SAE-Lens's fp32 scaling and casting passes (see ``gather_decoder``).
-
-``set_adam_kernel`` switches SAE-Lens's Adam to torch's fused kernel.
-
-Precision follows SAE-Lens's under autocast: the encoder's and decoder's products in the autocast dtype with fp32
-accumulation, everything else fp32; without autocast all is fp32 and the step matches SAE-Lens's to rounding
-(tests/test_sae_step.py). On a GPU the norms' and ``b_enc``'s gradients are sums in no fixed order (atomic adds),
-so runs are not bit-repeatable there, as GPU training rarely is. What it does not cover (activation normalisation,
-hook_z reshaping, no decoder-norm rescaling, hooks attached to the SAE, inputs that are not [tokens × d_in]) takes
-SAE-Lens's own step.
+"""A lean training step for SAE-Lens's TopK SAE: the same loss and gradients with less dense work (sparse encoder
+gradients, a gathered decoder on CPU), and a switch to torch's fused Adam kernel. Where the lean step would not
+reproduce SAE-Lens's, SAE-Lens's own step runs.
 """
 
 from __future__ import annotations
@@ -33,12 +12,14 @@ from sae_lens import TopKTrainingSAE
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 
-class _TopKEncode(torch.autograd.Function):
+class TopKEncode(torch.autograd.Function):
     """``hidden_pre = ((x - b_dec) @ W_enc + b_enc) * norm`` and its top k per token.
 
     Returns the top values (before the ReLU), their indices and ``hidden_pre`` itself. ``hidden_pre`` is
     differentiable too (SAE-Lens's dead-latent loss reads it); when nothing reads it the backward pass touches the
-    dense [tokens × d_sae] gradient once, to scatter the selected entries into it.
+    dense [tokens × d_sae] gradient once, to scatter the selected entries into it, and gets the gradients of
+    ``b_enc``, ``b_dec`` and the norms from the k selected entries per token alone. SAE-Lens's autograd runs dense
+    products and element-wise passes over all d_sae latents, although only k are non-zero per token.
     """
 
     @staticmethod
@@ -95,7 +76,8 @@ def decode(indices: torch.Tensor, weights: torch.Tensor, w_dec: torch.Tensor, ga
 
     ``gather``: each token's k rows gathered and summed (``embedding_bag``, as sparsify does), k / d_sae of the dense
     product's work. Otherwise the code is scattered into a dense [tokens × d_sae] matrix and multiplied, as
-    SAE-Lens does. Under autocast both work in the autocast dtype, accumulating in fp32, as SAE-Lens's product."""
+    SAE-Lens does, without its fp32 scaling and casting passes. Under autocast both work in the autocast dtype,
+    accumulating in fp32, as SAE-Lens's product."""
     device = w_dec.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else w_dec.dtype
     weights = weights.to(dtype)
@@ -107,7 +89,14 @@ def decode(indices: torch.Tensor, weights: torch.Tensor, w_dec: torch.Tensor, ga
 
 
 class LeanTopKTrainingSAE(TopKTrainingSAE):
-    """SAE-Lens's TopK training SAE with the lean training step described in this module's docstring."""
+    """SAE-Lens's TopK training SAE (its config, initialisation, saving, inference format, trainer, statistics and
+    dead-latent loss) with one method replaced, ``training_forward_pass``.
+
+    Precision follows SAE-Lens's under autocast: the encoder's and decoder's products in the autocast dtype with
+    fp32 accumulation, everything else fp32; without autocast all is fp32 and the step matches SAE-Lens's to
+    rounding (tests/test_sae_step.py). On a GPU the norms' and ``b_enc``'s gradients are sums in no fixed order
+    (atomic adds), so runs are not bit-repeatable there, as GPU training rarely is.
+    """
 
     gather_decoder: bool | None = None
     """Decode by gathering each token's k decoder rows (see ``decode``); when None, on CPU only. On a GPU the dense
@@ -116,7 +105,9 @@ class LeanTopKTrainingSAE(TopKTrainingSAE):
     no CUDA backward for bf16 ``embedding_bag`` weights."""
 
     def lean_step_applies(self, sae_in: torch.Tensor) -> bool:
-        """Whether the lean step reproduces SAE-Lens's for this SAE and input; otherwise SAE-Lens's step runs."""
+        """Whether the lean step reproduces SAE-Lens's for this SAE and input; otherwise SAE-Lens's step runs
+        (activation normalisation, hook_z reshaping, no decoder-norm rescaling, hooks attached to the SAE, inputs
+        that are not [tokens × d_in])."""
         cfg = self.cfg
         hooked = any(
             hook.fwd_hooks
@@ -141,7 +132,7 @@ class LeanTopKTrainingSAE(TopKTrainingSAE):
         x = step_input.sae_in.to(self.dtype)
         norm = self.W_dec.norm(dim=-1)
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-        values, indices, hidden_pre = _TopKEncode.apply(x, self.W_enc, self.b_enc, b_dec, norm, self.cfg.k)
+        values, indices, hidden_pre = TopKEncode.apply(x, self.W_enc, self.b_enc, b_dec, norm, self.cfg.k)
         acts = values.relu()
         gather = self.W_dec.device.type == "cpu" if self.gather_decoder is None else self.gather_decoder
         sae_out = decode(indices, acts * (1 / norm)[indices], self.W_dec, gather) + self.b_dec

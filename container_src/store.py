@@ -1,16 +1,6 @@
-"""SAE-Lens's activation store fed with rows packed on the CPU (``data.PackedRows``).
-
-SAE-Lens's store turns each row it reads into a tensor on the model's device. On a GPU that is a blocking copy from
-pageable memory, and torch waits for the stream to empty after such a copy: for every row, everything already queued
-has to finish. With prefetching the store runs in a thread beside the training step, on the same stream, so each of
-a model batch's rows waits for the SAE step queued ahead of it. ``PackedStore`` keeps the rows on the CPU and moves
-each batch of them with one copy from pinned memory, which queues behind the SAE step instead of waiting for it.
-The tokens and their order are the same; only where and when they are copied changes.
-
-``WorkerRows`` does the packing (reading the stream, tokenising, packing) in a process of its own, so that it
-neither holds the training process's interpreter lock, which the training step's kernel launches need, nor shares
-its cores. It is one torch ``DataLoader`` worker, started from a fresh interpreter (forkserver), so it inherits no
-threads, no CUDA context and no tokenizer thread pool; the rows come back in order, in chunks.
+"""SAE-Lens's activation store fed with rows packed on the CPU (``data.PackedRows``): ``PackedStore`` copies each
+batch of rows to the device in one go, and ``WorkerRows`` packs the rows in a process of its own. The tokens and
+their order are those SAE-Lens's own store gives; only where and when they are packed and copied changes.
 """
 
 from __future__ import annotations
@@ -29,7 +19,14 @@ from container_src import data
 
 
 class PackedStore(ActivationsStore):
-    """SAE-Lens's activation store over ``data.PackedRows``, with one asynchronous copy per batch of rows."""
+    """SAE-Lens's activation store over ``data.PackedRows``, with one asynchronous copy per batch of rows.
+
+    SAE-Lens's store turns each row it reads into a tensor on the model's device. On a GPU that is a blocking copy
+    from pageable memory, and torch waits for the stream to empty after such a copy: for every row, everything
+    already queued has to finish. With prefetching the store runs in a thread beside the training step, on the same
+    stream, so each of a model batch's rows would wait for the SAE step queued ahead of it. Here the rows stay on the
+    CPU and each batch of them moves with one copy from pinned memory, which queues behind the SAE step instead.
+    """
 
     def _iterate_tokenized_sequences(self) -> Generator[torch.Tensor, None, None]:
         # the rows are CPU tensors of context_size tokens already (SAE-Lens's own version copies each to the device)
@@ -53,7 +50,7 @@ class PackedStore(ActivationsStore):
 
 
 _CHUNK_ROWS = 64
-"""Rows per transfer from the worker: 32,768 tokens at context 512, about a tenth of a second at 300k tokens/s."""
+"""Rows per transfer from the worker: 32,768 tokens at context 512."""
 _CHUNKS_AHEAD = 4
 
 
@@ -96,7 +93,13 @@ def _worker_context() -> Any:
 
 class WorkerRows:
     """``data.PackedRows``' rows, packed in a worker process: the same rows in the same order. Each iteration starts
-    a worker (and the stream) afresh, as each iteration of ``PackedRows`` starts the stream afresh."""
+    a worker (and the stream) afresh, as each iteration of ``PackedRows`` starts the stream afresh.
+
+    The packing (reading the stream, tokenising, packing) then neither holds the training process's interpreter
+    lock, which the training step's kernel launches need, nor shares its cores. The worker is one torch
+    ``DataLoader`` worker, started from a fresh interpreter (forkserver), so it inherits no threads, no CUDA context
+    and no tokenizer thread pool; the rows come back in order, in chunks.
+    """
 
     def __init__(self, rows: data.PackedRows) -> None:
         self.loader = torch.utils.data.DataLoader(

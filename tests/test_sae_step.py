@@ -10,7 +10,7 @@ import torch
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 
-from container_src.sae_step import LeanTopKTrainingSAE, _TopKEncode, set_adam_kernel
+from container_src.sae_step import LeanTopKTrainingSAE, TopKEncode, set_adam_kernel
 
 D_IN, D_SAE, K, TOKENS = 48, 384, 16, 200
 
@@ -119,10 +119,10 @@ def test_encoder_gradients_against_finite_differences() -> None:
     )
 
     def values_only(*args: torch.Tensor) -> torch.Tensor:
-        return _TopKEncode.apply(*args, k)[0]
+        return TopKEncode.apply(*args, k)[0]
 
     def values_and_hidden(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values, _, hidden = _TopKEncode.apply(*args, k)
+        values, _, hidden = TopKEncode.apply(*args, k)
         return values, hidden
 
     assert torch.autograd.gradcheck(values_only, inputs)

@@ -144,7 +144,7 @@ def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
     """Byte-level BPE splits a Chinese character into several tokens; a snippet must never show half of one."""
     from transformers import AutoTokenizer
 
-    from container_src.viz import _snippet
+    from container_src.snippets import snippet
 
     tokenizer = AutoTokenizer.from_pretrained("roneneldan/TinyStories-33M")
     text = "The 中国 story"
@@ -152,10 +152,10 @@ def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
     partial = [i for i, t in enumerate(ids) if "\ufffd" in tokenizer.decode([t])]
     assert partial, "expected the characters to be split into byte tokens"
     for pos in partial:
-        snippet = _snippet(tokenizer, ids, [0] * len(ids), pos)
-        assert "\ufffd" not in snippet["text"]
-        assert snippet["token"].strip() in ("中", "国") and snippet["before"].startswith("The")
-        assert (snippet["before"] + snippet["token"] + snippet["after"]) in text
+        shown = snippet(tokenizer, ids, [0] * len(ids), pos)
+        assert "\ufffd" not in shown["text"]
+        assert shown["token"].strip() in ("中", "国") and shown["before"].startswith("The")
+        assert (shown["before"] + shown["token"] + shown["after"]) in text
 
 
 def test_dashboard_page_is_made_self_contained() -> None:
