@@ -276,20 +276,20 @@ def test_sigint_saves_a_checkpoint_and_exits_130(opt_ml: Path) -> None:
 
 
 def test_signal_handling_by_phase() -> None:
-    from container_src.train import Interrupted, _StopRequest
+    from container_src.interrupt import Interrupted, StopRequest
 
-    _StopRequest.install()
+    StopRequest.install()
     with pytest.raises(Interrupted, match="before training started") as err:
-        _StopRequest.handle(signal.SIGTERM, None)
+        StopRequest.handle(signal.SIGTERM, None)
     assert err.value.signum == signal.SIGTERM
-    _StopRequest.phase, _StopRequest.requested = "training", None
-    _StopRequest.handle(signal.SIGINT, None)  # only a flag: the loop stops at the next step boundary
-    assert _StopRequest.requested == signal.SIGINT
-    _StopRequest.phase = "finishing"
+    StopRequest.phase, StopRequest.requested = "training", None
+    StopRequest.handle(signal.SIGINT, None)  # only a flag: the loop stops at the next step boundary
+    assert StopRequest.requested == signal.SIGINT
+    StopRequest.phase = "finishing"
     with pytest.raises(Interrupted, match="after training; the final checkpoint is saved"):
-        _StopRequest.handle(signal.SIGTERM, None)
-    _StopRequest.phase = "done"
-    _StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
+        StopRequest.handle(signal.SIGTERM, None)
+    StopRequest.phase = "done"
+    StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
 
 
 def _train_16_steps(
@@ -314,11 +314,11 @@ def test_prefetching_trains_the_same_sae(
     import torch
     from sae_lens.training.prefetch import PrefetchingIterator
 
-    import container_src.train
+    import container_src.runner
 
     evaluations: list[int] = []
     prefetchers: list[int] = []
-    sae_lens_config = container_src.train._sae_lens_config
+    sae_lens_config = container_src.runner.sae_lens_config
 
     def evaluating_every_log(*args: object, **kwargs: object) -> object:
         runner_cfg = sae_lens_config(*args, **kwargs)  # type: ignore[arg-type]
@@ -336,7 +336,7 @@ def test_prefetching_trains_the_same_sae(
         evaluations.append(1)
         return evaluator_call(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(container_src.train, "_sae_lens_config", evaluating_every_log)
+    monkeypatch.setattr(container_src.runner, "sae_lens_config", evaluating_every_log)
     monkeypatch.setattr(runner_module, "PrefetchingIterator", CountedPrefetcher)
     monkeypatch.setattr(runner_module.LLMSaeEvaluator, "__call__", counted_evaluation)
     weights = [
