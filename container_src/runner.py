@@ -22,11 +22,10 @@ from sae_lens import (
     TopKTrainingSAEConfig,
 )
 
-from container_src import checkpoints, data, records
+from container_src import checkpoints, data, records, sae_step
 from container_src.config import TrainConfig
 from container_src.interrupt import Interrupted, StopRequest
 from container_src.model import Runtime
-from container_src.sae_step import set_adam_kernel, training_sae
 from container_src.store import PackedStore, packed_store
 
 logger = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ class Runner(LanguageModelSAETrainingRunner):
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         # SAE-Lens 6.54's own interrupt path saves only the store state, into a folder it never creates.
         self.trainer = trainer
-        set_adam_kernel(trainer.optimizer, fused=self.lean_step)  # after SAE-Lens loaded a checkpoint's state
+        sae_step.set_adam_kernel(trainer.optimizer, fused=self.lean_step)  # after SAE-Lens loaded a checkpoint's state
         trainer.n_training_steps = steps_done(trainer)
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
         self._instrument(trainer)
@@ -185,7 +184,7 @@ def make_runner(
         # compiled by default, not by request: a compile that fails (a toolchain the image lacks, say) then
         # runs the step eagerly, with torch's warning, instead of ending the job
         torch._dynamo.config.suppress_errors = True
-    sae = training_sae(runner_cfg, cfg.lean_step)
+    sae = sae_step.training_sae(runner_cfg, cfg.lean_step)
     rows: Any = data.PackedRows(stream, lm, runner_cfg)
     runner = Runner(
         runner_cfg,
