@@ -292,6 +292,37 @@ def test_signal_handling_by_phase() -> None:
     StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
 
 
+def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
+    replaced whole, not merged."""
+    from container_src.train import _publish
+
+    staging, model_dir = tmp_path / "model" / ".staging", tmp_path / "model"
+    (staging / "plots").mkdir(parents=True)
+    (staging / "plots" / "loss.png").write_text("new")
+    for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
+        (staging / name).write_text(name)
+    (model_dir / "plots").mkdir()
+    (model_dir / "plots" / "stale.png").write_text("old")
+    moved: list[str] = []
+    replace = Path.replace
+
+    def noted(self: Path, target: Path) -> Path:
+        moved.append(self.name)
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", noted)
+    _publish(staging, model_dir)
+    assert moved[-1] == "cfg.json" and sorted(moved) == ["cfg.json", "metrics.json", "sae_weights.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "cfg.json",
+        "metrics.json",
+        "plots",
+        "sae_weights.safetensors",
+    ]
+    assert [p.name for p in (model_dir / "plots").iterdir()] == ["loss.png"]
+
+
 def _train_16_steps(
     base: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch, **hyperparameters: str
 ) -> dict[str, Any]:
