@@ -1,11 +1,8 @@
 """Run identity and checkpoint bookkeeping: which checkpoints belong to a run, and which are whole.
 
-SAE-Lens writes a checkpoint into ``checkpoints/<run id>/<tokens>/`` (``final_<tokens>`` at the end). After it
-has written every file we add ``checkpoint_complete.json`` listing the files, their sizes and a digest of their
-content. A checkpoint is used for a resume only when the marker is there and every listed file matches it: a kill
-during the write, or an S3 sync that brought the small marker down before the large weights, leaves a checkpoint
-that is skipped. The digest matters where a folder is written twice: a restart that resumed from an earlier
-checkpoint writes the same ``<tokens>`` again, and files of an abandoned attempt (in S3, say) have the same sizes.
+SAE-Lens writes a checkpoint into ``checkpoints/<run id>/<tokens>/`` (``final_<tokens>`` at the end); after its last
+file we add ``checkpoint_complete.json``, listing the files with their sizes and digests. A run resumes only from a
+checkpoint whose files all match its marker.
 """
 
 from __future__ import annotations
@@ -94,12 +91,17 @@ def _file_record(path: Path) -> dict[str, Any]:
 
 
 def write_marker(path: Path, step: int, tokens: int) -> None:
+    """Close a written checkpoint. The digests matter where a folder is written twice: a restart that resumed from an
+    earlier checkpoint writes the same ``<tokens>`` again, and files of an abandoned attempt (in S3, say) have the
+    same sizes."""
     files = {p.name: _file_record(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE_MARKER}
     records.write_json(path / COMPLETE_MARKER, {"step": step, "tokens": tokens, "files": files})
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
-    """The marker of a whole checkpoint, or None (no marker, unreadable, or a file missing or not the one written)."""
+    """The marker of a whole checkpoint, or None (no marker, unreadable, or a file missing or not the one written):
+    a kill during the write, or an S3 sync that brought the small marker down before the large weights, leaves a
+    checkpoint that is skipped."""
     try:
         marker = json.loads((path / COMPLETE_MARKER).read_text())
         for name, written in marker["files"].items():

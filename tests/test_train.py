@@ -276,20 +276,51 @@ def test_sigint_saves_a_checkpoint_and_exits_130(opt_ml: Path) -> None:
 
 
 def test_signal_handling_by_phase() -> None:
-    from container_src.train import Interrupted, _StopRequest
+    from container_src.interrupt import Interrupted, StopRequest
 
-    _StopRequest.install()
+    StopRequest.install()
     with pytest.raises(Interrupted, match="before training started") as err:
-        _StopRequest.handle(signal.SIGTERM, None)
+        StopRequest.handle(signal.SIGTERM, None)
     assert err.value.signum == signal.SIGTERM
-    _StopRequest.phase, _StopRequest.requested = "training", None
-    _StopRequest.handle(signal.SIGINT, None)  # only a flag: the loop stops at the next step boundary
-    assert _StopRequest.requested == signal.SIGINT
-    _StopRequest.phase = "finishing"
+    StopRequest.phase, StopRequest.requested = "training", None
+    StopRequest.handle(signal.SIGINT, None)  # only a flag: the loop stops at the next step boundary
+    assert StopRequest.requested == signal.SIGINT
+    StopRequest.phase = "finishing"
     with pytest.raises(Interrupted, match="after training; the final checkpoint is saved"):
-        _StopRequest.handle(signal.SIGTERM, None)
-    _StopRequest.phase = "done"
-    _StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
+        StopRequest.handle(signal.SIGTERM, None)
+    StopRequest.phase = "done"
+    StopRequest.handle(signal.SIGTERM, None)  # the SAE is published: nothing to stop
+
+
+def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
+    replaced whole, not merged."""
+    from container_src.train import _publish
+
+    staging, model_dir = tmp_path / "model" / ".staging", tmp_path / "model"
+    (staging / "plots").mkdir(parents=True)
+    (staging / "plots" / "loss.png").write_text("new")
+    for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
+        (staging / name).write_text(name)
+    (model_dir / "plots").mkdir()
+    (model_dir / "plots" / "stale.png").write_text("old")
+    moved: list[str] = []
+    replace = Path.replace
+
+    def noted(self: Path, target: Path) -> Path:
+        moved.append(self.name)
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", noted)
+    _publish(staging, model_dir)
+    assert moved[-1] == "cfg.json" and sorted(moved) == ["cfg.json", "metrics.json", "sae_weights.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "cfg.json",
+        "metrics.json",
+        "plots",
+        "sae_weights.safetensors",
+    ]
+    assert [p.name for p in (model_dir / "plots").iterdir()] == ["loss.png"]
 
 
 def _train_16_steps(
@@ -314,11 +345,11 @@ def test_prefetching_trains_the_same_sae(
     import torch
     from sae_lens.training.prefetch import PrefetchingIterator
 
-    import container_src.train
+    import container_src.runner
 
     evaluations: list[int] = []
     prefetchers: list[int] = []
-    sae_lens_config = container_src.train._sae_lens_config
+    sae_lens_config = container_src.runner.sae_lens_config
 
     def evaluating_every_log(*args: object, **kwargs: object) -> object:
         runner_cfg = sae_lens_config(*args, **kwargs)  # type: ignore[arg-type]
@@ -336,7 +367,7 @@ def test_prefetching_trains_the_same_sae(
         evaluations.append(1)
         return evaluator_call(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(container_src.train, "_sae_lens_config", evaluating_every_log)
+    monkeypatch.setattr(container_src.runner, "sae_lens_config", evaluating_every_log)
     monkeypatch.setattr(runner_module, "PrefetchingIterator", CountedPrefetcher)
     monkeypatch.setattr(runner_module.LLMSaeEvaluator, "__call__", counted_evaluation)
     weights = [
