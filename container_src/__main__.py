@@ -23,6 +23,7 @@ from typing import Any
 
 from container_src.config import SCHEMAS, BenchConfig, ConfigError, Resolved, RunConfig, TrainConfig, VizConfig, resolve
 from container_src.config_sources import parse_cli, pick_mode
+from container_src.interrupt import Interrupted
 from container_src.paths import ContainerPaths
 
 logger = logging.getLogger("container_src")
@@ -81,8 +82,6 @@ def _write_failure(paths: ContainerPaths, mode: str, exc: BaseException) -> None
 
 
 def _stop(signum: int, _frame: Any) -> None:
-    from container_src.train import Interrupted
-
     raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
 
 
@@ -133,8 +132,6 @@ def _run(argv: list[str]) -> int:
         _write_failure(paths, mode, exc)
         return EXIT_CONFIG
     except BaseException as exc:
-        from container_src.train import Interrupted
-
         if isinstance(exc, Interrupted):
             logger.error("%s", exc)
             _write_failure(paths, mode, exc)

@@ -23,7 +23,6 @@ from typing import Any
 
 from container_src import checkpoints, data, evaluate, model, plots, records
 from container_src.config import ConfigError, Resolved, TrainConfig, wandb_key
-from container_src.interrupt import Interrupted as Interrupted  # __main__ catches it under this module's name
 from container_src.interrupt import StopRequest
 from container_src.paths import ContainerPaths
 

@@ -39,11 +39,11 @@ def _tiny_lm_and_config(tmp_path: Path) -> tuple[Any, Any]:
     """The tiny model and SAE-Lens's runner config for 64-token rows, 4 rows per model batch."""
     from container_src.config import TrainConfig
     from container_src.model import load_model, pick_runtime
-    from container_src.train import _sae_lens_config
+    from container_src.runner import sae_lens_config
 
     lm = load_model("roneneldan/TinyStories-33M", "cpu")
     cfg = TrainConfig(context_size=64, train_batch_size_tokens=256, store_batch_size_prompts=4, training_tokens=256)
-    return lm, _sae_lens_config(cfg, 256, 1024, pick_runtime("cpu", "auto"), "t", tmp_path / "r", tmp_path / "o", None)
+    return lm, sae_lens_config(cfg, 256, 1024, pick_runtime("cpu", "auto"), "t", tmp_path / "r", tmp_path / "o", None)
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3])
