@@ -74,7 +74,7 @@ class Settings:
             where = ", ".join(f"{n} (or SAE_{n.upper()})" for n in missing)
             raise LauncherError(
                 f"missing setting(s): {where}. Put them in launcher/{DEFAULT_FILE.name} (copy "
-                "launcher/settings.example.toml) or the environment; see the README's SageMaker set-up."
+                "launcher/settings.example.toml) or the environment; see docs/launcher.md, SageMaker set-up."
             )
         if "role_arn" in names and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", self.role_arn):
             raise LauncherError(
