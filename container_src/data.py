@@ -95,7 +95,7 @@ def check_eval_split(channel: Path, split: str, train_split: str) -> None:
         )
 
 
-def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
+def load_local(channel: Path, name: str, split: str = "train") -> Dataset:
     """A dataset from a channel: a ``save_to_disk`` folder (Dataset or DatasetDict) or plain data files. A channel
     without splits (one Dataset, or files none of which is named for a split) serves any split."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -127,62 +127,12 @@ def _load_local(channel: Path, name: str, split: str = "train") -> Dataset:
         raise ConfigError(f"channel {name}: could not read a dataset from {channel}: {exc}") from None
 
 
-def load_prompts(channel: Path) -> Dataset:
-    """The prompts channel as rows of ``text``: its ``text`` column, else question, blank line, response. The
-    ``id`` and ``category`` columns are kept where present (viz reports per category).
-
-    Work stays in memory: a channel is input, and datasets would otherwise write cache files into it.
-    """
-    ds = _load_local(channel, "prompts")
-    columns = set(ds.column_names)
-    for column in {"text", "question", "response"} & columns:
-        dtype = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
-        if dtype not in ("string", "large_string", "null"):  # null: an empty column, reported below
-            raise ConfigError(f"channel prompts: column `{column}` holds {dtype}, expected text")
-    dropped = [c for c in ds.column_names if c not in ("id", "category")]
-    if "text" in columns:
-        ds = ds.map(lambda row: {"text": (row["text"] or "").strip()}, remove_columns=dropped, keep_in_memory=True)
-    elif {"question", "response"} <= columns:
-        ds = ds.map(
-            lambda row: {"text": f"{(row['question'] or '').strip()}\n\n{(row['response'] or '').strip()}".strip()},
-            remove_columns=dropped,
-            keep_in_memory=True,
-        )
-    else:
-        raise ConfigError(
-            f"channel prompts: no text column. Expected `text`, or `question` and `response`; "
-            f"found {', '.join(sorted(columns)) or 'no columns'}"
-        )
-    n_rows = len(ds)
-    ds = ds.filter(lambda row: bool(row["text"]), keep_in_memory=True)
-    if len(ds) == 0:
-        raise ConfigError(
-            f"channel prompts: {n_rows} rows but none has any text; export the collection again, or set "
-            "prompt_ratio=0 to train on TinyStories alone"
-        )
-    if len(ds) < n_rows:
-        logger.warning("channel prompts: skipped %d of %d rows with empty text", n_rows - len(ds), n_rows)
-    logger.info("channel prompts: %d prompts", len(ds))
-    return ds
-
-
-def prompts_fingerprint(prompts: Dataset | None) -> str:
-    """A short hash of the prompt texts: a new export is a new run, not a resume of the old one."""
-    if prompts is None:
-        return "none"
-    digest = hashlib.sha256()
-    for text in prompts["text"]:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
-
-
 def open_stories(channel: Path | None, hub_path: str, split: str) -> IterableDataset:
     """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub."""
     from datasets import IterableDataset, load_dataset
 
     if channel is not None:
-        local = _load_local(channel, "tinystories", split)
+        local = load_local(channel, "tinystories", split)
         if len(local) == 0:
             raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
         stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories, split {split})"

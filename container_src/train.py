@@ -25,6 +25,7 @@ from container_src import checkpoints, data, evaluate, model, plots, records
 from container_src.config import ConfigError, Resolved, TrainConfig, wandb_key
 from container_src.interrupt import StopRequest
 from container_src.paths import ContainerPaths
+from container_src.prompts import load_prompts, prompts_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
             "Export the prompt collection and pass it as channel `prompts`, or set prompt_ratio=0 to train on "
             "TinyStories alone."
         )
-    prompts = data.load_prompts(prompts_channel) if prompts_channel and cfg.prompt_ratio > 0 else None
+    prompts = load_prompts(prompts_channel) if prompts_channel and cfg.prompt_ratio > 0 else None
     if prompts_channel and cfg.prompt_ratio == 0:
         logger.warning("prompt_ratio=0: the prompts channel is ignored")
     stories, stories_identity = data.load_stories(stories_channel, cfg.tinystories_path, cfg.tinystories_split)
@@ -109,7 +110,7 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         eval_stories=_eval_stories(cfg, stories_channel),
         # "rows": the resume position counts packed rows (data.PackedRows); a checkpoint that counted documents is
         # another run
-        data_identity=f"{stories_identity}|prompts:{data.prompts_fingerprint(prompts)}|rows",
+        data_identity=f"{stories_identity}|prompts:{prompts_fingerprint(prompts)}|rows",
         channels=channels,
         runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type()),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),

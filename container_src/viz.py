@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from container_src import dashboards, data, model, records, sae_input
 from container_src.config import ConfigError, Resolved, VizConfig
 from container_src.paths import ContainerPaths
+from container_src.prompts import load_prompts
 from container_src.ranking import STORIES, FeatureStats, rank
 from container_src.snippets import top_snippets
 
@@ -113,7 +114,7 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
             f"viz compares the prompts with TinyStories, and there is no prompts channel ({paths.base}/input/data/"
             "prompts is missing or empty). Pass the exported prompts as channel `prompts`."
         )
-    prompts = data.load_prompts(channels["prompts"])
+    prompts = load_prompts(channels["prompts"])
     stories, stories_identity = data.load_stories(channels["tinystories"], cfg.tinystories_path, cfg.tinystories_split)
     runtime = model.pick_runtime(cfg.device, cfg.precision, job_instance=paths.instance_type())
     return Inputs(source, sae_dir, sae_cfg, model_name, channels["model"], prompts, stories, stories_identity, runtime)

@@ -16,12 +16,12 @@ from container_src.config import ConfigError
 from container_src.data import (
     PackedRows,
     check_eval_split,
-    load_prompts,
     load_stories,
     mixed_stream,
     open_stories,
     token_share,
 )
+from container_src.prompts import load_prompts
 from container_src.synthetic import make_stories
 from tests.conftest import SAMPLE_PROMPTS
 
@@ -71,54 +71,6 @@ def test_prompts_cycle_and_order_is_seeded(many_stories: Dataset) -> None:
 def test_ratio_zero_is_stories_only(many_stories: Dataset) -> None:
     rows = list(islice(mixed_stream(many_stories.to_iterable_dataset(), None, 0.0, seed=1), 50))
     assert {r["source"] for r in rows} == {"tinystories"}
-
-
-def test_sample_prompts_load_with_text() -> None:
-    before = sorted(p.name for p in SAMPLE_PROMPTS.iterdir())
-    ds = load_prompts(SAMPLE_PROMPTS)
-    assert sorted(p.name for p in SAMPLE_PROMPTS.iterdir()) == before  # the channel is never written to
-    assert len(ds) == 95
-    assert sorted(ds.column_names) == ["category", "id", "text"]
-    assert "\n\n" in ds[0]["text"]
-    assert sorted(set(ds["category"])) == ["official narrative", "refusal"]
-
-
-def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:
-    Dataset.from_dict(
-        {"question": ["Q1?", "Q2?", "  "], "response": ["A1.", "", ""], "category": ["refusal"] * 3}
-    ).save_to_disk(str(tmp_path / "p"))
-    ds = load_prompts(tmp_path / "p")
-    assert ds["text"] == ["Q1?\n\nA1.", "Q2?"]  # the row with neither is skipped
-
-
-@pytest.mark.parametrize(
-    ("dataset", "message"),
-    [
-        (Dataset.from_dict({"question": ["Q?"], "answer": ["A"]}), "no text column"),
-        (
-            Dataset.from_dict({"text": ["", "  "]}),
-            "none has any text; export the collection again, or set prompt_ratio=0",
-        ),
-        (DatasetDict({"test": Dataset.from_dict({"text": ["x"]})}), "no 'train' split"),
-        (Dataset.from_dict({"text": [1, 2]}), "column `text` holds int64"),
-        (Dataset.from_dict({"question": ["q"], "response": [0.5]}), "column `response` holds float64"),
-    ],
-)
-def test_malformed_prompts_name_the_channel(tmp_path: Path, dataset: Dataset | DatasetDict, message: str) -> None:
-    dataset.save_to_disk(str(tmp_path / "p"))
-    with pytest.raises(ConfigError) as err:
-        load_prompts(tmp_path / "p")
-    assert "channel prompts" in str(err.value) and message in str(err.value)
-
-
-def test_unreadable_channel_names_the_channel(tmp_path: Path) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "notes.md").write_text("not a dataset")
-    with pytest.raises(ConfigError, match="channel prompts: expected a datasets save_to_disk folder"):
-        load_prompts(tmp_path / "p")
-    (tmp_path / "p" / "state.json").write_text("{broken")
-    with pytest.raises(ConfigError, match="channel prompts: could not read a dataset"):
-        load_prompts(tmp_path / "p")
 
 
 def test_stories_from_jsonl_files(tmp_path: Path) -> None:

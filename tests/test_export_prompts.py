@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from container_src.data import load_prompts
+from container_src.prompts import load_prompts
 from launcher import bench_export
 from launcher.chroma_source import http_client, persistent_client
 from launcher.errors import LauncherError
