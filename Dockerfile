@@ -1,12 +1,19 @@
 # The one image: SageMaker runs `docker run IMAGE train`; docker compose runs the same image locally.
 # The base is an exact tag; `make pin-base` resolves it to a digest and writes it here (it needs registry access).
 # Python 3.11 because the locks were resolved for it; PyPI's torch wheel brings the CUDA runtime, so no CUDA base.
+# NVIDIA's CUDA 13.0 base image is used only for its forward-compatibility libraries (package cuda-compat-13-0: the
+# user-space driver of R580), which let CUDA 13.0 run on a host with an older data-center driver (docker/train
+# enables them only there; docs/container.md has the drivers and the sources). Its tag is the CUDA 13.0 update of
+# docker/cuda.lock's nvidia-cuda-runtime (13.0.96: 13.0 Update 2).
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS cuda-compat
+
 FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     HF_HOME=/var/cache/huggingface \
     PYTHONPATH=/opt/program
 
@@ -32,9 +39,20 @@ RUN apt-get update \
 COPY docker/install.sh docker/container.lock docker/cuda.lock docker/
 RUN sh docker/install.sh python docker/container.lock
 
+# The libraries alone (libcuda and its JIT helpers, symlinks kept), where docker/train looks for them.
+COPY --from=cuda-compat /usr/local/cuda-13.0/compat/ /usr/local/cuda/compat/
+
 COPY container_src/ container_src/
 COPY docker/train /usr/local/bin/train
-# `train --help` as SageMaker calls it: the script on PATH, its line endings, and the package's imports
-RUN chmod 0755 /usr/local/bin/train && train --help > /dev/null
+# The build check: `train --help` as SageMaker calls it (the script on PATH, its line endings, the start-up GPU check
+# it runs first); every library the modes import; the compatibility libraries in place and of a driver that runs
+# torch's CUDA (R580+); and torch built for the CUDA release the start-up check assumes.
+RUN chmod 0755 /usr/local/bin/train && train --help > /dev/null \
+    && python -c "import torch, sae_lens, transformer_lens, datasets, wandb, sae_dashboard; \
+import container_src.train, container_src.viz, container_src.bench, container_src.gpu as gpu; \
+compat = gpu.compat_version(); \
+assert compat and gpu.branch(compat) >= gpu.NATIVE_BRANCH, f'compatibility libraries: {compat}'; \
+assert torch.version.cuda == gpu.CUDA, f'torch is built for CUDA {torch.version.cuda}, gpu.CUDA says {gpu.CUDA}'; \
+print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'compatibility libraries', compat)"
 
 CMD ["train"]

@@ -13,6 +13,22 @@ BF16_MIN_MAJOR = 8
 NO_BF16_FAMILIES = ("ml.g4dn.", "ml.p3.", "ml.p3dn.", "ml.p2.", "ml.g3.", "ml.g3s.")
 
 
+# GPU families older than Turing: K80 (p2), M60 (g3, g3s), V100 (p3, p3dn). CUDA 13 (the image's torch build) no
+# longer supports these architectures and torch's CUDA 13.0 wheels carry no kernels for them, whatever the driver.
+NO_CUDA13_FAMILIES = {
+    "ml.p2.": "K80",
+    "ml.g3.": "M60",
+    "ml.g3s.": "M60",
+    "ml.p3.": "V100",
+    "ml.p3dn.": "V100",
+}
+
+
+def gpu_without_cuda13(instance_type: str) -> str | None:
+    """The GPU of an instance type the image's CUDA 13.0 cannot use (``V100`` for ml.p3.2xlarge), else None."""
+    return next((gpu for family, gpu in NO_CUDA13_FAMILIES.items() if instance_type.startswith(family)), None)
+
+
 def has_gpu(instance_type: str) -> bool:
     return instance_type.startswith(GPU_FAMILIES)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from container_src import gpu
 from container_src.config import ConfigError
 from container_src.hardware import capability_has_bf16, has_gpu
 
@@ -51,24 +52,31 @@ def pick_runtime(
 ) -> Runtime:
     """Resolve ``device``/``precision``/``compile_sae`` of the config against the hardware: bf16 only where the GPU
     supports it; the SAE compiled by default on a CUDA device where Triton finds a C compiler. ``job_instance``: the
-    SageMaker job's instance type; on one with an NVIDIA GPU, ``device=auto`` never falls back to the CPU."""
+    SageMaker job's instance type; on one with an NVIDIA GPU, ``device=auto`` never falls back to the CPU. Unless
+    ``device`` is cpu, the host's driver is checked first (:func:`container_src.gpu.check`): a GPU the image cannot use
+    raises :class:`container_src.gpu.HostError`."""
     import torch
 
+    if device != "cpu":  # device=cpu is the escape hatch: no GPU check at all
+        # a host with a GPU the image cannot use stops here, with exit 1 (a problem of the machine, not the config)
+        gpu.check(job_instance, has_gpu(job_instance) if job_instance else None, torch.cuda.is_available())
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu" and job_instance and has_gpu(job_instance):
-            raise ConfigError(
-                f"device=auto: this job runs on {job_instance}, which has an NVIDIA GPU, but torch "
-                f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees no CUDA device: the host's NVIDIA "
-                "driver is older than that CUDA release needs, or the GPU is not passed to the container. Set "
-                "device=cpu to run on the CPU anyway"
-            )
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device!r}: no CUDA device is visible; use device=auto or cpu")
         props = torch.cuda.get_device_properties(torch.device(device))
         name = props.name
         bf16_ok = capability_has_bf16(props.major)
+        logger.info(
+            "GPU: %s, %.1f GiB, compute capability %d.%d; torch %s built for CUDA %s",
+            name,
+            props.total_memory / 2**30,
+            props.major,
+            props.minor,
+            torch.__version__,
+            torch.version.cuda,
+        )
     else:
         name, bf16_ok = "cpu", False
     if precision == "bf16" and not bf16_ok:

@@ -2,7 +2,8 @@
 
 The tag hashes git's object ids of exactly what the image is built from (IMAGE_INPUTS) and the lock, so an image
 already in ECR is not built or pushed again; files that differ from the commit give a ``-dirty`` tag. The docker
-login password goes to ``docker login`` on stdin, never on a command line or in a log.
+login password goes to ``docker login`` on stdin, never on a command line or in a log. The build runs with the docker
+CLI (with buildx, or its classic builder without) or podman; any other tool is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import base64
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,8 @@ IMAGE_INPUTS = (
 # SageMaker's training instances are x86_64; a build on an ARM laptop must still produce that.
 PLATFORM = "linux/amd64"
 STDERR_FD = 2
+# What the docker CLI without the buildx plugin (and podman) says to --provenance: the sign to build again without it.
+NO_BUILDX = "unknown flag: --provenance"
 
 
 @dataclass(frozen=True)
@@ -153,9 +159,73 @@ def login(ecr: Any, docker: str) -> None:
     _docker(docker, "login", "--username", user, "--password-stdin", data["proxyEndpoint"], stdin=password, quiet=True)
 
 
+def build_tool(docker: str) -> str:
+    """``docker`` or ``podman``: which CLI ``docker`` (a name on PATH or a path) is, from its file name and, for a
+    script such as podman-docker's ``docker``, what it runs; refuses a tool this module cannot drive, before anything
+    is built."""
+    path = shutil.which(docker)
+    if path is None:
+        raise LauncherError(
+            f"{docker!r} not found: install the Docker CLI (or podman), or pass --image to use a pushed image",
+            EXIT_FAILED,
+        )
+    real = Path(path).resolve()
+    try:
+        head = real.read_bytes()[:4096]
+    except OSError:
+        head = b""
+    if real.name.startswith("podman") or (head.startswith(b"#!") and b"podman" in head):
+        return "podman"
+    if real.name.startswith("docker") or Path(docker).name.startswith("docker"):
+        return "docker"
+    raise LauncherError(
+        f"--docker {docker}: {real.name} is neither the docker CLI nor podman, the two tools the image is built "
+        "with (docker with or without buildx, or podman); pass --docker docker or --docker podman",
+        EXIT_FAILED,
+    )
+
+
+def build_command(tool: str, buildx: bool, local: str, commit: str) -> list[str]:
+    """The build's arguments for ``tool`` (``docker`` or ``podman``); ``buildx``: whether docker has the buildx
+    plugin. buildx gets ``--provenance=false``: one image manifest, no attestation index around it (SageMaker has been
+    reported to refuse indexes); the classic builder makes no attestation and does not know the flag; podman writes
+    Docker's manifest format (``--format docker``) instead of OCI's."""
+    if tool not in ("docker", "podman"):
+        raise LauncherError(f"cannot build with {tool!r}: the image is built with docker or podman", EXIT_FAILED)
+    flags = ["--provenance=false"] if tool == "docker" and buildx else []
+    if tool == "podman":
+        flags = ["--format", "docker"]
+    label = f"org.opencontainers.image.revision={commit}"
+    return ["build", "--platform", PLATFORM, *flags, "--label", label, "-t", local, "-f", "Dockerfile", "."]
+
+
+def _run_build(docker: str, args: list[str]) -> tuple[int, str]:
+    """Run a build with its log on stderr as it comes; return its status and the log's last lines."""
+    logger.info("%s %s", docker, " ".join(args))
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen([docker, *args], stdout=STDERR_FD, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+    return proc.returncode, "".join(tail)
+
+
+def build(docker: str, tool: str, local: str, commit: str) -> None:
+    """Build the image as ``local`` with ``tool``: docker tries buildx's flags first, and builds with the classic
+    builder when the CLI has no buildx (it refuses --provenance before doing anything)."""
+    status, tail = _run_build(docker, build_command(tool, tool == "docker", local, commit))
+    if status != 0 and tool == "docker" and NO_BUILDX in tail:
+        logger.info("%s has no buildx plugin: building with the classic builder, which makes no attestation", docker)
+        status, tail = _run_build(docker, build_command(tool, False, local, commit))
+    if status != 0:
+        raise LauncherError(f"{docker} build failed with status {status}", EXIT_FAILED)
+
+
 def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -> Image:
     """Build, tag and push the image unless ECR already holds this content's tag."""
     settings.require("region", "image_repository")
+    tool = build_tool(docker) if not dry_run else "docker"  # a tool it cannot drive is refused before any AWS call
     tag, commit = content_tag()
     ecr = client_for("ecr", settings.region)
     if dry_run:
@@ -171,21 +241,7 @@ def push(settings: Settings, *, docker: str = "docker", dry_run: bool = False) -
         logger.info("%s is already in ECR (%s); not building or pushing again", remote, digest)
         return Image(uri=remote, tag=tag, commit=commit, digest=digest)
     local = f"{settings.image_repository}:{tag}"
-    _docker(
-        docker,
-        "build",
-        "--platform",
-        PLATFORM,
-        # one image manifest, no attestation index around it: SageMaker has been reported to refuse indexes
-        "--provenance=false",
-        "--label",
-        f"org.opencontainers.image.revision={commit}",
-        "-t",
-        local,
-        "-f",
-        "Dockerfile",
-        ".",
-    )
+    build(docker, tool, local, commit)
     _docker(docker, "tag", local, remote)
     login(ecr, docker)
     _docker(docker, "push", remote)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from container_src.config import SCHEMAS, ConfigError, looks_like_secret, read_json_object, resolve
-from container_src.hardware import has_gpu, instance_has_bf16
+from container_src.hardware import gpu_without_cuda13, has_gpu, instance_has_bf16
 from launcher.errors import LauncherError
 from launcher.settings import Settings
 
@@ -144,9 +144,17 @@ def check_instance(mode: str, instance_type: str, cfg: Any) -> list[str]:
         raise LauncherError(
             f"--instance-type {instance_type}: has no NVIDIA GPU; training needs one (for example {DEFAULT_INSTANCE})"
         )
+    old_gpu = gpu_without_cuda13(instance_type)
+    if old_gpu and (mode == "train" or cfg.device != "cpu"):
+        raise LauncherError(
+            f"--instance-type {instance_type}: its {old_gpu} GPU predates Turing, which CUDA 13 (the image's torch "
+            "build) no longer supports, so no driver or compatibility library can make it work; use a g4dn, g5, g6, "
+            f"p4 or p5 type (for example {DEFAULT_INSTANCE})"
+            + ("" if mode == "train" else f", or --set device=cpu to run {mode} on its CPU")
+        )
     warnings = []
-    if not gpu:
-        warnings.append(f"{instance_type} has no GPU: {mode} will run on CPU, slowly")
+    if not gpu or old_gpu:
+        warnings.append(f"{instance_type} has no usable GPU: {mode} will run on CPU, slowly")
     if gpu and not instance_has_bf16(instance_type) and cfg.precision == "bf16":
         raise LauncherError(
             f"precision=bf16: {instance_type} has no native bf16; use precision=auto or a g5/g6/p4 type"

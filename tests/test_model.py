@@ -50,8 +50,11 @@ def test_cpu_runtime_is_fp32_and_refuses_bf16() -> None:
 
 def test_a_gpu_job_without_cuda_does_not_fall_back_to_the_cpu() -> None:
     """A SageMaker job on a GPU instance whose container sees no CUDA device (a driver too old for torch's CUDA
-    build, say) stops at once instead of training for hours on the CPU; elsewhere, and when asked, the CPU runs."""
-    with pytest.raises(ConfigError, match=r"device=auto: this job runs on ml.g5.xlarge, which has an NVIDIA GPU"):
+    build, say) stops at once, a host problem (exit 1), instead of training for hours on the CPU; elsewhere, and when
+    asked, the CPU runs. More in test_gpu_start.py."""
+    from container_src.gpu import HostError
+
+    with pytest.raises(HostError, match=r"this job runs on ml.g5.xlarge, which has an NVIDIA GPU"):
         pick_runtime("auto", "auto", job_instance="ml.g5.xlarge")
     assert pick_runtime("auto", "auto", job_instance="ml.m5.xlarge").device == "cpu"
     assert pick_runtime("cpu", "auto", job_instance="ml.p4d.24xlarge").device == "cpu"
@@ -70,7 +73,11 @@ def test_gpu_precision_follows_the_card(
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(name=gpu, major=major))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda _d: types.SimpleNamespace(name=gpu, major=major, minor=0, total_memory=2**34),
+    )
     runtime = pick_runtime("auto", precision)
     assert (runtime.device, runtime.device_name, runtime.autocast) == ("cuda", gpu, autocast)
     if major < 8:
@@ -92,7 +99,11 @@ def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monk
     with pytest.raises(ConfigError, match=r"compile_sae=true: torch.compile on CPU needs a C\+\+ compiler"):
         pick_runtime("cpu", "auto", True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(name="H100", major=9))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda _d: types.SimpleNamespace(name="H100", major=9, minor=0, total_memory=2**36),
+    )
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/gcc" if name == "gcc" else None)
     assert pick_runtime("cuda", "auto", None).compile_sae and not pick_runtime("cuda", "auto", False).compile_sae
