@@ -40,7 +40,7 @@ from launcher.follow import check_succeeded, describe, download, download_target
 from launcher.plan import Plan, prepare
 from launcher.secret import secret_exists, store_wandb_key
 from launcher.settings import Settings
-from launcher.upload import read_manifest, remote_fingerprint, upload_export
+from launcher.upload import BUCKET_SETTING, read_manifest, remote_fingerprint, s3_errors, upload_export
 
 logger = logging.getLogger("launcher")
 ACTIONS = ("push", "secret", "follow")
@@ -216,11 +216,13 @@ def _channels(
     return channels, tags
 
 
-def _upload(plan: Plan, s3: Any, channels: dict[str, str]) -> None:
-    """Upload the local folders to the prefixes `_channels` planned for them."""
+def _upload(plan: Plan, s3: Any, channels: dict[str, str], tags: dict[str, str]) -> None:
+    """Upload the local folders to the prefixes `_channels` planned for them (the export checked again against its
+    manifest, and against the fingerprint planned with: the push may have taken minutes)."""
     prompts = plan.sources.get("prompts")
     if prompts and not prompts.startswith("s3://"):
-        upload_export(Path(prompts), channels["prompts"], s3_client=s3)
+        expected = tags["prompts-fingerprint"]
+        upload_export(Path(prompts), channels["prompts"], s3_client=s3, option=BUCKET_SETTING, expected=expected)
     for name in ("model", "tinystories"):
         if local := plan.local(name):
             upload_dir(s3, local[0], channels[name], local[1])
@@ -327,8 +329,8 @@ def _submit(args: argparse.Namespace) -> int:
     specs = _specs(args, plan, channels, channel_tags, checkpoint_from=checkpoint_from, environment=environment)
     for spec in specs:  # the SDK checks each request (the role with IAM, among others) before anything is pushed
         _check_no_secret(jobs.build_request(spec, settings))
-    if not args.dry_run:
-        ensure_bucket(s3, settings.bucket, settings.region)
+    with s3_errors(f"s3://{settings.bucket}", BUCKET_SETTING):  # read-only in a dry run, which logs a creation
+        ensure_bucket(s3, settings.bucket, settings.region, dry_run=args.dry_run)
     if args.image:
         digest = args.image.partition("@")[2] or None
         # which commit built another image is not known here: this checkout's HEAD need not be it
@@ -336,7 +338,7 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
     if not args.dry_run:
-        _upload(plan, s3, channels)
+        _upload(plan, s3, channels, channel_tags)
     _write(_table(_create(args, plan, specs, image)))
     if args.wait:
         return _follow_and_fetch(plan.names, args, settings.region, stream_logs=len(plan.names) == 1)

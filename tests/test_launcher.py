@@ -90,11 +90,29 @@ def aws(moto_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
-    """An exported prompt dataset: the sample prompts and a manifest with their fingerprint."""
+    """An exported prompt dataset: the shipped sample export (its manifest's fingerprint is its rows')."""
     out = tmp_path / "prompts"
     shutil.copytree(SAMPLE_PROMPTS, out)
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.iterdir()))).hexdigest()
-    (out / "manifest.json").write_text(json.dumps({"fingerprint": digest, "counts": {"total": 95}}))
+    return out
+
+
+def _rewrite_rows(export: Path, out: Path, rows: int, *, manifest: bool) -> Path:
+    """``out``: the first ``rows`` rows of ``export``, with the last one's text changed, saved as the export saves
+    them; with ``manifest`` a manifest of their own (another export), else ``export``'s (an export edited later)."""
+    from datasets import Dataset, load_from_disk
+
+    from launcher.prompt_rows import fingerprint
+
+    source = load_from_disk(str(export))
+    assert isinstance(source, Dataset)
+    kept = source.to_list()[:rows]
+    kept[-1]["text"] += " (edited)"
+    dataset = Dataset.from_list(kept, features=source.features)
+    dataset.save_to_disk(str(out))
+    record = json.loads((export / "manifest.json").read_text())
+    if manifest:
+        record["fingerprint"] = fingerprint(dataset.to_list(), dataset.column_names)
+    (out / "manifest.json").write_text(json.dumps(record))
     return out
 
 
@@ -636,9 +654,7 @@ def test_resume_from_an_ended_job_reuses_its_checkpoints(
     earlier = _make_job(
         "sae-train-earlier", channels={"prompts": prompts}, preset="smoke", k="4", log_every="5", run_name="first"
     )
-    other = tmp_path / "other-export"
-    shutil.copytree(export, other)
-    (other / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 64, "counts": {"total": 95}}))
+    other = _rewrite_rows(export, tmp_path / "other-export", 94, manifest=True)
     base = ["--mode", "train", "--set", "preset=smoke", "--resume-from", earlier]
     _recorder(aws["endpoint"], "reset-recording")
     _recorder(aws["endpoint"], "start-recording")
@@ -731,7 +747,14 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     assert not [a for a in sent if a.startswith("PUT") or "CreateTrainingJob" in a], sent
     # S3's own refusal (here: no such bucket) is an AWS failure, status 1
     code, _ = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}-none/prompts/2025-07")
-    assert code == submit.EXIT_FAILED and "NoSuchBucket" in caplog.text
+    assert code == submit.EXIT_FAILED
+    assert f"--prompts s3://{aws['bucket']}-none/prompts/2025-07/: S3 refused the request (NoSuchBucket" in caplog.text
+    # a manifest alone under the prefix is not an export
+    manifest = (export / "manifest.json").read_bytes()
+    s3.put_object(Bucket=aws["bucket"], Key="prompts/lonely/manifest.json", Body=manifest)
+    lonely = f"s3://{aws['bucket']}/prompts/lonely"
+    message = f"--prompts: {lonely}/ holds a manifest.json but no dataset"
+    _refused(aws, capsys, caplog, [*base, "--prompts", lonely], message)
     code, out = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}/prompts/2025-07")
     assert code == 0, caplog.text
     [name] = _job_names(out)
@@ -739,6 +762,44 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     [channel] = job["InputDataConfig"]
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{aws['bucket']}/prompts/2025-07/"
     assert _tags(job)["prompts-fingerprint"] == json.loads((export / "manifest.json").read_text())["fingerprint"]
+
+
+def test_an_export_is_checked_by_its_files_before_anything_is_written(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manifest without its dataset, and an export whose data file was edited after the export (its manifest
+    still names the old rows), are refused before any AWS call: the bucket is never even created. The export's
+    own upload (export_prompts --s3-uri) refuses them too, before writing."""
+    from launcher.errors import LauncherError
+    from launcher.upload import upload_export
+
+    manifest_only = tmp_path / "manifest-only"
+    manifest_only.mkdir()
+    shutil.copy(export / "manifest.json", manifest_only)
+    edited = _rewrite_rows(export, tmp_path / "edited-rows", 95, manifest=False)
+    shutil.copy(edited / "data-00000-of-00001.arrow", export / "data-00000-of-00001.arrow")  # the same name
+    base = ["--mode", "train", "--set", "preset=smoke"]
+    refusals = [
+        (manifest_only, f"{manifest_only} holds no readable dataset beside its manifest.json"),
+        (export, f"{export}: its dataset does not match its manifest.json"),
+    ]
+    for folder, message in refusals:
+        assert _refused(aws, capsys, caplog, [*base, "--prompts", str(folder)], message) == []
+        assert f"export again (python launcher/export_prompts.py --out {folder})" in caplog.text
+    s3 = boto3.client("s3")
+    for folder, message in refusals:
+        with pytest.raises(LauncherError, match=re.escape(message)):
+            upload_export(folder, f"s3://{aws['bucket']}/prompts/x", s3_client=s3)
+    assert aws["bucket"] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    # the export written again from the edited rows is accepted
+    shutil.rmtree(export)
+    _rewrite_rows(SAMPLE_PROMPTS, export, 95, manifest=True)
+    code, _ = _run(capsys, *base, "--prompts", str(export), "--dry-run")
+    assert code == 0, caplog.text
 
 
 def test_a_sweep_that_fails_part_way_names_the_jobs_it_started(
