@@ -1,7 +1,7 @@
 """Push the image, and start, follow and fetch the SageMaker jobs (train, viz, bench, sweeps).
 
     python launcher/submit.py push                         # build, tag and push the image (skipped when unchanged)
-    python launcher/submit.py secret                       # store $WANDB_API_KEY in Secrets Manager
+    python launcher/submit.py secret [--force]             # store the W&B key (asked for, hidden) in Secrets Manager
     python launcher/submit.py --mode train [--config FILE] [--set key=value ...] [--spot] [--wait] [--dry-run]
     python launcher/submit.py --mode train --sweep k=32,64 --sweep lr=1e-4,3e-4      # one job per combination
     python launcher/submit.py --mode viz --from-job sae-train-... --wait --download data/dashboards
@@ -38,7 +38,7 @@ from launcher.channels import planned_uri, resume_checkpoints, trained_model_art
 from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, LauncherError
 from launcher.follow import check_succeeded, describe, download, download_target, follow
 from launcher.plan import Plan, prepare
-from launcher.secret import secret_exists, store_wandb_key
+from launcher.secret import read_key, secret_exists, store_wandb_key
 from launcher.settings import Settings
 from launcher.upload import BUCKET_SETTING, read_manifest, remote_fingerprint, s3_errors, upload_export
 
@@ -359,14 +359,28 @@ def _main(argv: list[str]) -> int:
         settings = Settings.load(args.settings).require("region")
         describe(client_for("sagemaker", settings.region), args.job)  # an unknown name is bad input (status 2)
         return _follow_and_fetch([args.job], args, settings.region, stream_logs=not args.no_logs)
-    args = _common(argparse.ArgumentParser(prog=f"submit.py {action}")).parse_args(argv[1:])
     if action == "push":
+        args = _common(argparse.ArgumentParser(prog="submit.py push")).parse_args(argv[1:])
         image = ecr.push(Settings.load(args.settings), docker=args.docker)
         _write(f"{image.uri}\n{image.digest}\n")
         return EXIT_OK
+    return _secret(argv[1:])
+
+
+def _secret(argv: list[str]) -> int:
+    parser = _common(
+        argparse.ArgumentParser(
+            prog="submit.py secret",
+            description="Store the W&B key (from WANDB_API_KEY, or asked for without echo) in Secrets Manager.",
+        )
+    )
+    parser.add_argument("--force", action="store_true", help="replace the key an existing secret holds")
+    args = parser.parse_args(argv)
     settings = Settings.load(args.settings).require("region", "wandb_secret_id")
-    arn = store_wandb_key(client_for("secretsmanager", settings.region), settings.wandb_secret_id)
-    _write(f"stored WANDB_API_KEY as {arn}; jobs get WANDB_SECRET_ID={settings.wandb_secret_id}\n")
+    key = read_key()  # checked before any AWS call
+    secrets = client_for("secretsmanager", settings.region)
+    arn = store_wandb_key(secrets, settings.wandb_secret_id, key, force=args.force)
+    _write(f"stored the W&B key as {arn}; jobs get WANDB_SECRET_ID={settings.wandb_secret_id}\n")
     return EXIT_OK
 
 

@@ -333,6 +333,79 @@ def _refused(
     return [r["headers"].get("X-Amz-Target") or f"{r['method']} {r['url']}" for r in _recorded(aws["endpoint"])]
 
 
+class _Terminal(io.StringIO):
+    """A stdin that says it is a terminal: a real one cannot be had in tests, so getpass is patched with it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_secret_checks_the_key_and_never_replaces_one_unasked(
+    aws: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's way: `submit.py secret` in a terminal asks for the key without echo (getpass, patched here).
+    A key not shaped like W&B's is refused before any AWS call; a stored key is replaced only with --force."""
+    import getpass
+
+    secret_id = aws["env"]["SAE_WANDB_SECRET_ID"]
+    secrets = boto3.client("secretsmanager")
+
+    def stored() -> str | None:
+        try:
+            return secrets.get_secret_value(SecretId=secret_id)["SecretString"]
+        except secrets.exceptions.ResourceNotFoundException:
+            return None
+        finally:  # the launcher's calls alone are recorded
+            _recorder(aws["endpoint"], "reset-recording")
+            _recorder(aws["endpoint"], "start-recording")
+
+    for bad, why in (("…", "it may hold only letters"), ("abc", "it has 3 characters where a W&B key has 40 or more")):
+        monkeypatch.setenv("WANDB_API_KEY", bad)
+        assert _refused(aws, capsys, caplog, ["secret"], f"WANDB_API_KEY is not a W&B API key ({why}") == []
+    assert stored() is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert _refused(aws, capsys, caplog, ["secret"], "there is no terminal to ask for the key on") == []
+
+    first, second = "0123456789abcdef" * 2 + "01234567", "fedcba9876543210" * 2 + "76543210"
+    asked: list[str] = []
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: asked.append(prompt) or f" {first}\n")
+    code, out = _run(capsys, "secret")
+    assert code == 0, caplog.text
+    assert asked == ["W&B API key (from wandb.ai/authorize; input hidden): "]
+    assert stored() == first and f"jobs get WANDB_SECRET_ID={secret_id}" in out
+    assert first not in out + caplog.text
+
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: "short")
+    assert _refused(aws, capsys, caplog, ["secret"], "the key typed is not a W&B API key (it has 5") == []
+    monkeypatch.setenv("WANDB_API_KEY", second)
+    _refused(aws, capsys, caplog, ["secret"], f"secret {secret_id} already holds a W&B key; nothing was changed")
+    assert stored() == first
+    code, _ = _run(capsys, "secret", "--force")
+    assert code == 0 and stored() == second
+    assert f"replaced the W&B key stored in secret {secret_id} (--force)" in caplog.text
+    # an on-prem server's key: a prefix, a dash, and the secret
+    monkeypatch.setenv("WANDB_API_KEY", "local-" + first)
+    assert _run(capsys, "secret", "--force")[0] == 0 and stored() == "local-" + first
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "abc", "…", "0123456789" * 4, "0123456789" * 3 + "012345678", "local-" + "ab" * 20, "local-" + "ab" * 19,
+     "a.b.c", "key with spaces" * 4, "x" * 39 + "!", "wandb-planted-" + "7f3c9a" * 6],
+)  # fmt: skip
+def test_the_key_shape_is_wandbs_own(key: str) -> None:
+    """The launcher's check agrees with W&B's own validation of a key's shape."""
+    from wandb.sdk.lib.wbauth.validation import check_api_key
+
+    from launcher.secret import key_problem
+
+    assert (key_problem(key) is None) == (check_api_key(key) is None)
+
+
 def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     code, out = _run(capsys, "push")
     assert code == 0
