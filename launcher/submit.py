@@ -11,7 +11,7 @@ Settings (region, role, bucket, image repository) come from launcher/settings.to
 launcher/settings.py). Every check of the input runs before the first AWS call; then the read-only look-ups (the
 earlier jobs that --from-job and --resume-from name, the W&B secret, an S3 export's manifest) and the SageMaker SDK's
 checks of each request run before anything is pushed or uploaded. Exit status: 0 done, 2 bad input, 1 an AWS, Docker
-or job failure.
+or job failure, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from container_src.config import ConfigError
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
 from launcher.channels import planned_uri, resume_checkpoints, trained_model_artifact, upload_dir
-from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, LauncherError
+from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, LauncherError
 from launcher.follow import check_succeeded, describe, download, download_target, follow
 from launcher.plan import Plan, prepare
 from launcher.secret import read_key, secret_exists, store_wandb_key
@@ -128,23 +129,44 @@ def _table(rows: list[list[str]]) -> str:
 def _follow_and_fetch(names: list[str], args: argparse.Namespace, region: str, stream_logs: bool) -> int:
     sagemaker, s3 = client_for("sagemaker", region), client_for("s3", region)
     logs = client_for("logs", region) if stream_logs else None
-    status = EXIT_OK
     rows = [["job", "status", "artifact"]]
-    for name in names:
-        job = follow(sagemaker, logs, name, poll_s=args.poll_seconds)
-        try:
-            check_succeeded(job)
-            where = (
-                str(download(s3, job, args.download)) if args.download else job["ModelArtifacts"]["S3ModelArtifacts"]
-            )
-        except LauncherError as exc:
-            if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
-                raise
-            logger.error("%s", exc)
-            status, where = EXIT_FAILED, job.get("FailureReason", "")[:80]
-        rows.append([name, job["TrainingJobStatus"], where])
+    status, pending = EXIT_OK, list(names)
+    try:
+        while pending:
+            job = follow(sagemaker, logs, pending[0], poll_s=args.poll_seconds)
+            where, failed = _fetch(s3, job, args.download)
+            rows.append([pending.pop(0), job["TrainingJobStatus"], where])
+            status = EXIT_FAILED if failed else status
+    except KeyboardInterrupt:  # the jobs run on: say how to follow them again, without a traceback
+        raise LauncherError(_follow_again(pending, args), EXIT_INTERRUPTED) from None
     _write(_table(rows))
     return status
+
+
+def _fetch(s3: Any, job: dict[str, Any], dest: Path | None) -> tuple[str, bool]:
+    """(where a finished job's artifact is, or why it failed; whether it failed), unpacking it into ``dest``."""
+    try:
+        check_succeeded(job)
+        return str(download(s3, job, dest)) if dest else job["ModelArtifacts"]["S3ModelArtifacts"], False
+    except LauncherError as exc:
+        if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
+            raise
+        logger.error("%s", exc)
+        return job.get("FailureReason", "")[:80], True
+
+
+def _follow_again(names: list[str], args: argparse.Namespace) -> str:
+    """What Ctrl-C while following says: the jobs run on, and the exact commands that follow them again."""
+    options = [
+        *(["--settings", str(args.settings)] if args.settings else []),
+        *(["--download", str(args.download)] if args.download else []),
+        *(["--no-logs"] if getattr(args, "no_logs", False) else []),
+    ]
+    commands = [shlex.join(["python", "launcher/submit.py", "follow", name, *options]) for name in names]
+    return (
+        f"interrupted: stopped following {', '.join(names)}, which run(s) on in SageMaker. Follow again with: "
+        f"{'; '.join(commands)} (stop a job with: aws sagemaker stop-training-job --training-job-name JOB)"
+    )
 
 
 def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str], channels: dict[str, str]) -> None:
@@ -394,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except LauncherError as exc:
         logger.error("%s", exc)
         return exc.status
+    except KeyboardInterrupt:  # what was written stays whole: uploads write their record last, downloads swap in
+        logger.error("interrupted (Ctrl-C); jobs already submitted run on")
+        return EXIT_INTERRUPTED
     except NoCredentialsError:
         logger.error(
             "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "

@@ -643,13 +643,62 @@ class _InProgressProxy(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def jobs_in_progress(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The launcher talks to moto through _InProgressProxy."""
+    """The launcher talks to moto's SageMaker through _InProgressProxy (to the other services directly)."""
     _InProgressProxy.upstream = aws["endpoint"]
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _InProgressProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", f"http://127.0.0.1:{proxy.server_address[1]}")
     yield
     proxy.shutdown()
+
+
+class _Clock:
+    """launcher.follow's clock: each reading 200 s after the last, and the third sleep is Ctrl-C (no one can press
+    it in a test, so KeyboardInterrupt is raised where the poll waits)."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, 0
+
+    def monotonic(self) -> float:
+        self.now += 200
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        if self.sleeps == 3:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.usefixtures("jobs_in_progress")
+def test_ctrl_c_while_following_ends_cleanly_and_says_how_to_follow_again(
+    aws: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`follow --download` and `--wait --download` of a job still running: the status line says how long it has
+    waited, and Ctrl-C ends with status 130, no traceback, and the exact command to follow the job again."""
+    from launcher import follow
+
+    name = _make_job("sae-train-running", preset="smoke")
+    dest = tmp_path / "fetched"
+    monkeypatch.setattr(follow, "time", _Clock())
+    code, out = _run(capsys, "follow", name, "--download", str(dest), "--no-logs")
+    assert code == submit.EXIT_INTERRUPTED == 130
+    assert f"{name}: InProgress (" in caplog.text
+    waited = re.findall(rf"{name}: InProgress \(.*\); waited (\S+)", caplog.text)
+    assert waited == ["0:03:20", "0:10:00"]  # on the change, then after 300 s more without one
+    assert f"Follow again with: python launcher/submit.py follow {name} --download {dest} --no-logs" in caplog.text
+    assert "Traceback" not in caplog.text + out and not dest.exists()
+
+    monkeypatch.setattr(follow, "time", _Clock())
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
+    argv = ["--mode", "bench", "--image", image, "--wait", "--download", str(dest)]
+    code, out = _run(capsys, *argv)
+    assert code == 130
+    [submitted] = _job_names(out)
+    assert f"Follow again with: python launcher/submit.py follow {submitted} --download {dest} (" in caplog.text
 
 
 def _make_job(
