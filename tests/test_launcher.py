@@ -548,6 +548,7 @@ def test_sweep_starts_one_job_per_combination(
         assert _tags(job)["sweep"] == f"k={hp['k']} lr={hp['lr']}"
         assert job["CheckpointConfig"]["S3Uri"].endswith(f"/checkpoints/{name}/")  # each run resumes only itself
     assert seen == {("16", "1e-4"), ("16", "3e-4"), ("32", "1e-4"), ("32", "3e-4")}
+    assert caplog.text.count(f"creating bucket {aws['bucket']} in us-east-1 (it does not exist yet)") == 1
     # one image build and one upload of the prompts serve the four jobs
     assert [c["argv"][0] for c in _docker_calls(aws)] == ["build", "tag", "login", "push"]
     manifest_puts = [r for r in _recorded(aws["endpoint"]) if r["method"] == "PUT" and "manifest.json" in r["url"]]
@@ -1055,6 +1056,7 @@ def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], expor
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == jobs.metric_definitions()
     assert request["InputDataConfig"][0]["ChannelName"] == "prompts"
     assert "no native bf16" in result.stderr
+    assert f"bucket {aws['bucket']} does not exist: a real run creates it in us-east-1" in result.stderr
     assert PLANTED_KEY not in result.stdout + result.stderr
     sent = [r for r in _recorded(aws["endpoint"]) if r["method"] in ("PUT", "DELETE") or "Create" in json.dumps(r)]
     assert sent == []
