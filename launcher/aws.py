@@ -5,11 +5,14 @@ Clients honour the usual AWS environment (credentials, ``AWS_ENDPOINT_URL`` for 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import boto3
 
 from launcher.errors import LauncherError
+
+logger = logging.getLogger(__name__)
 
 
 def client_for(service: str, region: str | None = None) -> Any:
@@ -36,13 +39,19 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
-    """Create the bucket when it is missing (and we may), so a first run needs no console step."""
+def ensure_bucket(s3: Any, bucket: str, region: str, *, dry_run: bool = False) -> bool:
+    """Create the bucket when it is missing (and we may), so a first run needs no console step; in a dry run only
+    say so. True when it was (or would be) created."""
     try:
         s3.head_bucket(Bucket=bucket)
-        return
+        return False
     except s3.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
             raise
+    if dry_run:
+        logger.info("bucket %s does not exist: a real run creates it in %s", bucket, region)
+        return True
+    logger.info("creating bucket %s in %s (it does not exist yet)", bucket, region)
     config = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
     s3.create_bucket(Bucket=bucket, **config)
+    return True

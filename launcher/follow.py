@@ -8,6 +8,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,6 +19,7 @@ from launcher.errors import EXIT_FAILED, LauncherError
 logger = logging.getLogger(__name__)
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
+REPORT_S = 300.0  # a status line at least this often while a job runs, so a long wait shows it is alive
 
 
 def describe(sagemaker: Any, job_name: str) -> dict[str, Any]:
@@ -54,18 +56,27 @@ def _print_new_events(logs: Any, job_name: str, tokens: dict[str, str], out: Tex
 
 
 def follow(
-    sagemaker: Any, logs: Any | None, job_name: str, *, poll_s: float = 20.0, out: TextIO | None = None
+    sagemaker: Any,
+    logs: Any | None,
+    job_name: str,
+    *,
+    poll_s: float = 20.0,
+    out: TextIO | None = None,
+    report_s: float = REPORT_S,
 ) -> dict[str, Any]:
-    """Wait until the job ends, logging status changes and (with ``logs``) streaming its log lines to ``out``."""
+    """Wait until the job ends, logging its status with how long it has been followed (on each change, and every
+    ``report_s`` seconds) and (with ``logs``) streaming its log lines to ``out``."""
     stream = out or sys.stdout  # looked up per call: tests and callers may have swapped it
     tokens: dict[str, str] = {}
     last = ""
+    start = reported = time.monotonic()
     while True:
         job = sagemaker.describe_training_job(TrainingJobName=job_name)
         status = f"{job['TrainingJobStatus']} ({job.get('SecondaryStatus', '')})"
-        if status != last:
-            logger.info("%s: %s", job_name, status)
-            last = status
+        now = time.monotonic()
+        if status != last or now - reported >= report_s:
+            logger.info("%s: %s; waited %s", job_name, status, timedelta(seconds=round(now - start)))
+            last, reported = status, now
         if logs is not None:
             _print_new_events(logs, job_name, tokens, stream)
         if job["TrainingJobStatus"] in TERMINAL:
@@ -101,7 +112,7 @@ def download(s3: Any, job: dict[str, Any], dest: Path) -> Path:
         try:
             s3.download_file(bucket, key, str(archive))
         except s3.exceptions.ClientError as exc:
-            raise LauncherError(f"could not download {artifact}: {exc}", EXIT_FAILED) from None
+            raise LauncherError(f"--download: could not fetch {artifact}: {exc}", EXIT_FAILED) from None
         unpacked = staging / "model"
         with tarfile.open(archive) as tar:
             tar.extractall(unpacked, filter="data")  # refuses absolute paths, .. and links out of the folder

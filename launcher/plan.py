@@ -17,7 +17,7 @@ from launcher.channels import check_local_dir, check_sae_uri, model_files, s3_ch
 from launcher.errors import LauncherError
 from launcher.follow import download_target
 from launcher.settings import Settings
-from launcher.upload import read_manifest
+from launcher.upload import verify_export
 
 logger = logging.getLogger(__name__)
 LOCAL_CHANNELS = ("prompts", "model", "tinystories")
@@ -88,7 +88,7 @@ def _sources(args: argparse.Namespace, configs: list[Any]) -> tuple[dict[str, st
     local --model folder must hold."""
     needs_prompts = args.mode == "viz" or (args.mode == "train" and any(c.prompt_ratio > 0 for c in configs))
     if needs_prompts and not args.prompts.startswith("s3://"):
-        read_manifest(Path(args.prompts))  # a missing export fails here, not after the image is pushed
+        verify_export(Path(args.prompts))  # a missing or edited export fails here, not after the image is pushed
     given = {"prompts": args.prompts if needs_prompts else None, "model": args.model, "tinystories": args.tinystories}
     sources: dict[str, str] = {}
     for name, source in given.items():

@@ -1,7 +1,7 @@
 """Push the image, and start, follow and fetch the SageMaker jobs (train, viz, bench, sweeps).
 
     python launcher/submit.py push                         # build, tag and push the image (skipped when unchanged)
-    python launcher/submit.py secret                       # store $WANDB_API_KEY in Secrets Manager
+    python launcher/submit.py secret [--force]             # store the W&B key (asked for, hidden) in Secrets Manager
     python launcher/submit.py --mode train [--config FILE] [--set key=value ...] [--spot] [--wait] [--dry-run]
     python launcher/submit.py --mode train --sweep k=32,64 --sweep lr=1e-4,3e-4      # one job per combination
     python launcher/submit.py --mode viz --from-job sae-train-... --wait --download data/dashboards
@@ -11,7 +11,7 @@ Settings (region, role, bucket, image repository) come from launcher/settings.to
 launcher/settings.py). Every check of the input runs before the first AWS call; then the read-only look-ups (the
 earlier jobs that --from-job and --resume-from name, the W&B secret, an S3 export's manifest) and the SageMaker SDK's
 checks of each request run before anything is pushed or uploaded. Exit status: 0 done, 2 bad input, 1 an AWS, Docker
-or job failure.
+or job failure, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,12 +36,12 @@ from container_src.config import ConfigError
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
 from launcher.channels import planned_uri, resume_checkpoints, trained_model_artifact, upload_dir
-from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, LauncherError
+from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, LauncherError
 from launcher.follow import check_succeeded, describe, download, download_target, follow
 from launcher.plan import Plan, prepare
-from launcher.secret import secret_exists, store_wandb_key
+from launcher.secret import read_key, secret_exists, store_wandb_key
 from launcher.settings import Settings
-from launcher.upload import read_manifest, remote_fingerprint, upload_export
+from launcher.upload import BUCKET_SETTING, read_manifest, remote_fingerprint, s3_errors, upload_export
 
 logger = logging.getLogger("launcher")
 ACTIONS = ("push", "secret", "follow")
@@ -128,23 +129,44 @@ def _table(rows: list[list[str]]) -> str:
 def _follow_and_fetch(names: list[str], args: argparse.Namespace, region: str, stream_logs: bool) -> int:
     sagemaker, s3 = client_for("sagemaker", region), client_for("s3", region)
     logs = client_for("logs", region) if stream_logs else None
-    status = EXIT_OK
     rows = [["job", "status", "artifact"]]
-    for name in names:
-        job = follow(sagemaker, logs, name, poll_s=args.poll_seconds)
-        try:
-            check_succeeded(job)
-            where = (
-                str(download(s3, job, args.download)) if args.download else job["ModelArtifacts"]["S3ModelArtifacts"]
-            )
-        except LauncherError as exc:
-            if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
-                raise
-            logger.error("%s", exc)
-            status, where = EXIT_FAILED, job.get("FailureReason", "")[:80]
-        rows.append([name, job["TrainingJobStatus"], where])
+    status, pending = EXIT_OK, list(names)
+    try:
+        while pending:
+            job = follow(sagemaker, logs, pending[0], poll_s=args.poll_seconds)
+            where, failed = _fetch(s3, job, args.download)
+            rows.append([pending.pop(0), job["TrainingJobStatus"], where])
+            status = EXIT_FAILED if failed else status
+    except KeyboardInterrupt:  # the jobs run on: say how to follow them again, without a traceback
+        raise LauncherError(_follow_again(pending, args), EXIT_INTERRUPTED) from None
     _write(_table(rows))
     return status
+
+
+def _fetch(s3: Any, job: dict[str, Any], dest: Path | None) -> tuple[str, bool]:
+    """(where a finished job's artifact is, or why it failed; whether it failed), unpacking it into ``dest``."""
+    try:
+        check_succeeded(job)
+        return str(download(s3, job, dest)) if dest else job["ModelArtifacts"]["S3ModelArtifacts"], False
+    except LauncherError as exc:
+        if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
+            raise
+        logger.error("%s", exc)
+        return job.get("FailureReason", "")[:80], True
+
+
+def _follow_again(names: list[str], args: argparse.Namespace) -> str:
+    """What Ctrl-C while following says: the jobs run on, and the exact commands that follow them again."""
+    options = [
+        *(["--settings", str(args.settings)] if args.settings else []),
+        *(["--download", str(args.download)] if args.download else []),
+        *(["--no-logs"] if getattr(args, "no_logs", False) else []),
+    ]
+    commands = [shlex.join(["python", "launcher/submit.py", "follow", name, *options]) for name in names]
+    return (
+        f"interrupted: stopped following {', '.join(names)}, which run(s) on in SageMaker. Follow again with: "
+        f"{'; '.join(commands)} (stop a job with: aws sagemaker stop-training-job --training-job-name JOB)"
+    )
 
 
 def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str], channels: dict[str, str]) -> None:
@@ -216,11 +238,13 @@ def _channels(
     return channels, tags
 
 
-def _upload(plan: Plan, s3: Any, channels: dict[str, str]) -> None:
-    """Upload the local folders to the prefixes `_channels` planned for them."""
+def _upload(plan: Plan, s3: Any, channels: dict[str, str], tags: dict[str, str]) -> None:
+    """Upload the local folders to the prefixes `_channels` planned for them (the export checked again against its
+    manifest, and against the fingerprint planned with: the push may have taken minutes)."""
     prompts = plan.sources.get("prompts")
     if prompts and not prompts.startswith("s3://"):
-        upload_export(Path(prompts), channels["prompts"], s3_client=s3)
+        expected = tags["prompts-fingerprint"]
+        upload_export(Path(prompts), channels["prompts"], s3_client=s3, option=BUCKET_SETTING, expected=expected)
     for name in ("model", "tinystories"):
         if local := plan.local(name):
             upload_dir(s3, local[0], channels[name], local[1])
@@ -327,8 +351,8 @@ def _submit(args: argparse.Namespace) -> int:
     specs = _specs(args, plan, channels, channel_tags, checkpoint_from=checkpoint_from, environment=environment)
     for spec in specs:  # the SDK checks each request (the role with IAM, among others) before anything is pushed
         _check_no_secret(jobs.build_request(spec, settings))
-    if not args.dry_run:
-        ensure_bucket(s3, settings.bucket, settings.region)
+    with s3_errors(f"s3://{settings.bucket}", BUCKET_SETTING):  # read-only in a dry run, which logs a creation
+        ensure_bucket(s3, settings.bucket, settings.region, dry_run=args.dry_run)
     if args.image:
         digest = args.image.partition("@")[2] or None
         # which commit built another image is not known here: this checkout's HEAD need not be it
@@ -336,7 +360,7 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         image = ecr.push(settings, docker=args.docker, dry_run=args.dry_run)
     if not args.dry_run:
-        _upload(plan, s3, channels)
+        _upload(plan, s3, channels, channel_tags)
     _write(_table(_create(args, plan, specs, image)))
     if args.wait:
         return _follow_and_fetch(plan.names, args, settings.region, stream_logs=len(plan.names) == 1)
@@ -357,14 +381,28 @@ def _main(argv: list[str]) -> int:
         settings = Settings.load(args.settings).require("region")
         describe(client_for("sagemaker", settings.region), args.job)  # an unknown name is bad input (status 2)
         return _follow_and_fetch([args.job], args, settings.region, stream_logs=not args.no_logs)
-    args = _common(argparse.ArgumentParser(prog=f"submit.py {action}")).parse_args(argv[1:])
     if action == "push":
+        args = _common(argparse.ArgumentParser(prog="submit.py push")).parse_args(argv[1:])
         image = ecr.push(Settings.load(args.settings), docker=args.docker)
         _write(f"{image.uri}\n{image.digest}\n")
         return EXIT_OK
+    return _secret(argv[1:])
+
+
+def _secret(argv: list[str]) -> int:
+    parser = _common(
+        argparse.ArgumentParser(
+            prog="submit.py secret",
+            description="Store the W&B key (from WANDB_API_KEY, or asked for without echo) in Secrets Manager.",
+        )
+    )
+    parser.add_argument("--force", action="store_true", help="replace the key an existing secret holds")
+    args = parser.parse_args(argv)
     settings = Settings.load(args.settings).require("region", "wandb_secret_id")
-    arn = store_wandb_key(client_for("secretsmanager", settings.region), settings.wandb_secret_id)
-    _write(f"stored WANDB_API_KEY as {arn}; jobs get WANDB_SECRET_ID={settings.wandb_secret_id}\n")
+    key = read_key()  # checked before any AWS call
+    secrets = client_for("secretsmanager", settings.region)
+    arn = store_wandb_key(secrets, settings.wandb_secret_id, key, force=args.force)
+    _write(f"stored the W&B key as {arn}; jobs get WANDB_SECRET_ID={settings.wandb_secret_id}\n")
     return EXIT_OK
 
 
@@ -378,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except LauncherError as exc:
         logger.error("%s", exc)
         return exc.status
+    except KeyboardInterrupt:  # what was written stays whole: uploads write their record last, downloads swap in
+        logger.error("interrupted (Ctrl-C); jobs already submitted run on")
+        return EXIT_INTERRUPTED
     except NoCredentialsError:
         logger.error(
             "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "

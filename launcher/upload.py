@@ -21,11 +21,21 @@ from container_src.config import ConfigError, read_json_object
 from container_src.data import channel_files
 from launcher.aws import list_keys, parse_s3_uri
 from launcher.errors import EXIT_FAILED, LauncherError
+from launcher.prompt_rows import fingerprint
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RECORD_SUFFIX = ".complete"
+BUCKET_SETTING = "the `bucket` setting"
+_DENIED = "the bucket belongs to another account, or your credentials may not use it (see the IAM policy)"
+S3_HINTS = {
+    "NoSuchBucket": "no such bucket; check its name",
+    "404": "no such bucket; check its name",
+    "AccessDenied": _DENIED,
+    "403": _DENIED,
+}
+"""What to check, for S3's refusals that come from a wrong URI or missing permissions."""
 
 
 def split_prefix(uri: str) -> tuple[str, str]:
@@ -51,18 +61,47 @@ def read_manifest(export_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def verify_export(export_dir: Path) -> dict[str, Any]:
+    """The export's manifest, once its dataset has been read back and its rows' fingerprint, computed as the export
+    computed it, found to be the manifest's: a folder edited after the export, or a manifest without its dataset,
+    would otherwise go up (or be taken as already there) under the old fingerprint."""
+    manifest = read_manifest(export_dir)
+    from datasets import Dataset, disable_progress_bars, load_from_disk
+
+    disable_progress_bars()
+    again = f"export again (python launcher/export_prompts.py --out {export_dir})"
+    try:
+        dataset = load_from_disk(str(export_dir))
+    except Exception as exc:  # no dataset files, or unreadable ones: the job could not read them either
+        raise LauncherError(f"{export_dir} holds no readable dataset beside its {MANIFEST} ({exc}); {again}") from None
+    if not isinstance(dataset, Dataset):
+        raise LauncherError(f"{export_dir} holds a DatasetDict, not the one dataset an export writes; {again}")
+    actual = fingerprint(dataset.to_list(), dataset.column_names)
+    if actual != manifest["fingerprint"]:
+        raise LauncherError(
+            f"{export_dir}: its dataset does not match its {MANIFEST} (the rows' fingerprint is {actual[:12]}…, the "
+            f"manifest says {manifest['fingerprint'][:12]}…), so it was changed after the export; nothing was "
+            f"uploaded. To use the changed prompts, {again}"
+        )
+    return manifest
+
+
 @contextmanager
-def _s3_errors(uri: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
+def s3_errors(uri: str, option: str) -> Iterator[None]:
+    """S3's refusals (and botocore's failures) as a LauncherError, status 1, naming the option ``uri`` came from."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
         yield
+    except NoCredentialsError:
+        raise  # the caller says what to do about missing credentials
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        message = f"S3 refused the request for {uri}: {error.get('Code')} {error.get('Message', '')}"
-        raise LauncherError(message, EXIT_FAILED) from None
+        code = str(error.get("Code"))
+        hint = S3_HINTS.get(code, error.get("Message", ""))
+        raise LauncherError(f"{option} {uri}: S3 refused the request ({code}: {hint})", EXIT_FAILED) from None
     except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
-        raise LauncherError(f"cannot talk to S3 for {uri}: {exc}", EXIT_FAILED) from None
+        raise LauncherError(f"{option} {uri}: cannot talk to S3 ({exc})", EXIT_FAILED) from None
 
 
 def _read_record(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -79,16 +118,22 @@ def _read_record(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
 
 
 def remote_fingerprint(s3: Any, s3_uri: str) -> str:
-    """``--prompts s3://…``: the fingerprint of the export there, read from its manifest (a read-only call)."""
+    """``--prompts s3://…``: the fingerprint of the export there, read from its manifest (read-only calls), once the
+    prefix is seen to hold a dataset beside it."""
     bucket, prefix = split_prefix(s3_uri)
     uri = f"s3://{bucket}/{prefix}"
-    remote = _read_record(
-        s3, bucket, prefix + MANIFEST
-    )  # S3's own refusals (access, a missing bucket) are AWS failures
+    with s3_errors(uri, "--prompts"):
+        remote = _read_record(s3, bucket, prefix + MANIFEST)
+        names = {key[len(prefix) :] for key in list_keys(s3, bucket, prefix)} if remote else set()
     if not remote or not isinstance(remote.get("fingerprint"), str) or not remote["fingerprint"]:
         raise LauncherError(
             f"--prompts: {uri} holds no export ({MANIFEST} with a fingerprint is missing there); check the prefix, "
             "or upload one with `export_prompts.py --s3-uri` (or give the export folder, which submit.py uploads)"
+        )
+    if not names & {"state.json", "dataset_info.json"}:  # what save_to_disk writes beside the data files
+        raise LauncherError(
+            f"--prompts: {uri} holds a {MANIFEST} but no dataset beside it; upload the whole export again "
+            "(export_prompts.py --s3-uri … --force, or give the export folder)"
         )
     return remote["fingerprint"]
 
@@ -119,10 +164,10 @@ def _holds(s3: Any, bucket: str, prefix: str, record_key: str, fingerprint: str,
 
 
 def check_remote(s3_uri: str, fingerprint: str, *, force: bool = False, s3_client: Any = None) -> bool:
-    """True when the prefix already holds the export with this fingerprint. Raises when it holds something else,
-    unless force."""
+    """``--s3-uri``: True when the prefix already holds the export with this fingerprint. Raises when it holds
+    something else, unless force."""
     bucket, prefix = split_prefix(s3_uri)
-    with _s3_errors(f"s3://{bucket}/{prefix}"):
+    with s3_errors(f"s3://{bucket}/{prefix}", "--s3-uri"):
         return _holds(s3_client or _client(), bucket, prefix, prefix + MANIFEST, fingerprint, force)
 
 
@@ -141,15 +186,17 @@ def upload_folder(
     *,
     export: bool = False,
     force: bool = False,
+    option: str = BUCKET_SETTING,
 ) -> str:
     """Upload ``files`` of ``folder`` under the prefix of ``s3_uri`` unless the prefix holds them already, and return
-    the prefix's URI (ending in ``/``). ``export``: the folder is a prompt export, its manifest.json its record."""
+    the prefix's URI (ending in ``/``). ``export``: the folder is a prompt export, its manifest.json its record.
+    ``option``: where the URI came from, named in S3's refusals."""
     bucket, prefix = split_prefix(s3_uri)
     uri = f"s3://{bucket}/{prefix}"
     keys = {prefix + path.relative_to(folder).as_posix(): path for path in files}
     record = prefix + MANIFEST if export else prefix.rstrip("/") + RECORD_SUFFIX
     what = "this export" if export else str(folder)
-    with _s3_errors(uri):
+    with s3_errors(uri, option):
         if _holds(s3, bucket, prefix, record, fingerprint, force):
             logger.info("%s already holds %s (fingerprint %s…); nothing uploaded", uri, what, fingerprint[:12])
             return uri
@@ -170,11 +217,27 @@ def upload_folder(
     return uri
 
 
-def upload_export(export_dir: Path, s3_uri: str, *, force: bool = False, s3_client: Any = None) -> str:
+def upload_export(
+    export_dir: Path,
+    s3_uri: str,
+    *,
+    force: bool = False,
+    s3_client: Any = None,
+    option: str = "--s3-uri",
+    expected: str | None = None,
+) -> str:
     """Upload the export folder ``export_dir`` (the dataset, manifest.json, categories.png) under the prefix of
-    ``s3_uri``; returns the prefix's URI."""
-    manifest = read_manifest(export_dir)
+    ``s3_uri``, once its files are checked against its manifest; returns the prefix's URI. ``expected``: the
+    fingerprint the caller planned with, refused when the export has changed since."""
+    manifest = verify_export(export_dir)
+    if expected is not None and manifest["fingerprint"] != expected:
+        raise LauncherError(
+            f"{export_dir} was exported again while the launcher ran (fingerprint {expected[:12]}… became "
+            f"{manifest['fingerprint'][:12]}…); nothing was uploaded. Run the command again."
+        )
     split_prefix(s3_uri)  # a bad URI is refused before any client is made
     files = channel_files(export_dir)
     s3 = s3_client or _client()
-    return upload_folder(s3, export_dir, files, s3_uri, manifest["fingerprint"], export=True, force=force)
+    return upload_folder(
+        s3, export_dir, files, s3_uri, manifest["fingerprint"], export=True, force=force, option=option
+    )

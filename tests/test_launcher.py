@@ -90,11 +90,29 @@ def aws(moto_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
-    """An exported prompt dataset: the sample prompts and a manifest with their fingerprint."""
+    """An exported prompt dataset: the shipped sample export (its manifest's fingerprint is its rows')."""
     out = tmp_path / "prompts"
     shutil.copytree(SAMPLE_PROMPTS, out)
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.iterdir()))).hexdigest()
-    (out / "manifest.json").write_text(json.dumps({"fingerprint": digest, "counts": {"total": 95}}))
+    return out
+
+
+def _rewrite_rows(export: Path, out: Path, rows: int, *, manifest: bool) -> Path:
+    """``out``: the first ``rows`` rows of ``export``, with the last one's text changed, saved as the export saves
+    them; with ``manifest`` a manifest of their own (another export), else ``export``'s (an export edited later)."""
+    from datasets import Dataset, load_from_disk
+
+    from launcher.prompt_rows import fingerprint
+
+    source = load_from_disk(str(export))
+    assert isinstance(source, Dataset)
+    kept = source.to_list()[:rows]
+    kept[-1]["text"] += " (edited)"
+    dataset = Dataset.from_list(kept, features=source.features)
+    dataset.save_to_disk(str(out))
+    record = json.loads((export / "manifest.json").read_text())
+    if manifest:
+        record["fingerprint"] = fingerprint(dataset.to_list(), dataset.column_names)
+    (out / "manifest.json").write_text(json.dumps(record))
     return out
 
 
@@ -315,6 +333,79 @@ def _refused(
     return [r["headers"].get("X-Amz-Target") or f"{r['method']} {r['url']}" for r in _recorded(aws["endpoint"])]
 
 
+class _Terminal(io.StringIO):
+    """A stdin that says it is a terminal: a real one cannot be had in tests, so getpass is patched with it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_secret_checks_the_key_and_never_replaces_one_unasked(
+    aws: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's way: `submit.py secret` in a terminal asks for the key without echo (getpass, patched here).
+    A key not shaped like W&B's is refused before any AWS call; a stored key is replaced only with --force."""
+    import getpass
+
+    secret_id = aws["env"]["SAE_WANDB_SECRET_ID"]
+    secrets = boto3.client("secretsmanager")
+
+    def stored() -> str | None:
+        try:
+            return secrets.get_secret_value(SecretId=secret_id)["SecretString"]
+        except secrets.exceptions.ResourceNotFoundException:
+            return None
+        finally:  # the launcher's calls alone are recorded
+            _recorder(aws["endpoint"], "reset-recording")
+            _recorder(aws["endpoint"], "start-recording")
+
+    for bad, why in (("…", "it may hold only letters"), ("abc", "it has 3 characters where a W&B key has 40 or more")):
+        monkeypatch.setenv("WANDB_API_KEY", bad)
+        assert _refused(aws, capsys, caplog, ["secret"], f"WANDB_API_KEY is not a W&B API key ({why}") == []
+    assert stored() is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert _refused(aws, capsys, caplog, ["secret"], "there is no terminal to ask for the key on") == []
+
+    first, second = "0123456789abcdef" * 2 + "01234567", "fedcba9876543210" * 2 + "76543210"
+    asked: list[str] = []
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: asked.append(prompt) or f" {first}\n")
+    code, out = _run(capsys, "secret")
+    assert code == 0, caplog.text
+    assert asked == ["W&B API key (from wandb.ai/authorize; input hidden): "]
+    assert stored() == first and f"jobs get WANDB_SECRET_ID={secret_id}" in out
+    assert first not in out + caplog.text
+
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: "short")
+    assert _refused(aws, capsys, caplog, ["secret"], "the key typed is not a W&B API key (it has 5") == []
+    monkeypatch.setenv("WANDB_API_KEY", second)
+    _refused(aws, capsys, caplog, ["secret"], f"secret {secret_id} already holds a W&B key; nothing was changed")
+    assert stored() == first
+    code, _ = _run(capsys, "secret", "--force")
+    assert code == 0 and stored() == second
+    assert f"replaced the W&B key stored in secret {secret_id} (--force)" in caplog.text
+    # an on-prem server's key: a prefix, a dash, and the secret
+    monkeypatch.setenv("WANDB_API_KEY", "local-" + first)
+    assert _run(capsys, "secret", "--force")[0] == 0 and stored() == "local-" + first
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "abc", "…", "0123456789" * 4, "0123456789" * 3 + "012345678", "local-" + "ab" * 20, "local-" + "ab" * 19,
+     "a.b.c", "key with spaces" * 4, "x" * 39 + "!", "wandb-planted-" + "7f3c9a" * 6],
+)  # fmt: skip
+def test_the_key_shape_is_wandbs_own(key: str) -> None:
+    """The launcher's check agrees with W&B's own validation of a key's shape."""
+    from wandb.sdk.lib.wbauth.validation import check_api_key
+
+    from launcher.secret import key_problem
+
+    assert (key_problem(key) is None) == (check_api_key(key) is None)
+
+
 def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     code, out = _run(capsys, "push")
     assert code == 0
@@ -457,6 +548,7 @@ def test_sweep_starts_one_job_per_combination(
         assert _tags(job)["sweep"] == f"k={hp['k']} lr={hp['lr']}"
         assert job["CheckpointConfig"]["S3Uri"].endswith(f"/checkpoints/{name}/")  # each run resumes only itself
     assert seen == {("16", "1e-4"), ("16", "3e-4"), ("32", "1e-4"), ("32", "3e-4")}
+    assert caplog.text.count(f"creating bucket {aws['bucket']} in us-east-1 (it does not exist yet)") == 1
     # one image build and one upload of the prompts serve the four jobs
     assert [c["argv"][0] for c in _docker_calls(aws)] == ["build", "tag", "login", "push"]
     manifest_puts = [r for r in _recorded(aws["endpoint"]) if r["method"] == "PUT" and "manifest.json" in r["url"]]
@@ -552,13 +644,62 @@ class _InProgressProxy(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def jobs_in_progress(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The launcher talks to moto through _InProgressProxy."""
+    """The launcher talks to moto's SageMaker through _InProgressProxy (to the other services directly)."""
     _InProgressProxy.upstream = aws["endpoint"]
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _InProgressProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", f"http://127.0.0.1:{proxy.server_address[1]}")
     yield
     proxy.shutdown()
+
+
+class _Clock:
+    """launcher.follow's clock: each reading 200 s after the last, and the third sleep is Ctrl-C (no one can press
+    it in a test, so KeyboardInterrupt is raised where the poll waits)."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, 0
+
+    def monotonic(self) -> float:
+        self.now += 200
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        if self.sleeps == 3:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.usefixtures("jobs_in_progress")
+def test_ctrl_c_while_following_ends_cleanly_and_says_how_to_follow_again(
+    aws: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`follow --download` and `--wait --download` of a job still running: the status line says how long it has
+    waited, and Ctrl-C ends with status 130, no traceback, and the exact command to follow the job again."""
+    from launcher import follow
+
+    name = _make_job("sae-train-running", preset="smoke")
+    dest = tmp_path / "fetched"
+    monkeypatch.setattr(follow, "time", _Clock())
+    code, out = _run(capsys, "follow", name, "--download", str(dest), "--no-logs")
+    assert code == submit.EXIT_INTERRUPTED == 130
+    assert f"{name}: InProgress (" in caplog.text
+    waited = re.findall(rf"{name}: InProgress \(.*\); waited (\S+)", caplog.text)
+    assert waited == ["0:03:20", "0:10:00"]  # on the change, then after 300 s more without one
+    assert f"Follow again with: python launcher/submit.py follow {name} --download {dest} --no-logs" in caplog.text
+    assert "Traceback" not in caplog.text + out and not dest.exists()
+
+    monkeypatch.setattr(follow, "time", _Clock())
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
+    argv = ["--mode", "bench", "--image", image, "--wait", "--download", str(dest)]
+    code, out = _run(capsys, *argv)
+    assert code == 130
+    [submitted] = _job_names(out)
+    assert f"Follow again with: python launcher/submit.py follow {submitted} --download {dest} (" in caplog.text
 
 
 def _make_job(
@@ -636,9 +777,7 @@ def test_resume_from_an_ended_job_reuses_its_checkpoints(
     earlier = _make_job(
         "sae-train-earlier", channels={"prompts": prompts}, preset="smoke", k="4", log_every="5", run_name="first"
     )
-    other = tmp_path / "other-export"
-    shutil.copytree(export, other)
-    (other / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 64, "counts": {"total": 95}}))
+    other = _rewrite_rows(export, tmp_path / "other-export", 94, manifest=True)
     base = ["--mode", "train", "--set", "preset=smoke", "--resume-from", earlier]
     _recorder(aws["endpoint"], "reset-recording")
     _recorder(aws["endpoint"], "start-recording")
@@ -731,7 +870,14 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     assert not [a for a in sent if a.startswith("PUT") or "CreateTrainingJob" in a], sent
     # S3's own refusal (here: no such bucket) is an AWS failure, status 1
     code, _ = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}-none/prompts/2025-07")
-    assert code == submit.EXIT_FAILED and "NoSuchBucket" in caplog.text
+    assert code == submit.EXIT_FAILED
+    assert f"--prompts s3://{aws['bucket']}-none/prompts/2025-07/: S3 refused the request (NoSuchBucket" in caplog.text
+    # a manifest alone under the prefix is not an export
+    manifest = (export / "manifest.json").read_bytes()
+    s3.put_object(Bucket=aws["bucket"], Key="prompts/lonely/manifest.json", Body=manifest)
+    lonely = f"s3://{aws['bucket']}/prompts/lonely"
+    message = f"--prompts: {lonely}/ holds a manifest.json but no dataset"
+    _refused(aws, capsys, caplog, [*base, "--prompts", lonely], message)
     code, out = _run(capsys, *base, "--prompts", f"s3://{aws['bucket']}/prompts/2025-07")
     assert code == 0, caplog.text
     [name] = _job_names(out)
@@ -739,6 +885,44 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     [channel] = job["InputDataConfig"]
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{aws['bucket']}/prompts/2025-07/"
     assert _tags(job)["prompts-fingerprint"] == json.loads((export / "manifest.json").read_text())["fingerprint"]
+
+
+def test_an_export_is_checked_by_its_files_before_anything_is_written(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manifest without its dataset, and an export whose data file was edited after the export (its manifest
+    still names the old rows), are refused before any AWS call: the bucket is never even created. The export's
+    own upload (export_prompts --s3-uri) refuses them too, before writing."""
+    from launcher.errors import LauncherError
+    from launcher.upload import upload_export
+
+    manifest_only = tmp_path / "manifest-only"
+    manifest_only.mkdir()
+    shutil.copy(export / "manifest.json", manifest_only)
+    edited = _rewrite_rows(export, tmp_path / "edited-rows", 95, manifest=False)
+    shutil.copy(edited / "data-00000-of-00001.arrow", export / "data-00000-of-00001.arrow")  # the same name
+    base = ["--mode", "train", "--set", "preset=smoke"]
+    refusals = [
+        (manifest_only, f"{manifest_only} holds no readable dataset beside its manifest.json"),
+        (export, f"{export}: its dataset does not match its manifest.json"),
+    ]
+    for folder, message in refusals:
+        assert _refused(aws, capsys, caplog, [*base, "--prompts", str(folder)], message) == []
+        assert f"export again (python launcher/export_prompts.py --out {folder})" in caplog.text
+    s3 = boto3.client("s3")
+    for folder, message in refusals:
+        with pytest.raises(LauncherError, match=re.escape(message)):
+            upload_export(folder, f"s3://{aws['bucket']}/prompts/x", s3_client=s3)
+    assert aws["bucket"] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    # the export written again from the edited rows is accepted
+    shutil.rmtree(export)
+    _rewrite_rows(SAMPLE_PROMPTS, export, 95, manifest=True)
+    code, _ = _run(capsys, *base, "--prompts", str(export), "--dry-run")
+    assert code == 0, caplog.text
 
 
 def test_a_sweep_that_fails_part_way_names_the_jobs_it_started(
@@ -872,6 +1056,7 @@ def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], expor
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == jobs.metric_definitions()
     assert request["InputDataConfig"][0]["ChannelName"] == "prompts"
     assert "no native bf16" in result.stderr
+    assert f"bucket {aws['bucket']} does not exist: a real run creates it in us-east-1" in result.stderr
     assert PLANTED_KEY not in result.stdout + result.stderr
     sent = [r for r in _recorded(aws["endpoint"]) if r["method"] in ("PUT", "DELETE") or "Create" in json.dumps(r)]
     assert sent == []
