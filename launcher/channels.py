@@ -11,8 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from container_src.checkpoints import run_prefix, trained_fields
+from container_src.config import ConfigError
 from container_src.data import channel_fingerprint
 from container_src.paths import hub_cache_entry
+from launcher import jobs
 from launcher.aws import parse_s3_uri
 from launcher.errors import LauncherError
 from launcher.follow import describe
@@ -124,3 +127,29 @@ def resume_checkpoints(sagemaker: Any, job_name: str) -> tuple[str, dict[str, An
             f"--resume-from {job_name}: that job had no checkpoint location, so there is nothing to resume"
         )
     return uri, job
+
+
+def check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str], channels: dict[str, str]) -> None:
+    """--resume-from goes on from the earlier job's checkpoints only when the new job trains what that one did: other
+    settings, another run_name or other data make another run id, and the job would train afresh beside them."""
+    try:
+        then = jobs.config_of("train", earlier.get("HyperParameters", {}))
+    except ConfigError as exc:
+        logger.warning("--resume-from %s: its hyperparameters are not readable here (%s); not compared", job_name, exc)
+        return
+    now = jobs.config_of("train", values)
+    before, after = trained_fields(then), trained_fields(now)
+    differ = [f"{key}={before[key]!r} there, {after[key]!r} here" for key in before if before[key] != after[key]]
+    if run_prefix(then) != run_prefix(now):
+        differ.append(f"run_name={then.run_name!r} there, {now.run_name!r} here")
+    sources = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in earlier.get("InputDataConfig", [])}
+    for name in ("prompts", "tinystories"):  # the data in the run id (the model enters by its weights, not its source)
+        there, here = (sources.get(name) or "none").rstrip("/"), (channels.get(name) or "none").rstrip("/")
+        if there != here:
+            differ.append(f"channel {name}: {there} there, {here} here")
+    if differ:
+        raise LauncherError(
+            f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
+            "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE) and channels "
+            "(--prompts, --tinystories), or leave out --resume-from to start a new run"
+        )

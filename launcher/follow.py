@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import sys
 import tarfile
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from container_src.records import replace_dir
-from launcher.aws import parse_s3_uri
-from launcher.errors import EXIT_FAILED, LauncherError
+from launcher.aws import client_for, parse_s3_uri
+from launcher.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LauncherError
 
 logger = logging.getLogger(__name__)
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
@@ -121,3 +122,45 @@ def download(s3: Any, job: dict[str, Any], dest: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("unpacked %s into %s", artifact, target)
     return target
+
+
+def follow_and_fetch(
+    names: list[str], region: str, *, poll_s: float, dest: Path | None, stream_logs: bool, again: list[str]
+) -> tuple[int, list[list[str]]]:
+    """Follow each job to its end and fetch its artifact (into ``dest`` when given): the exit status (1 when a job
+    failed) and a row per job (name, status, where its artifact is or why it failed). Ctrl-C leaves the jobs
+    running and says how to follow them again (``again``: the options to repeat)."""
+    sagemaker, s3 = client_for("sagemaker", region), client_for("s3", region)
+    logs = client_for("logs", region) if stream_logs else None
+    rows: list[list[str]] = []
+    status, pending = EXIT_OK, list(names)
+    try:
+        while pending:
+            job = follow(sagemaker, logs, pending[0], poll_s=poll_s)
+            where, failed = _fetch(s3, job, dest)
+            rows.append([pending.pop(0), job["TrainingJobStatus"], where])
+            status = EXIT_FAILED if failed else status
+    except KeyboardInterrupt:  # the jobs run on: say how to follow them again, without a traceback
+        raise LauncherError(_follow_again(pending, again), EXIT_INTERRUPTED) from None
+    return status, rows
+
+
+def _fetch(s3: Any, job: dict[str, Any], dest: Path | None) -> tuple[str, bool]:
+    """(where a finished job's artifact is, or why it failed; whether it failed), unpacking it into ``dest``."""
+    try:
+        check_succeeded(job)
+        return str(download(s3, job, dest)) if dest else job["ModelArtifacts"]["S3ModelArtifacts"], False
+    except LauncherError as exc:
+        if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
+            raise
+        logger.error("%s", exc)
+        return job.get("FailureReason", "")[:80], True
+
+
+def _follow_again(names: list[str], options: list[str]) -> str:
+    """What Ctrl-C while following says: the jobs run on, and the exact commands that follow them again."""
+    commands = [shlex.join(["python", "launcher/submit.py", "follow", name, *options]) for name in names]
+    return (
+        f"interrupted: stopped following {', '.join(names)}, which run(s) on in SageMaker. Follow again with: "
+        f"{'; '.join(commands)} (stop a job with: aws sagemaker stop-training-job --training-job-name JOB)"
+    )

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,13 +30,11 @@ if not __package__:  # run as a script: make the project's packages importable
 
 from botocore.exceptions import NoCredentialsError
 
-from container_src.checkpoints import run_prefix, trained_fields
-from container_src.config import ConfigError
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
-from launcher.channels import planned_uri, resume_checkpoints, trained_model_artifact, upload_dir
+from launcher.channels import check_same_run, planned_uri, resume_checkpoints, trained_model_artifact, upload_dir
 from launcher.errors import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, LauncherError
-from launcher.follow import check_succeeded, describe, download, download_target, follow
+from launcher.follow import describe, download_target, follow_and_fetch
 from launcher.plan import Plan, prepare
 from launcher.secret import read_key, secret_exists, store_wandb_key
 from launcher.settings import Settings
@@ -127,72 +124,16 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _follow_and_fetch(names: list[str], args: argparse.Namespace, region: str, stream_logs: bool) -> int:
-    sagemaker, s3 = client_for("sagemaker", region), client_for("s3", region)
-    logs = client_for("logs", region) if stream_logs else None
-    rows = [["job", "status", "artifact"]]
-    status, pending = EXIT_OK, list(names)
-    try:
-        while pending:
-            job = follow(sagemaker, logs, pending[0], poll_s=args.poll_seconds)
-            where, failed = _fetch(s3, job, args.download)
-            rows.append([pending.pop(0), job["TrainingJobStatus"], where])
-            status = EXIT_FAILED if failed else status
-    except KeyboardInterrupt:  # the jobs run on: say how to follow them again, without a traceback
-        raise LauncherError(_follow_again(pending, args), EXIT_INTERRUPTED) from None
-    _write(_table(rows))
-    return status
-
-
-def _fetch(s3: Any, job: dict[str, Any], dest: Path | None) -> tuple[str, bool]:
-    """(where a finished job's artifact is, or why it failed; whether it failed), unpacking it into ``dest``."""
-    try:
-        check_succeeded(job)
-        return str(download(s3, job, dest)) if dest else job["ModelArtifacts"]["S3ModelArtifacts"], False
-    except LauncherError as exc:
-        if exc.status != EXIT_FAILED:  # a download folder taken meanwhile is bad input, as it is up front
-            raise
-        logger.error("%s", exc)
-        return job.get("FailureReason", "")[:80], True
-
-
-def _follow_again(names: list[str], args: argparse.Namespace) -> str:
-    """What Ctrl-C while following says: the jobs run on, and the exact commands that follow them again."""
-    options = [
+    again = [
         *(["--settings", str(args.settings)] if args.settings else []),
         *(["--download", str(args.download)] if args.download else []),
         *(["--no-logs"] if getattr(args, "no_logs", False) else []),
     ]
-    commands = [shlex.join(["python", "launcher/submit.py", "follow", name, *options]) for name in names]
-    return (
-        f"interrupted: stopped following {', '.join(names)}, which run(s) on in SageMaker. Follow again with: "
-        f"{'; '.join(commands)} (stop a job with: aws sagemaker stop-training-job --training-job-name JOB)"
+    status, rows = follow_and_fetch(
+        names, region, poll_s=args.poll_seconds, dest=args.download, stream_logs=stream_logs, again=again
     )
-
-
-def _check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str], channels: dict[str, str]) -> None:
-    """--resume-from goes on from the earlier job's checkpoints only when the new job trains what that one did: other
-    settings, another run_name or other data make another run id, and the job would train afresh beside them."""
-    try:
-        then = jobs.config_of("train", earlier.get("HyperParameters", {}))
-    except ConfigError as exc:
-        logger.warning("--resume-from %s: its hyperparameters are not readable here (%s); not compared", job_name, exc)
-        return
-    now = jobs.config_of("train", values)
-    before, after = trained_fields(then), trained_fields(now)
-    differ = [f"{key}={before[key]!r} there, {after[key]!r} here" for key in before if before[key] != after[key]]
-    if run_prefix(then) != run_prefix(now):
-        differ.append(f"run_name={then.run_name!r} there, {now.run_name!r} here")
-    sources = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in earlier.get("InputDataConfig", [])}
-    for name in ("prompts", "tinystories"):  # the data in the run id (the model enters by its weights, not its source)
-        there, here = (sources.get(name) or "none").rstrip("/"), (channels.get(name) or "none").rstrip("/")
-        if there != here:
-            differ.append(f"channel {name}: {there} there, {here} here")
-    if differ:
-        raise LauncherError(
-            f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
-            "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE) and channels "
-            "(--prompts, --tinystories), or leave out --resume-from to start a new run"
-        )
+    _write(_table([["job", "status", "artifact"], *rows]))
+    return status
 
 
 def _earlier_jobs(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None, dict[str, Any]]:
@@ -347,7 +288,7 @@ def _submit(args: argparse.Namespace) -> int:
     s3 = client_for("s3", settings.region)
     channels, channel_tags = _channels(args, plan, s3, from_job_sae)
     if earlier:  # one run: --resume-from refuses a sweep
-        _check_same_run(args.resume_from, earlier, plan.values[0], channels)
+        check_same_run(args.resume_from, earlier, plan.values[0], channels)
     specs = _specs(args, plan, channels, channel_tags, checkpoint_from=checkpoint_from, environment=environment)
     for spec in specs:  # the SDK checks each request (the role with IAM, among others) before anything is pushed
         _check_no_secret(jobs.build_request(spec, settings))

@@ -1085,7 +1085,15 @@ def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
     shutil.copy(ROOT / "Dockerfile", dockerfile)
     original = dockerfile.read_text()
-    from_line = next(line for line in original.splitlines() if line.startswith("FROM "))
+    from_lines = [line for line in original.splitlines() if line.startswith("FROM ")]
+    assert len(from_lines) == 2  # the compatibility libraries' stage and the image itself
+
+    def pinned(text: str, digest: str) -> str:  # every FROM's image gets the digest, before any `AS name`
+        for line in from_lines:
+            words = line.split()
+            text = text.replace(line, " ".join([words[0], f"{words[1]}@{digest}", *words[2:]]))
+        return text
+
     digest = "sha256:" + "ab" * 32
     fake = tmp_path / "docker"
 
@@ -1100,10 +1108,10 @@ def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
     assert dockerfile.read_text() == original
     good = pin(json.dumps({"digest": digest}))
     assert good.returncode == 0, good.stderr
-    assert dockerfile.read_text() == original.replace(from_line, f"{from_line}@{digest}")
+    assert dockerfile.read_text() == pinned(original, digest)
     again = pin(json.dumps({"digest": "sha256:" + "cd" * 32}))  # re-pinning resolves the tag again
     assert again.returncode == 0
-    assert f"{from_line}@sha256:{'cd' * 32}\n" in dockerfile.read_text()
+    assert dockerfile.read_text() == pinned(original, "sha256:" + "cd" * 32)
 
 
 def test_settings_file_and_environment(tmp_path: Path) -> None:
