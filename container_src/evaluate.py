@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from container_src import data
+from container_src.config import TrainConfig
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -109,7 +110,7 @@ def _prompt_source(name: str, data_text: str, held_out: bool, texts: list[str], 
 
 
 def sources(
-    cfg: Any, eval_stories: Iterable[dict[str, Any]], prompts: Dataset | None, heldout_rows: list[int]
+    cfg: TrainConfig, eval_stories: Iterable[dict[str, Any]], prompts: Dataset | None, heldout_rows: list[int]
 ) -> list[Source]:
     """The three sources: stories of ``tinystories_eval_split``, the prompts trained on, the prompts held out."""
     trained_split = cfg.tinystories_eval_split == cfg.tinystories_split

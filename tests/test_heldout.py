@@ -155,10 +155,12 @@ def test_a_fraction_leaving_a_category_untrained_stops_before_the_model(opt_ml: 
     assert not (opt_ml / "model" / "cfg.json").exists()
 
 
-def test_the_split_is_part_of_the_run_id() -> None:
-    from container_src.checkpoints import run_id
+@pytest.mark.parametrize("fraction", [1.0, -0.1, float("nan")])
+def test_a_fraction_outside_zero_to_one_is_refused(fraction: float) -> None:
+    from container_src.config import ConfigError
 
-    assert run_id(TrainConfig(), "d") != run_id(TrainConfig(heldout_prompt_fraction=0.2), "d")
+    with pytest.raises(ConfigError, match=r"heldout_prompt_fraction=.*must be in \[0, 1\)"):
+        TrainConfig(heldout_prompt_fraction=fraction)
 
 
 def test_sample_split_matches_the_record_train_writes(opt_ml: Path) -> None:
