@@ -140,8 +140,8 @@ class TrainConfig(RunConfig):
 
     The evaluations are the final one and W&B's during training. A `tinystories` channel must have this split (a
     saved DatasetDict's split, or files named for it). The value of `tinystories_split` evaluates on training
-    stories instead, with a warning. The prompts are cycled in training, so the evaluation's prompts are always
-    ones the SAE trained on."""
+    stories instead, with a warning. The final evaluation also reports the training prompts and the held-out
+    prompts (`heldout_prompt_fraction`) separately."""
     log_to_wandb: bool = True
     """Log to W&B; offline (files under the output dir) when no key is available."""
     wandb_project: str = "sae_tinystories"
@@ -150,6 +150,13 @@ class TrainConfig(RunConfig):
     """W&B entity (team or user); the key's default when empty."""
     run_name: str | None = None
     """Run name for W&B and the checkpoints; derived from the config when empty."""
+    heldout_prompt_fraction: float = 0.1
+    """Share of each category's prompts held out from training, for viz and the final evaluation; 0 trains on all.
+
+    The split is seeded by `seed` and made per category (rounded), and its ids are written beside the SAE
+    (heldout_prompts.json). A fraction that leaves a category without training prompts is refused before any
+    training; 0, or a fraction too small to hold out any prompt, trains on every prompt, with a warning that viz
+    and the final evaluation then have no held-out prompts."""
 
     def _check_values(self) -> None:
         super()._check_values()
@@ -193,6 +200,11 @@ class TrainConfig(RunConfig):
         )
         need(self.n_checkpoints >= 0, "n_checkpoints", "must not be negative")
         need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): TinyStories is the negative control")
+        need(
+            0 <= self.heldout_prompt_fraction < 1,
+            "heldout_prompt_fraction",
+            "must be in [0, 1): 0 trains on every prompt, and some prompts must remain to train on",
+        )
         need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
         need(self.log_every >= 1, "log_every", "must be at least 1")

@@ -236,11 +236,11 @@ class PackedRows:
             for ids in self.tokenizer(chunk)["input_ids"]:
                 yield torch.tensor(ids[1:] if self.drop_first else ids, dtype=torch.long)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _pack(self, documents: Iterator[torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
         from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
         rows = concat_and_batch_sequences(
-            tokens_iterator=self._documents(),
+            tokens_iterator=documents,
             context_size=self.context_size,
             begin_batch_token_id=self.begin,
             sequence_separator_token_id=self.separator,
@@ -248,6 +248,51 @@ class PackedRows:
         )
         for row in rows:
             yield {"input_ids": row}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self._pack(self._documents())
+
+
+class CountedRows(PackedRows):
+    """``PackedRows`` that count the documents with tokens in the rows served, for an evaluation to say what it
+    covered. ``documents_covered`` is the most over the iterations (each starts the stream afresh, so the same
+    documents in the same order): documents 0 … n-1 of the stream.
+
+    The packer takes a document only once the one before is used up, so when a row is served the documents taken
+    so far all have tokens in the rows served, except the last when the row ends with the separator put before it.
+    """
+
+    documents_covered = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        taken = 0
+
+        def counted() -> Iterator[torch.Tensor]:
+            nonlocal taken
+            for document in self._documents():
+                taken += len(document) > 0  # an empty document puts no token in any row
+                yield document
+
+        for row in self._pack(counted()):
+            last = int(row["input_ids"][-1])
+            covered = taken - int(self.separator is not None and last == self.separator)
+            self.documents_covered = max(self.documents_covered, covered)
+            yield row
+
+
+class CycledTexts:
+    """Texts as rows of ``text``, over and over in the same order: a store over a few prompts fills any number of
+    rows (each iteration starts again at the first)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        if not texts:
+            raise ValueError("CycledTexts needs at least one text")
+        self.texts = texts
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        while True:
+            for text in self.texts:
+                yield {"text": text}
 
 
 def pack_documents(

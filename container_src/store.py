@@ -128,8 +128,11 @@ def packed_store(stream: Any, lm: Any, runner_cfg: Any, worker: bool = False) ->
     """The store over ``stream``'s documents packed into rows on the CPU, as training reads them; in a worker process
     if ``worker``."""
     rows: Any = data.PackedRows(stream, lm, runner_cfg)
-    if worker:
-        rows = WorkerRows(rows)
+    return store_over(WorkerRows(rows) if worker else rows, lm, runner_cfg)
+
+
+def store_over(rows: Any, lm: Any, runner_cfg: Any) -> PackedStore:
+    """The store over packed ``rows`` (``data.PackedRows``, or ``WorkerRows`` of them)."""
     store = PackedStore.from_config(lm, runner_cfg, override_dataset=rows)
     assert isinstance(store, PackedStore)  # from_config builds its own class
     return store

@@ -25,7 +25,7 @@ from container_src import checkpoints, data, evaluate, model, plots, records
 from container_src.config import ConfigError, Resolved, TrainConfig, wandb_key
 from container_src.interrupt import StopRequest
 from container_src.paths import ContainerPaths
-from container_src.prompts import load_prompts, prompts_fingerprint
+from container_src.prompts import PromptSplit, load_prompts, prompts_fingerprint, split_prompts, write_heldout
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ class Inputs:
 
     stream: Any
     prompts: Any
+    """Every prompt of the channel (None without prompts); ``training_prompts`` are those trained on."""
+    training_prompts: Any
+    split: PromptSplit | None
     stories: Any
     eval_stories: Any
     data_identity: str
@@ -102,10 +105,14 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     prompts = load_prompts(prompts_channel) if prompts_channel and cfg.prompt_ratio > 0 else None
     if prompts_channel and cfg.prompt_ratio == 0:
         logger.warning("prompt_ratio=0: the prompts channel is ignored")
+    split = _split_prompts(cfg, prompts)
+    training_prompts = prompts.select(split.train_rows) if prompts is not None and split is not None else None
     stories, stories_identity = data.load_stories(stories_channel, cfg.tinystories_path, cfg.tinystories_split)
     return Inputs(
-        stream=data.mixed_stream(stories, prompts, cfg.prompt_ratio, cfg.seed),
+        stream=data.mixed_stream(stories, training_prompts, cfg.prompt_ratio, cfg.seed),
         prompts=prompts,
+        training_prompts=training_prompts,
+        split=split,
         stories=stories,
         eval_stories=_eval_stories(cfg, stories_channel),
         # "rows": the resume position counts packed rows (data.PackedRows); a checkpoint that counted documents is
@@ -115,6 +122,30 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type()),
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
     )
+
+
+def _split_prompts(cfg: TrainConfig, prompts: Any) -> PromptSplit | None:
+    """Hold out ``heldout_prompt_fraction`` of each category's prompts (seeded: a resumed run makes the same split)."""
+    if prompts is None:
+        return None
+    split = split_prompts(prompts, cfg.heldout_prompt_fraction, cfg.seed)
+    if cfg.heldout_prompt_fraction == 0:
+        logger.warning(
+            "heldout_prompt_fraction=0: every prompt is trained on, and viz and the final evaluation have no "
+            "held-out prompts"
+        )
+    per_category = "; ".join(
+        f"{category}: {n['train']} trained on, {n['heldout']} held out"
+        for category, n in split.record["per_category"].items()
+    )
+    logger.info(
+        "prompts: %d, %d trained on, %d held out (%s)",
+        len(prompts),
+        len(split.train_rows),
+        len(split.heldout_rows),
+        per_category,
+    )
+    return split
 
 
 def _eval_stories(cfg: TrainConfig, channel: Path | None) -> Any:
@@ -138,7 +169,7 @@ def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
     d_sae = cfg.sae_width(d_in)
     model.check_context(lm, cfg.context_size)
 
-    prompt_token_share = data.token_share(lm.tokenizer, inputs.prompts, inputs.stories, cfg.prompt_ratio)
+    prompt_token_share = data.token_share(lm.tokenizer, inputs.training_prompts, inputs.stories, cfg.prompt_ratio)
     logger.info(
         "prompts are %.1f%% of documents and about %.1f%% of tokens", 100 * cfg.prompt_ratio, 100 * prompt_token_share
     )
@@ -159,8 +190,9 @@ def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
     return Run(lm, d_in, d_sae, prompt_token_share, rid, run_dir, metric_log, resume)
 
 
-def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any, Any]:
-    """Train with SAE-Lens, which saves the SAE into ``staging``; returns the trainer and the evaluation store."""
+def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any, Any, Any]:
+    """Train with SAE-Lens, which saves the SAE into ``staging``; returns the trainer, the evaluation store and
+    SAE-Lens's runner config."""
     # SAE-Lens and the store import the HF libraries, which must not come before prepare_inputs set their environment
     from container_src import runner
     from container_src.store import packed_store
@@ -171,8 +203,8 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     sae_runner = runner.make_runner(cfg, runner_cfg, inputs.runtime, run.lm, inputs.stream, run.metric_log)
     # Evaluations (W&B's during training, ours at the end) read a stream of their own, of held-out stories, so
     # they never take rows from training: what trains is then the same with or without prefetching, and with or
-    # without W&B.
-    eval_stream = data.mixed_stream(inputs.eval_stories, inputs.prompts, cfg.prompt_ratio, cfg.seed + 1)
+    # without W&B. Its prompts are the training prompts: the held-out ones are evaluated by themselves at the end.
+    eval_stream = data.mixed_stream(inputs.eval_stories, inputs.training_prompts, cfg.prompt_ratio, cfg.seed + 1)
     eval_store = packed_store(eval_stream, run.lm, runner_cfg)
     sae_runner.evaluator.activations_store = eval_store
     try:
@@ -187,22 +219,33 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     StopRequest.phase = "finishing"
     if StopRequest.requested:  # it came during the final save, when only the flag was set
         raise StopRequest.after_training()
-    return sae_runner.trainer, eval_store
+    return sae_runner.trainer, eval_store, runner_cfg
 
 
 def _evaluate(
-    cfg: TrainConfig, run: Run, runtime: model.Runtime, trainer: Any, eval_store: Any, staging: Path, started: float
+    cfg: TrainConfig, inputs: Inputs, run: Run, fitted: tuple[Any, Any, Any], staging: Path, started: float
 ) -> dict[str, Any]:
-    """The metrics of model/metrics.json: SAE-Lens's evaluation of the saved SAE, and the run's own figures."""
+    """The metrics of model/metrics.json: SAE-Lens's evaluation of the saved SAE, on the mixed evaluation stream and
+    on each source by itself, and the run's own figures."""
     from sae_lens import SAE
 
     from container_src.runner import steps_done
 
+    trainer, eval_store, runner_cfg = fitted
+    runtime = inputs.runtime
     # Evaluate what is shipped: a BatchTopK SAE is saved as JumpReLU, which is not the model that trained.
     shipped = SAE.load_from_disk(str(staging), device=runtime.device)
     metrics = evaluate.evaluate(shipped, run.lm, eval_store, cfg.eval_batches)
+    heldout_rows = inputs.split.heldout_rows if inputs.split else []
+    sources = evaluate.sources(cfg, inputs.eval_stories, inputs.prompts, heldout_rows)
+    by_source = evaluate.evaluate_sources(shipped, run.lm, runner_cfg, sources, cfg.eval_batches)
     dead = trainer.dead_neurons
     return metrics | {
+        "evaluation_data": (
+            f"the top-level figures: TinyStories split {cfg.tinystories_eval_split!r} mixed with the training "
+            f"prompts at prompt_ratio={cfg.prompt_ratio}, as in training; evaluation_by_source has each by itself"
+        ),
+        "evaluation_by_source": by_source,
         "dead_features": int(dead.sum().item()),
         "dead_feature_fraction": float(dead.float().mean().item()),
         "dead_feature_window_steps": cfg.dead_feature_window,
@@ -236,10 +279,15 @@ def _write_records(
         "wandb_mode": inputs.wandb_mode,
         "data": inputs.data_identity,
         "resumed_from": str(run.resume) if run.resume else None,
+        "prompts_trained_on": len(inputs.split.train_rows) if inputs.split else 0,
+        "prompts_held_out": len(inputs.split.heldout_rows) if inputs.split else 0,
         "channels": {name: str(path) if path else None for name, path in inputs.channels.items()},
     }
-    records.emit_metrics({"final": 1, **{k: v for k, v in metrics.items() if isinstance(v, int | float)}})
+    flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    records.emit_metrics({"final": 1, **flat, **evaluate.metric_fields(metrics["evaluation_by_source"])})
     records.write_json(staging / "metrics.json", metrics)
+    if inputs.split is not None:  # which prompts were never trained on, beside the SAE for viz and users
+        write_heldout(staging, inputs.split)
     records.write_json(staging / "resolved_config.json", resolved.to_json(derived))
     shutil.copyfile(run.metric_log.path, staging / METRIC_LOG)
     plots.plot_curves(run.metric_log.read(), staging / "plots", title=f"{run.rid} · {cfg.hook_name}")
@@ -273,8 +321,8 @@ def run_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> dict[st
     staging = paths.model_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        trainer, eval_store = _fit(cfg, inputs, run, staging)
-        metrics = _evaluate(cfg, run, inputs.runtime, trainer, eval_store, staging, started)
+        fitted = _fit(cfg, inputs, run, staging)
+        metrics = _evaluate(cfg, inputs, run, fitted, staging, started)
         _write_records(resolved, inputs, run, metrics, staging)
         _publish(staging, paths.model_dir)
     except BaseException:

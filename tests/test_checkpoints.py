@@ -21,6 +21,8 @@ def test_run_id_follows_what_is_trained() -> None:
     # the same name with another config, or another prompt export, is another run
     assert run_id(base, "data-a") != run_id(TrainConfig(run_name="exp1", k=4), "data-a")
     assert run_id(base, "data-a") != run_id(base, "data-b")
+    # other prompts held out are another training set
+    assert run_id(base, "data-a") != run_id(TrainConfig(run_name="exp1", heldout_prompt_fraction=0.2), "data-a")
     assert run_id(TrainConfig(run_name="a/b c"), "d").startswith("a-b-c-")
 
 

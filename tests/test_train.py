@@ -63,6 +63,25 @@ def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, s
     assert 0 <= metrics["dead_feature_fraction"] <= 1
     assert {"ce_loss_score", "ce_loss_with_sae", "ce_loss_without_sae", "wall_time_s"} <= set(metrics)
 
+    # each source by itself: 2 batches of 4 rows of 64 tokens for each figure
+    by_source = metrics["evaluation_by_source"]
+    assert list(by_source) == ["stories", "training_prompts", "heldout_prompts"]
+    assert [by_source[s]["held_out"] for s in by_source] == [True, False, True]
+    for name, unit, available in (
+        ("stories", "stories", 100),
+        ("training_prompts", "prompts", 86),
+        ("heldout_prompts", "prompts", 9),
+    ):
+        record = by_source[name]
+        assert record["tokens_evaluated"] == record["ce_loss_tokens_evaluated"] == 512, name
+        assert 1 <= record[f"{unit}_evaluated"] <= available, name
+        assert -1 < record["explained_variance"] <= 1 and 0 < record["l0"] <= 8, name
+        assert record["ce_loss_score"] is not None, name
+    assert by_source["heldout_prompts"]["prompts_in_source"] == 9
+    assert by_source["training_prompts"]["prompts_in_source"] == 86
+    heldout = json.loads((model_dir / "heldout_prompts.json").read_text())
+    assert len(heldout["heldout_ids"]) == 9 and heldout["per_category"]["refusal"] == {"train": 4, "heldout": 0}
+
     resolved = json.loads((model_dir / "resolved_config.json").read_text())
     assert resolved["values"]["k"] == 8 and resolved["sources"]["k"] == "hyperparameters"
     assert resolved["sources"]["context_size"] == "preset:smoke"
@@ -75,7 +94,12 @@ def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, s
 
     steps = [int(m.group(1)) for m in METRIC_LINE.finditer(result.stdout)]
     assert steps == list(range(4, 65, 4))  # every log_every=4 steps, the last step included
-    assert re.search(r"\[metric\] final=1 .*explained_variance=", result.stdout)
+    (final,) = re.findall(r"\[metric\] final=1 .*", result.stdout)
+    assert " explained_variance=" in final
+    for name in ("stories", "training_prompts", "heldout_prompts"):
+        for metric in ("explained_variance", "l0", "ce_loss_score"):
+            value = re.search(rf" {metric}_{name}=([-+.0-9eE]+)", final)
+            assert value and float(value.group(1)) == pytest.approx(by_source[name][metric], rel=1e-5), (metric, name)
     assert list((opt_ml / "output" / "data" / "wandb").rglob("offline-run-*")), "W&B did not run offline"
 
     # the key reached W&B through the environment only
