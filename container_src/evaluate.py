@@ -80,6 +80,8 @@ def evaluate(
 
 
 SOURCE_METRICS = ("explained_variance", "l0", "ce_loss_score")
+SOURCE_NAMES = ("stories", "training_prompts", "heldout_prompts")
+"""The sources of ``sources``, in order; the final metric line names each figure ``<metric>_<source>``."""
 """The per-source figures that also go on the final metric line, as ``<metric>_<source>=``."""
 _SOURCE_DETAILS = ("mse", "cossim", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")
 

@@ -94,6 +94,8 @@ def _wandb_environment(cfg: TrainConfig, wandb_dir: Path) -> str:
 def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     """Everything that can fail cheaply: channels, datasets, hardware, W&B. Nothing heavy is loaded yet."""
     channels = paths.model_inputs(cfg.model_name)
+    # the host first: a GPU the image cannot use ends the run before any data is read
+    runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type())
     stories_channel, prompts_channel = channels["tinystories"], channels["prompts"]
     if cfg.prompt_ratio > 0 and prompts_channel is None:
         raise ConfigError(
@@ -119,7 +121,7 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         # another run
         data_identity=f"{stories_identity}|prompts:{prompts_fingerprint(prompts)}|rows",
         channels=channels,
-        runtime=model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type()),
+        runtime=runtime,
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
     )
 

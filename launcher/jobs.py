@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from container_src.config import SCHEMAS, ConfigError, looks_like_secret, read_json_object, resolve
+from container_src.evaluate import SOURCE_METRICS, SOURCE_NAMES
 from container_src.hardware import gpu_without_cuda13, has_gpu, instance_has_bf16
 from launcher.errors import LauncherError
 from launcher.settings import Settings
@@ -30,7 +31,15 @@ MAX_NAME = 63  # SageMaker: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # The container's [metric] lines (container_src/records.py): per step, then one final line.
 STEP_METRICS = ("tokens", "loss", "explained_variance", "l0", "dead_features", "lr")
-FINAL_METRICS = ("explained_variance", "ce_loss_score", "mse", "cossim", "l0", "dead_feature_fraction")
+FINAL_METRICS = (
+    "explained_variance",
+    "ce_loss_score",
+    "mse",
+    "cossim",
+    "l0",
+    "dead_feature_fraction",
+    *(f"{metric}_{source}" for source in SOURCE_NAMES for metric in SOURCE_METRICS),
+)
 
 
 def metric_definitions() -> list[dict[str, str]]:

@@ -32,7 +32,8 @@ from typing import Any
 import boto3
 import pytest
 
-from container_src import records
+from container_src import evaluate, records
+from container_src.config import TrainConfig
 from launcher import ecr, jobs, submit
 from tests.conftest import ROOT, SAMPLE_PROMPTS
 
@@ -155,9 +156,16 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         },
     )
     step_line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("[metric] step="))
+    by_source = {  # as train's final evaluation reports them; a skipped source has no figures
+        "stories": {"explained_variance": 0.71, "l0": 62.0, "ce_loss_score": 0.9},
+        "training_prompts": {"explained_variance": 0.66, "l0": 60.5, "ce_loss_score": 0.85},
+        "heldout_prompts": {"explained_variance": None, "l0": None, "ce_loss_score": None, "skipped": "none"},
+    }
+    assert [s.name for s in evaluate.sources(TrainConfig(), [], None, [])] == list(by_source)
     final_line = records.format_metric_line(
         {"final": 1, "explained_variance": 0.77, "explained_variance_legacy": 0.95, "ce_loss_score": 0.93,
-         "mse": 2.5e-05, "cossim": 0.91, "l0": 63.5, "dead_feature_fraction": 0.0}
+         "mse": 2.5e-05, "cossim": 0.91, "l0": 63.5, "dead_feature_fraction": 0.0,
+         **evaluate.metric_fields(by_source)}
     )  # fmt: skip
     found: dict[str, float] = {}
     for definition in jobs.metric_definitions():
@@ -179,6 +187,12 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         "final:cossim": 0.91,
         "final:l0": 63.5,
         "final:dead_feature_fraction": 0.0,
+        "final:explained_variance_stories": 0.71,
+        "final:l0_stories": 62,
+        "final:ce_loss_score_stories": 0.9,
+        "final:explained_variance_training_prompts": 0.66,
+        "final:l0_training_prompts": 60.5,
+        "final:ce_loss_score_training_prompts": 0.85,
     }
 
 
