@@ -273,7 +273,11 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     with (out / "features.csv").open(newline="") as f:
         csv_ids = [int(record[0]) for record in list(csv.reader(f))[1:]]
     assert csv_ids == [r["feature"] for r in rows]
-    assert summary["rendered"] == [r["feature"] for r in rows if r["score"] is not None][:6]
+    # Dashboards: each contrast's best in turn, the first contrast (prompts vs stories) first.
+    ran = [c for c in summary["contrasts"] if not c["skipped"]]
+    assert [c["name"] for c in ran][0] == "prompts_vs_stories" and len(ran) >= 2
+    assert summary["rendered"][0] == rows[0]["feature"] == ran[0]["top"][0]
+    assert {c["top"][0] for c in ran} <= set(summary["rendered"]) and len(summary["rendered"]) == 6
 
 
 def _chromium() -> str:
