@@ -236,6 +236,7 @@ def write_index(
         for e in summary["contrasts"]
         if e["skipped"]
     )
+    links = ", ".join(f'<a href="dashboard.html#{f}">{f}</a>' for f in summary["rendered"])
     tokens = summary["tokens"]
     note = f" ({html.escape(chosen['note'])})" if chosen["note"] else ""
     page = f"""<!DOCTYPE html>
@@ -248,7 +249,7 @@ Prompt set: <b id="prompt-set">{html.escape(chosen["used"])}</b>,
 {chosen["prompts"]:,} of {chosen["of"]:,} prompts{note};
 {tokens["prompts_used"]:,} of them read ({tokens["prompts"]:,} tokens), each in its own sequence;
 TinyStories {tokens["stories"]:,} tokens. Dead (never fired on these tokens): {summary["dead_features"]:,} features.
-Dashboards for {len(rendered)} features. Full tables: <a href="features.csv">features.csv</a>,
+Dashboards for {len(rendered)} features: {links or "none"}. Full tables: <a href="features.csv">features.csv</a>,
 <a href="features.json">features.json</a>.</p>
 <p>Contrast: <select id="contrast">{options}</select></p>
 {"<p>Skipped contrasts:</p><ul>" + skipped + "</ul>" if skipped else ""}

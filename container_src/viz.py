@@ -348,6 +348,8 @@ def render_dashboards(
     import torch
 
     scored = [f for ranking in rankings.values() for f in ranking]
+    if not rankings:
+        logger.warning("every contrast was skipped (see summary.json): lower min_prompts or read more prompts")
     chosen = list(dict.fromkeys(dashboard_features(rankings, cfg.n_features) + cfg.feature_ids))
     if chosen:
         logger.info("rendering dashboards for %d features", len(chosen))
