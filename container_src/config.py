@@ -258,6 +258,8 @@ class VizConfig(RunConfig):
     prompt), or the single term `stories` (second side only). Example:
     `refusal_resp: category=refusal part=response vs category!=refusal part=response; q: part=question vs stories`.
     """
+    ablate_top: int = 20
+    """The top this-many features of each contrast are ablated: their effect on the next-token loss, per side."""
     min_prompts: int = 5
     """A contrast with a side of fewer prompts (story documents for stories) is skipped; summary.json says why."""
 
@@ -268,7 +270,7 @@ class VizConfig(RunConfig):
         _need(self, self.prompt_set in PROMPT_SETS, "prompt_set", f"must be one of {', '.join(PROMPT_SETS)}")
         _need(self, self.min_prompts >= 1, "min_prompts", "must be at least 1")
         parse(self.contrasts)  # a syntax error fails before anything is read
-        for key in ("n_features", "top_snippets"):
+        for key in ("n_features", "top_snippets", "ablate_top"):
             _need(self, getattr(self, key) >= 0, key, "must not be negative")
         for key in ("prompt_tokens", "story_tokens", "batch_size"):
             _need(self, getattr(self, key) >= 1, key, "must be at least 1")

@@ -150,6 +150,35 @@ CONTRAST_FIELDS = (
     "mean_act_a",
     "mean_act_b",
 )
+ABLATION_FIELDS = ("tokens", "mean_delta_loss", "prompts", "prompt_mean_delta_loss", "prompts_loss_up", "fires_tokens")
+
+
+def contrast_columns(figures: dict[str, Any] | None) -> dict[str, Any]:
+    """One contrast's figures for a feature as flat CSV columns; empty where it never fired there or was not
+    ablated."""
+    figures = figures or {}
+    out = {k: figures.get(k, "") for k in CONTRAST_FIELDS}
+    ablation = figures.get("ablation") or {}
+    for side in ("a", "b"):
+        for k in ABLATION_FIELDS:
+            out[f"ablation_{k}_{side}"] = ablation.get(side, {}).get(k, "")
+    dropped = ablation.get("top_dropped", [])
+    out["ablation_top_dropped"] = " | ".join(f"{d['token']!r} {d['mean_delta_logprob']}" for d in dropped)
+    return out
+
+
+def _ablation_cells(ablation: dict[str, Any] | None) -> list[str]:
+    """Pooled loss change per side (nats per token), prompts whose loss rose, and the next tokens hurt most."""
+    if not ablation:
+        return ['<td data-v="-Infinity" class="muted">not ablated</td>', '<td data-v="-Infinity"></td>', "<td></td>"]
+    cells = []
+    for side in ("a", "b"):
+        d = ablation[side]
+        value = d["mean_delta_loss"]
+        shown = f"{value:+.3g} ({d['prompts_loss_up']:,} / {d['prompts']:,} up)" if value is not None else ""
+        cells.append('<td data-v="-Infinity">&ndash;</td>' if value is None else _cell(value, shown))
+    dropped = ", ".join(html.escape(repr(t["token"])) for t in ablation["top_dropped"][:5])
+    return [*cells, f'<td class="snip">{dropped}</td>']
 
 
 def _contrast_rows(
@@ -174,6 +203,7 @@ def _contrast_rows(
             _number_cell(share_b),
             *[_cell(c[k], f"{c[k]:,}") for k in ("tokens_fired_a", "tokens_fired_b")],
             _score_cell(c["token_score"]),
+            *_ablation_cells(c.get("ablation")),
         ]
         snippet = _snippet_html(row["snippets"][0]) if row.get("snippets") else ""
         body.append(f'<tr>{"".join(cells)}<td class="snip">{snippet}</td></tr>')
@@ -191,6 +221,8 @@ _CONTRAST_HEAD = [
     "tokens A",
     "tokens B",
     "score (tokens)",
+    "Δloss A",
+    "Δloss B",
 ]
 
 
@@ -203,7 +235,7 @@ def _contrast_section(entry: dict[str, Any], body: list[str], first: bool, promp
             f"<code>{html.escape(s['selection'])}</code>: {s['prompts']:,} {s['unit']}{where}, {s['tokens']:,} tokens"
         )
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in _CONTRAST_HEAD)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _CONTRAST_HEAD) + '<th class="nosort">next tokens hurt</th>'
     return f"""<section class="contrast" data-name="{html.escape(entry["name"])}"{"" if first else " hidden"}>
 <h2>{html.escape(entry["name"])}</h2>
 <p>A = {side(a)}; B = {side(b)}.</p>
@@ -257,7 +289,11 @@ Dashboards for {len(rendered)} features: {links or "none"}. Full tables: <a href
 A's prompts the feature fires on is than side B's (&gt; 0: more of A's prompts, with 95% confidence); the ranking.
 prompts A / B = on how many prompts (story documents for the stories) it fires, of how many; tokens A / B = on how
 many tokens; score (tokens) = the same bound on token firing rates, which counts a reply repeated on many tokens as
-much evidence. &ndash; where it never fired on side A. Click a column to sort.</p>
+much evidence. &ndash; where it never fired on side A. &Delta;loss A / B = the change in next-token loss (nats per
+token of the side, the feature removed minus the clean model, the SAE's reconstruction error kept) when the feature
+is set to zero, with how many of the side's prompts (story rows for the stories) lost ground; next tokens hurt = the
+tokens whose log-probability fell most. Only the top features of each contrast are ablated. Click a column to
+sort.</p>
 {chr(10).join(sections)}
 <script>{_INDEX_SCRIPT}</script>
 </body></html>
@@ -275,7 +311,8 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
     scalar = [k for k in rows[0] if k not in ("categories", "snippets", "contrasts")] if rows else []
     per_category = ("freq", "mean_act", "score")
     columns = [*scalar, *[f"{m}:{c}" for c in categories for m in per_category]]
-    columns += [f"{n}:{k}" for n in names for k in CONTRAST_FIELDS] + ["snippets"]
+    flat_names = list(contrast_columns(None))
+    columns += [f"{n}:{k}" for n in names for k in flat_names] + ["snippets"]
     with (out_dir / "features.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -283,8 +320,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
             flat = [r[k] for k in scalar]
             flat += [r["categories"][c][m] for c in categories for m in per_category]
             for n in names:
-                figures = r["contrasts"][n] or {}
-                flat += [figures.get(k, "") for k in CONTRAST_FIELDS]
+                flat += list(contrast_columns(r["contrasts"][n]).values())
             snippets = r.get("snippets", [])
             flat.append(
                 " | ".join(f"{s['prompt_id']} ({s['category']}, {s['activation']}): {s['text']}" for s in snippets)

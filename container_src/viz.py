@@ -20,21 +20,21 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from container_src import contrast_stats, contrasts, dashboards, data, model, prompt_set, records, sae_input
 from container_src.config import ConfigError, Resolved, VizConfig
+from container_src.corpus import Corpus, pack_corpus
+from container_src.feature_batches import Batches, autocast
 from container_src.paths import ContainerPaths
-from container_src.prompts import SPAN_COLUMNS, categories, load_prompts, prompt_ids
+from container_src.prompts import load_prompts
 from container_src.ranking import STORIES, FeatureStats, rank
-from container_src.sequences import PromptRows, prompt_rows
 from container_src.snippets import top_snippets
+from container_src.viz_ablation import ablate_contrasts
 
 if TYPE_CHECKING:
-    import torch
     from datasets import Dataset, IterableDataset
 
 logger = logging.getLogger(__name__)
@@ -69,34 +69,6 @@ class Models:
     lm: Any
     sae: Any
     context_size: int
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Each prompt in a row of its own, the stories packed as in training; every prompt token knows its prompt,
-    category and part."""
-
-    rows: PromptRows
-    story_tokens: torch.Tensor
-    story_docs: torch.Tensor
-    prompt_meta: list[dict[str, Any]]
-    groups: list[str]
-    """STORIES, then the categories, sorted: by position, so a category may even be called "tinystories"."""
-    doc_group: torch.Tensor
-    """Per prompt, the index of its category in ``groups``."""
-    by_category: dict[str, dict[str, int]]
-    context_size: int
-    columns: list[dict[str, str]]
-    """Per prompt row, its column values as contrasts name them."""
-    plan: contrast_stats.Plan
-
-    @property
-    def prompt_tokens(self) -> torch.Tensor:
-        return self.rows.tokens
-
-    @property
-    def prompt_docs(self) -> torch.Tensor:
-        return self.rows.docs
 
 
 def sae_source(paths: ContainerPaths) -> Path:
@@ -174,100 +146,6 @@ def load_models(cfg: VizConfig, inputs: Inputs) -> Models:
     return Models(lm, sae, context_size)
 
 
-def _prompts_by_category(categories: list[str], docs: Any) -> dict[str, dict[str, int]]:
-    """Per category (sorted), how many of its prompts have tokens in ``docs`` (indices into ``categories``, -1 for
-    padding) and how many it has."""
-    used = set((docs[docs >= 0]).unique().tolist())
-    counts: dict[str, dict[str, int]] = {c: {"used": 0, "of": 0} for c in sorted(set(categories))}
-    for i, name in enumerate(categories):
-        counts[name]["of"] += 1
-        counts[name]["used"] += i in used
-    return counts
-
-
-def pack_corpus(cfg: VizConfig, inputs: Inputs, tokenizer: Any, context_size: int) -> Corpus:
-    """Each prompt in its own row, in a seeded random order, so that a prompt_tokens cap takes a fair sample of the
-    categories rather than the first rows; the stories packed as in training; every contrast's sizes."""
-    import torch
-
-    prompts = inputs.prompts.shuffle(seed=cfg.seed, keep_in_memory=True)
-    cats = categories(prompts)
-    prompt_meta = [{"prompt_id": i, "category": c} for i, c in zip(prompt_ids(prompts), cats, strict=True)]
-    groups = [STORIES, *sorted(set(cats))]
-    group_of = {c: i for i, c in enumerate(groups[1:], start=1)}
-    spans: list[dict[str, int]] = [
-        dict(zip(SPAN_COLUMNS, v, strict=True)) for v in zip(*(prompts[c] for c in SPAN_COLUMNS), strict=True)
-    ]
-    rows = prompt_rows(tokenizer, prompts["text"], spans, context_size, cfg.prompt_tokens)
-    s_tokens, s_docs = data.pack_documents(
-        tokenizer, (row["text"] for row in inputs.stories), context_size, cfg.story_tokens
-    )
-    doc_group = torch.tensor([group_of[m["category"]] for m in prompt_meta], dtype=torch.long)
-    logger.info(
-        "tokens: %d from %d of %d prompts (one row each), %d from stories; context %d",
-        int(rows.parts["prompt"].sum()),
-        rows.n_prompts,
-        len(prompt_meta),
-        int((s_docs >= 0).sum()),
-        context_size,
-    )
-    by_category = _prompts_by_category(cats, rows.docs)
-    for name, used in by_category.items():
-        if used["used"] == 0:
-            logger.warning(
-                "category %r: none of its %d prompts fit in prompt_tokens=%d, so it has no scores; "
-                "raise prompt_tokens to include it",
-                name,
-                used["of"],
-                cfg.prompt_tokens,
-            )
-    values = {
-        c: [contrasts.value_text(v) for v in prompts[c][: rows.n_prompts]] for c in contrasts.column_values(prompts)
-    }
-    columns = [dict(zip(values, v, strict=True)) for v in zip(*values.values(), strict=True)]
-    plan = contrast_stats.plan(
-        inputs.contrasts,
-        columns,
-        rows,
-        int(s_docs.max()) + 1 if s_docs.numel() else 0,
-        int((s_docs >= 0).sum()),
-        cfg.min_prompts,
-    )
-    return Corpus(rows, s_tokens, s_docs, prompt_meta, groups, doc_group, by_category, context_size, columns, plan)
-
-
-class Batches:
-    """Runs packed sequences through the model up to the hook and through the SAE, a batch at a time."""
-
-    def __init__(self, models: Models, hook_name: str, runtime: model.Runtime, batch_size: int) -> None:
-        from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
-
-        self.lm, self.sae, self.hook_name = models.lm, models.sae, hook_name
-        self.runtime, self.batch_size = runtime, batch_size
-        self.stop_at_layer = extract_stop_at_layer_from_tlens_hook_name(hook_name)
-
-    def __call__(self, tokens: torch.Tensor, what: str) -> Iterator[tuple[int, torch.Tensor]]:
-        import torch
-
-        n = tokens.shape[0]
-        step = max(1, -(-n // self.batch_size) // 10)
-        for i, start in enumerate(range(0, n, self.batch_size)):
-            batch = tokens[start : start + self.batch_size].to(self.runtime.device)
-            with (
-                torch.inference_mode(),
-                torch.autocast(self.runtime.device.split(":")[0], torch.bfloat16, enabled=self.runtime.autocast),
-            ):
-                _, cache = self.lm.run_with_cache(
-                    batch, names_filter=[self.hook_name], stop_at_layer=self.stop_at_layer
-                )
-                acts = cache[self.hook_name]
-                acts = acts.flatten(2) if acts.ndim == 4 else acts  # attention heads, as SAE-Lens flattens them
-                feats = self.sae.encode(acts)
-            if i % step == 0:
-                logger.info("%s: %d/%d sequences", what, min(start + self.batch_size, n), n)
-            yield start, feats.float()
-
-
 def gather_stats(
     cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus
 ) -> tuple[FeatureStats, contrast_stats.SideStats]:
@@ -279,7 +157,7 @@ def gather_stats(
     d_sae = inputs.sae_cfg["d_sae"]
     stats = FeatureStats(d_sae, corpus.groups, top_k=4 * cfg.top_snippets, device=device)
     sides = contrast_stats.SideStats(corpus.plan, d_sae, device)
-    encode = Batches(models, inputs.hook_name, inputs.runtime, cfg.batch_size)
+    encode = Batches(models.lm, models.sae, inputs.hook_name, inputs.runtime, cfg.batch_size)
     parts = torch.stack([corpus.rows.parts[p] for p in contrast_stats.PART_ORDER], dim=1).float()
     doc_group = corpus.doc_group.to(device)
     for start, feats in encode(corpus.prompt_tokens, "prompts"):
@@ -319,6 +197,26 @@ def rank_features(
         first = next(iter(by_contrast.values()))
         rows.sort(key=lambda r: (r["dead"], first[r["feature"]]["rank"] if r["feature"] in first else math.inf))
     return rows, rankings
+
+
+def ablate_features(
+    cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus, rankings: dict[str, list[int]]
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Ablate the top ``ablate_top`` features of each contrast. Before the dashboards, which fold the SAE's decoder
+    norms into its encoder."""
+    data = (corpus.rows, corpus.story_tokens, corpus.story_docs)
+    with autocast(inputs.runtime):
+        return ablate_contrasts(
+            models.lm, models.sae, inputs.hook_name, corpus.plan, rankings, data, cfg.ablate_top, cfg.batch_size
+        )
+
+
+def attach_ablations(rows: list[dict[str, Any]], found: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Each contrast's figures of a feature get its ablation (None where it was not ablated)."""
+    for row in rows:
+        for name, figures in row["contrasts"].items():
+            if figures is not None:
+                figures["ablation"] = found.get(name, {}).get(row["feature"])
 
 
 def dashboard_features(rankings: dict[str, list[int]], n: int) -> list[int]:
@@ -424,12 +322,15 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         models = load_models(cfg, inputs)
     tokenizer = models.lm.tokenizer
     assert tokenizer is not None
-    corpus = pack_corpus(cfg, inputs, tokenizer, models.context_size)
+    corpus = pack_corpus(cfg, inputs.prompts, inputs.stories, inputs.contrasts, tokenizer, models.context_size)
 
     ranked_at = time.monotonic()
     stats, sides = gather_stats(cfg, inputs, models, corpus)
     rows, rankings = rank_features(cfg, stats, sides, corpus, tokenizer)
     ranked_s = time.monotonic() - ranked_at
+    ablated_at = time.monotonic()
+    attach_ablations(rows, ablate_features(cfg, inputs, models, corpus, rankings))
+    ablated_s = time.monotonic() - ablated_at
 
     staging = paths.model_dir / ".dashboards-staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -437,7 +338,8 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     try:  # a failed run leaves no half-written folder in model/
         rendered_at = time.monotonic()
         chosen = render_dashboards(cfg, inputs, models, corpus, rows, rankings, staging)
-        seconds = {"ranking": round(ranked_s, 2), "dashboards": round(time.monotonic() - rendered_at, 2)}
+        seconds = {"ranking": round(ranked_s, 2), "ablation": round(ablated_s, 2)}
+        seconds["dashboards"] = round(time.monotonic() - rendered_at, 2)
         summary = summarize(cfg, inputs, corpus, stats, rows, rankings, chosen, seconds)
         dashboards.write_tables(rows, staging)
         dashboards.write_index(rows, rankings, set(chosen), summary, staging / "index.html")

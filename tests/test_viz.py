@@ -534,7 +534,8 @@ def test_heldout_prompts_user_contrasts_and_per_prompt_counts(planted: Path, tmp
     held = [f"p{i}" for i in range(30)]
     (base / "input" / "data" / "sae" / "heldout_prompts.json").write_text(json.dumps({"heldout_ids": held}))
     contrasts = "mine: category=refusal vs stories; empty: part=response vs stories"
-    args = ("--device", "cpu", "--story_tokens", "3000", "--n_features", "3", "--contrasts", contrasts)
+    args = ("--device", "cpu", "--story_tokens", "3000", "--n_features", "3", "--ablate_top", "3")
+    args += ("--contrasts", contrasts)
     result = run_container(base, "viz", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = base / "model" / "dashboards"
@@ -577,3 +578,35 @@ def test_heldout_prompts_user_contrasts_and_per_prompt_counts(planted: Path, tmp
         tokens += int(fires.sum())
     assert (figures["prompts_fired_a"], figures["tokens_fired_a"]) == (prompts, tokens)
     assert figures["prompts_a"] == 30 and figures["rank"] == 1
+
+    # The ablation of that feature, recomputed with TransformerLens hooks: the SAE's output with the feature minus
+    # its output without it, taken from the activations; the loss change pooled over the positions that predict a
+    # held-out prompt's tokens.
+    hook = "blocks.2.mlp.hook_post"
+
+    def remove(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+        acts = sae.encode(x)
+        kept = acts.clone()
+        kept[..., top] = 0
+        return x - (sae.decode(acts) - sae.decode(kept))
+
+    total, count, up, per_prompt = 0.0, 0, 0, []
+    for prompt_id, text in zip(channel["id"], channel["text"], strict=True):
+        if prompt_id not in held:
+            continue
+        ids = lm.to_tokens(str(text))[:, :context]
+        with torch.no_grad():
+            clean = lm(ids, return_type="loss", loss_per_token=True)[0]
+            ablated = lm.run_with_hooks(ids, fwd_hooks=[(hook, remove)], return_type="loss", loss_per_token=True)[0]
+        delta = (ablated - clean).double()
+        total, count = total + float(delta.sum()), count + delta.numel()
+        per_prompt.append(float(delta.mean()))
+        up += float(delta.mean()) > 0
+    ablation = figures["ablation"]["a"]
+    assert ablation["tokens"] == count == summary["tokens"]["prompts"]
+    assert ablation["mean_delta_loss"] == pytest.approx(total / count, rel=1e-3, abs=1e-6)
+    assert ablation["prompt_mean_delta_loss"] == pytest.approx(np.mean(per_prompt), rel=1e-3, abs=1e-6)
+    assert ablation["prompts"] == 30 and ablation["prompts_loss_up"] == up
+    assert figures["ablation"]["b"]["tokens"] > 0 and by_name["mine"]["skipped"] is None
+    ablated = [r["feature"] for r in rows if r["contrasts"]["mine"] and r["contrasts"]["mine"].get("ablation")]
+    assert sorted(ablated) == sorted(by_name["mine"]["top"][:3])
