@@ -38,7 +38,8 @@ def _part_of(offsets: list[tuple[int, int]], start: int, end: int) -> list[bool]
 def prompt_rows(
     tokenizer: Any, texts: list[str], spans: Sequence[Mapping[str, int]], context_size: int, max_tokens: int
 ) -> PromptRows:
-    """One row per prompt, in order, until ``max_tokens`` prompt tokens (the last prompt taken may be cut)."""
+    """One row per prompt, in order, until ``max_tokens`` prompt tokens (the last prompt taken may be cut). Rows are
+    as wide as the longest prompt taken needs (at most ``context_size``): padding would cost model time for nothing."""
     import torch
 
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -54,16 +55,25 @@ def prompt_rows(
             keep = min(len(ids), context_size - 1, max_tokens - taken)
             if keep <= 0:
                 break
-            pad = context_size - 1 - keep
-            rows_tokens.append([bos, *ids[:keep]] + [bos] * pad)
-            rows_parts["prompt"].append([False] + [True] * keep + [False] * pad)
+            rows_tokens.append([bos, *ids[:keep]])
+            rows_parts["prompt"].append([False] + [True] * keep)
             span = spans[start + i]
             for part, (lo, hi) in PART_SPANS.items():
-                inside = _part_of([tuple(o) for o in offsets[:keep]], span[lo], span[hi])
-                rows_parts[part].append([False, *inside] + [False] * pad)
+                rows_parts[part].append([False, *_part_of([tuple(o) for o in offsets[:keep]], span[lo], span[hi])])
             taken += keep
-    n = len(rows_tokens)
-    tokens = torch.tensor(rows_tokens, dtype=torch.long).view(n, context_size)
-    parts = {p: torch.tensor(m, dtype=torch.bool).view(n, context_size) for p, m in rows_parts.items()}
+    n, width = len(rows_tokens), max(map(len, rows_tokens), default=1)
+    tokens = torch.tensor([r + [bos] * (width - len(r)) for r in rows_tokens], dtype=torch.long).view(n, width)
+    parts = {
+        p: torch.tensor([r + [False] * (width - len(r)) for r in m], dtype=torch.bool).view(n, width)
+        for p, m in rows_parts.items()
+    }
     docs = torch.where(parts["prompt"], torch.arange(n).unsqueeze(1), torch.tensor(-1))
     return PromptRows(tokens, docs, parts)
+
+
+def pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows padded with their own first token (BOS) to ``width``: the dashboards read prompts and stories together."""
+    import torch
+
+    pad = tokens[:, :1].expand(-1, width - tokens.shape[1])
+    return torch.cat([tokens, pad], dim=1)

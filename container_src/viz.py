@@ -31,6 +31,7 @@ from container_src.feature_batches import Batches, autocast
 from container_src.paths import ContainerPaths
 from container_src.prompts import load_prompts
 from container_src.ranking import STORIES, FeatureStats, rank
+from container_src.sequences import pad_to
 from container_src.snippets import top_snippets
 from container_src.viz_ablation import ablate_contrasts
 
@@ -108,7 +109,8 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
     contrasts.check_against(user, contrasts.column_values(every_prompt))
     prompts, chosen = prompt_set.select(every_prompt, cfg.prompt_set, sae_dir)
     known = {part: any(v >= 0 for v in prompts[f"{part}_start"]) for part in ("question", "response")}
-    wanted = contrasts.defaults(contrasts.column_values(prompts), known) + user
+    # the defaults come from every prompt's values, so a category the chosen set lacks is listed as skipped
+    wanted = contrasts.defaults(contrasts.column_values(every_prompt), known) + user
     stories, stories_identity = data.load_stories(channels["tinystories"], cfg.tinystories_path, cfg.tinystories_split)
     runtime = model.pick_runtime(cfg.device, cfg.precision, job_instance=paths.instance_type())
     return Inputs(
@@ -153,7 +155,7 @@ def gather_stats(
     contrast side (prompts and tokens fired on)."""
     import torch
 
-    device, context_size = inputs.runtime.device, corpus.context_size
+    device, width = inputs.runtime.device, corpus.prompt_tokens.shape[1]
     d_sae = inputs.sae_cfg["d_sae"]
     stats = FeatureStats(d_sae, corpus.groups, top_k=4 * cfg.top_snippets, device=device)
     sides = contrast_stats.SideStats(corpus.plan, d_sae, device)
@@ -165,7 +167,7 @@ def gather_stats(
         sides.add_prompts(feats, torch.arange(start, end, device=device), parts[start:end].to(device))
         batch_docs = corpus.prompt_docs[start:end].to(device).flatten()
         keep = batch_docs >= 0
-        positions = torch.arange(start * context_size, start * context_size + keep.numel(), device=device)
+        positions = torch.arange(start * width, start * width + keep.numel(), device=device)
         stats.add(feats.flatten(0, 1)[keep], doc_group[batch_docs[keep]], positions[keep])
     for start, feats in encode(corpus.story_tokens, STORIES):
         batch_docs = corpus.story_docs[start : start + feats.shape[0]].to(device).flatten()
@@ -201,7 +203,7 @@ def rank_features(
 
 def ablate_features(
     cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus, rankings: dict[str, list[int]]
-) -> dict[str, dict[int, dict[str, Any]]]:
+) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, dict[str, int]]]:
     """Ablate the top ``ablate_top`` features of each contrast. Before the dashboards, which fold the SAE's decoder
     norms into its encoder."""
     data = (corpus.rows, corpus.story_tokens, corpus.story_docs)
@@ -254,7 +256,7 @@ def render_dashboards(
         dashboards.render_dashboard(
             models.sae,
             models.lm,
-            torch.cat([corpus.prompt_tokens, corpus.story_tokens]),
+            torch.cat([pad_to(corpus.prompt_tokens, corpus.context_size), corpus.story_tokens]),
             chosen,
             device=inputs.runtime.device,
             ignore_tokens={int(corpus.prompt_tokens[0, 0])},
@@ -299,9 +301,11 @@ def summarize(
             "prompts_used": int(corpus.prompt_docs.max()) + 1,
             "prompts_by_category": corpus.by_category,
             "context_size": corpus.context_size,
+            "prompt_row_width": int(corpus.prompt_tokens.shape[1]),
         },
         "prompt_set": inputs.prompt_set,
         "contrasts": [{**entry, "top": rankings.get(entry["name"], [])[:10]} for entry in corpus.plan.contrasts],
+        "positions": int(corpus.prompt_tokens.numel() + corpus.story_tokens.numel()),
         "stories_source": inputs.stories_identity,
         "dead_features": sum(r["dead"] for r in rows),
         "rendered": chosen,
@@ -329,7 +333,8 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     rows, rankings = rank_features(cfg, stats, sides, corpus, tokenizer)
     ranked_s = time.monotonic() - ranked_at
     ablated_at = time.monotonic()
-    attach_ablations(rows, ablate_features(cfg, inputs, models, corpus, rankings))
+    ablations, ablation_work = ablate_features(cfg, inputs, models, corpus, rankings)
+    attach_ablations(rows, ablations)
     ablated_s = time.monotonic() - ablated_at
 
     staging = paths.model_dir / ".dashboards-staging"
@@ -341,6 +346,8 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         seconds = {"ranking": round(ranked_s, 2), "ablation": round(ablated_s, 2)}
         seconds["dashboards"] = round(time.monotonic() - rendered_at, 2)
         summary = summarize(cfg, inputs, corpus, stats, rows, rankings, chosen, seconds)
+        for entry in summary["contrasts"]:
+            entry["ablated"] = ablation_work.get(entry["name"])
         dashboards.write_tables(rows, staging)
         dashboards.write_index(rows, rankings, set(chosen), summary, staging / "index.html")
         summary["seconds"]["total"] = round(time.monotonic() - started, 2)

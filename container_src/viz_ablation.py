@@ -79,19 +79,24 @@ def ablate_contrasts(
     data: tuple[PromptRows, torch.Tensor, torch.Tensor],
     top: int,
     batch_size: int,
-) -> dict[str, dict[int, dict[str, Any]]]:
+) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, dict[str, int]]]:
     """Per contrast that ran, its ``top`` features' loss change on each side (``a``, ``b``) and the next tokens
-    whose log-probability fell most (``top_dropped``)."""
+    whose log-probability fell most (``top_dropped``); and per contrast, how many features were ablated over how
+    many token positions (the work done)."""
     rows, story_tokens, story_docs = data
     out: dict[str, dict[int, dict[str, Any]]] = {}
+    work: dict[str, dict[str, int]] = {}
     if top == 0:
-        return out
+        return out, work
     for index, entry in enumerate(plan.contrasts):
         features = rankings.get(entry["name"], [])[:top]
         if entry["skipped"] or not features:
             continue
         batches = contrast_batches(plan, index, rows, story_tokens, story_docs, batch_size)
+        positions = sum(b.tokens.numel() for b in batches)
+        stories = story_tokens.numel() if STORIES_SOURCE in (plan.sides[i].source for i in plan.pairs[index]) else 0
+        work[entry["name"]] = {"features": len(features), "positions": positions, "story_positions": stories}
         logger.info("ablating %d features of contrast %s over %d batches", len(features), entry["name"], len(batches))
         found = ablate(lm, sae, hook_name, batches, features)
         out[entry["name"]] = {f: {"a": r["a"], "b": r["b"], TOP_DROPPED: r[TOP_DROPPED]} for f, r in found.items()}
-    return out
+    return out, work

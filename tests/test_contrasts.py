@@ -92,13 +92,14 @@ def test_each_prompt_is_its_own_row_with_exact_parts(tiny_assets: dict[str, Path
     ]
     rows = prompt_rows(tokenizer, texts, spans, context_size=128, max_tokens=10_000)
     bos = tokenizer.bos_token_id
-    assert rows.n_prompts == 2
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert rows.n_prompts == 2 and rows.tokens.shape[1] == longest + 1  # no wider than the longest prompt needs
     for i, text in enumerate(texts):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert rows.tokens[i, : len(ids) + 1].tolist() == [bos, *ids]  # BOS, then this prompt alone
         assert rows.tokens[i, len(ids) + 1 :].eq(bos).all() and not rows.parts["prompt"][i, len(ids) + 1 :].any()
         assert not any(rows.parts[p][i, 0] for p in PART_ORDER)  # BOS belongs to no part
-        assert rows.docs[i].tolist() == [-1] + [i] * len(ids) + [-1] * (127 - len(ids))
+        assert rows.docs[i].tolist() == [-1] + [i] * len(ids) + [-1] * (rows.tokens.shape[1] - 1 - len(ids))
     decode = lambda i, part: tokenizer.decode(rows.tokens[i][rows.parts[part][i]].tolist())  # noqa: E731
     assert decode(0, "question") == question and decode(0, "response").strip() == response
     # the blank line between them belongs to neither
