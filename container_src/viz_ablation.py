@@ -57,16 +57,15 @@ def contrast_batches(
         tokens.append(story_tokens)
         docs.append(torch.arange(story_tokens.shape[0]) + rows.n_prompts)
         masks.append(torch.stack([on if s else torch.zeros_like(on) for s in stories], dim=1))
-    if not tokens:
-        return []
-    all_tokens, all_docs, all_masks = torch.cat(tokens), torch.cat(docs), torch.cat(masks)
+    # prompt rows and story rows differ in width: each source in batches of its own
     return [
         AblationBatch(
-            tokens=all_tokens[s : s + batch_size],
-            sides={"a": all_masks[s : s + batch_size, 0], "b": all_masks[s : s + batch_size, 1]},
-            docs=all_docs[s : s + batch_size],
+            tokens=t[s : s + batch_size],
+            sides={"a": m[s : s + batch_size, 0], "b": m[s : s + batch_size, 1]},
+            docs=d[s : s + batch_size],
         )
-        for s in range(0, all_tokens.shape[0], batch_size)
+        for t, d, m in zip(tokens, docs, masks, strict=True)
+        for s in range(0, t.shape[0], batch_size)
     ]
 
 
