@@ -234,6 +234,9 @@ class TrainConfig(RunConfig):
         return d_sae
 
 
+PROMPT_SETS = ("heldout", "train", "all")
+
+
 @dataclass
 class VizConfig(RunConfig):
     """Everything `viz` needs. The model and hook come from the SAE's own metadata."""
@@ -254,10 +257,32 @@ class VizConfig(RunConfig):
     """Top-activating prompt snippets listed per feature in features.csv and features.json."""
     model_name: str | None = None
     """Model to load; the one named in the SAE's metadata when empty."""
+    prompt_set: str = "heldout"
+    """Which prompts viz reads: `heldout` (those train held out), `train` (those it trained on) or `all`.
+
+    Read from heldout_prompts.json beside the SAE; an SAE trained without one is read on all prompts, with a warning.
+    """
+    contrasts: str = ""
+    """Contrasts of your own, scored beside the default ones: `NAME: SELECTION vs SELECTION`, separated by `;`.
+
+    A selection is space-separated terms: `COLUMN=V1,V2` or `COLUMN!=V1,V2` on any column of the prompts (quote a
+    term whose value has a space: `"category=official narrative"`), `part=question|response|prompt` (default
+    prompt), or the single term `stories` (second side only). Example:
+    `refusal_resp: category=refusal part=response vs category!=refusal part=response; q: part=question vs stories`.
+    """
+    ablate_top: int = 20
+    """The top this-many features of each contrast are ablated: their effect on the next-token loss, per side."""
+    min_prompts: int = 5
+    """A contrast with a side of fewer prompts (story documents for stories) is skipped; summary.json says why."""
 
     def _check_values(self) -> None:
         super()._check_values()
-        for key in ("n_features", "top_snippets"):
+        from container_src.contrasts import parse
+
+        _need(self, self.prompt_set in PROMPT_SETS, "prompt_set", f"must be one of {', '.join(PROMPT_SETS)}")
+        _need(self, self.min_prompts >= 1, "min_prompts", "must be at least 1")
+        parse(self.contrasts)  # a syntax error fails before anything is read
+        for key in ("n_features", "top_snippets", "ablate_top"):
             _need(self, getattr(self, key) >= 0, key, "must not be negative")
         for key in ("prompt_tokens", "story_tokens", "batch_size"):
             _need(self, getattr(self, key) >= 1, key, "must be at least 1")

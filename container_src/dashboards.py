@@ -102,6 +102,9 @@ td.snip b { background: #ffd75e; } .muted { color: #888; } code { background: #f
 """
 
 _INDEX_SCRIPT = """
+document.getElementById('contrast').addEventListener('change', (e) => {
+  document.querySelectorAll('section.contrast').forEach((s) => { s.hidden = s.dataset.name !== e.target.value; });
+});
 document.querySelectorAll('th:not(.nosort)').forEach((th) => th.addEventListener('click', () => {
   const col = th.cellIndex;
   const body = th.closest('table').tBodies[0];
@@ -134,53 +137,164 @@ def _number_cell(value: float) -> str:
     return _cell(value, f"{value:.3g}")
 
 
-def write_index(rows: list[dict[str, Any]], rendered: set[int], summary: dict[str, Any], out_file: Path) -> None:
-    """A sortable table of the ranked features (dead ones left out), linking to the dashboard of each rendered one."""
-    categories = list(summary["tokens"]["categories"])
-    others = [r for r in rows if not r["dead"] and r["feature"] not in rendered][:INDEX_OTHERS]
-    rank_of = {r["feature"]: i for i, r in enumerate(rows, start=1)}
-    shown = sorted([r for r in rows if r["feature"] in rendered] + others, key=lambda r: rank_of[r["feature"]])
-    head = ["rank", "feature", "score", "fires prompts", "fires stories", "freq prompts", "freq stories"]
-    head += ["mean act prompts", "mean act stories", *[f"score: {c}" for c in categories]]
+CONTRAST_FIELDS = (
+    "rank",
+    "score",
+    "prompts_fired_a",
+    "prompts_a",
+    "prompts_fired_b",
+    "prompts_b",
+    "tokens_fired_a",
+    "tokens_fired_b",
+    "token_score",
+    "mean_act_a",
+    "mean_act_b",
+)
+ABLATION_FIELDS = ("tokens", "mean_delta_loss", "prompts", "prompt_mean_delta_loss", "prompts_loss_up", "fires_tokens")
+
+
+def contrast_columns(figures: dict[str, Any] | None) -> dict[str, Any]:
+    """One contrast's figures for a feature as flat CSV columns; empty where it never fired there or was not
+    ablated."""
+    figures = figures or {}
+    out = {k: figures.get(k, "") for k in CONTRAST_FIELDS}
+    ablation = figures.get("ablation") or {}
+    for side in ("a", "b"):
+        for k in ABLATION_FIELDS:
+            out[f"ablation_{k}_{side}"] = ablation.get(side, {}).get(k, "")
+    dropped = ablation.get("top_dropped", [])
+    out["ablation_top_dropped"] = " | ".join(f"{d['token']!r} {d['mean_delta_logprob']}" for d in dropped)
+    return out
+
+
+def _ablation_cells(ablation: dict[str, Any] | None) -> list[str]:
+    """Pooled loss change per side (nats per token), prompts whose loss rose, and the next tokens hurt most."""
+    if not ablation:
+        return ['<td data-v="-Infinity" class="muted">not ablated</td>', '<td data-v="-Infinity"></td>', "<td></td>"]
+    cells = []
+    for side in ("a", "b"):
+        d = ablation[side]
+        value = d["mean_delta_loss"]
+        shown = f"{value:+.3g} ({d['prompts_loss_up']:,} / {d['prompts']:,} up)" if value is not None else ""
+        cells.append('<td data-v="-Infinity">&ndash;</td>' if value is None else _cell(value, shown))
+    dropped = ", ".join(html.escape(repr(t["token"])) for t in ablation["top_dropped"][:5])
+    return [*cells, f'<td class="snip">{dropped}</td>']
+
+
+def _contrast_rows(
+    rows_by_id: dict[int, dict[str, Any]], name: str, ranking: list[int], rendered: set[int]
+) -> list[str]:
+    """The table rows of one contrast: its rendered features and its best others, in its rank order."""
+    shown = [f for f in ranking if f in rendered] + [f for f in ranking if f not in rendered][:INDEX_OTHERS]
+    rank_of = {f: i for i, f in enumerate(ranking)}
     body = []
-    for r in shown:
-        f = r["feature"]
+    for f in sorted(shown, key=rank_of.__getitem__):
+        row, c = rows_by_id[f], rows_by_id[f]["contrasts"][name]
         link = f'<a href="dashboard.html#{f}">{f}</a>' if f in rendered else f'<span class="muted">{f}</span>'
+        share_a = c["prompts_fired_a"] / max(c["prompts_a"], 1)
+        share_b = c["prompts_fired_b"] / max(c["prompts_b"], 1)
         cells = [
-            _cell(rank_of[f], str(rank_of[f])),
+            _cell(c["rank"], str(c["rank"])),
             _cell(f, link),
-            _score_cell(r["score"]),
-            *[_cell(r[k], f"{r[k]:,}") for k in ("fires_prompts", "fires_stories")],
-            *[_number_cell(r[k]) for k in ("freq_prompts", "freq_stories", "mean_act_prompts", "mean_act_stories")],
-            *[_score_cell(r["categories"][c]["score"]) for c in categories],
+            _score_cell(c["score"]),
+            _cell(c["prompts_fired_a"], f"{c['prompts_fired_a']:,} / {c['prompts_a']:,}"),
+            _cell(c["prompts_fired_b"], f"{c['prompts_fired_b']:,} / {c['prompts_b']:,}"),
+            _number_cell(share_a),
+            _number_cell(share_b),
+            *[_cell(c[k], f"{c[k]:,}") for k in ("tokens_fired_a", "tokens_fired_b")],
+            _score_cell(c["token_score"]),
+            *_ablation_cells(c.get("ablation")),
         ]
-        snippet = _snippet_html(r["snippets"][0]) if r.get("snippets") else ""
+        snippet = _snippet_html(row["snippets"][0]) if row.get("snippets") else ""
         body.append(f'<tr>{"".join(cells)}<td class="snip">{snippet}</td></tr>')
-    tokens = summary["tokens"]
-    used = tokens["prompts_by_category"]
-    per_cat = ", ".join(
-        f"{html.escape(c)} {n:,} from {used[c]['used']:,} of {used[c]['of']:,} prompts"
-        for c, n in tokens["categories"].items()
-    )
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Prompt-specific SAE features</title><style>{_INDEX_STYLE}</style></head>
-<body>
-<h1>Prompt-specific SAE features</h1>
-<p>SAE <code>{html.escape(summary["sae"]["hook_name"])}</code> on
-<code>{html.escape(summary["sae"]["model_name"])}</code>, d_sae {summary["sae"]["d_sae"]:,}.
-Tokens: prompts {tokens["prompts"]:,} ({per_cat}), TinyStories {tokens["stories"]:,}.
-Dead (never fired on these tokens): {summary["dead_features"]:,} features. Dashboards for {len(rendered)} features;
-{len(others)} more live features, the highest ranked without one, are listed without a link.
-Full table: <a href="features.csv">features.csv</a>,
-<a href="features.json">features.json</a>.</p>
-<p class="muted">score = ln of the one-sided 95% lower bound on how many times more often the feature fires on a
-prompt token than on a TinyStories token (&gt; 0: more often on the prompts, with 95% confidence); per category the
-same against the stories; &ndash; where it never fired on those prompts. Click a column to sort.</p>
-<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}<th class="nosort">top prompt snippet</th>
-</tr></thead>
+    return body
+
+
+_CONTRAST_HEAD = [
+    "rank",
+    "feature",
+    "score (prompts)",
+    "prompts A",
+    "prompts B",
+    "share of prompts A",
+    "share of prompts B",
+    "tokens A",
+    "tokens B",
+    "score (tokens)",
+    "Δloss A",
+    "Δloss B",
+]
+
+
+def _contrast_section(entry: dict[str, Any], body: list[str], first: bool, prompt_set: str) -> str:
+    a, b = entry["a"], entry["b"]
+
+    def side(s: dict[str, Any]) -> str:
+        where = "" if s["unit"] != "prompts" else f" ({prompt_set} prompts)"
+        return (
+            f"<code>{html.escape(s['selection'])}</code>: {s['prompts']:,} {s['unit']}{where}, {s['tokens']:,} tokens"
+        )
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _CONTRAST_HEAD) + '<th class="nosort">next tokens hurt</th>'
+    return f"""<section class="contrast" data-name="{html.escape(entry["name"])}"{"" if first else " hidden"}>
+<h2>{html.escape(entry["name"])}</h2>
+<p>A = {side(a)}; B = {side(b)}.</p>
+<table><thead><tr>{head}<th class="nosort">top prompt snippet</th></tr></thead>
 <tbody>
 {chr(10).join(body)}
-</tbody></table>
+</tbody></table></section>"""
+
+
+def write_index(
+    rows: list[dict[str, Any]],
+    rankings: dict[str, list[int]],
+    rendered: set[int],
+    summary: dict[str, Any],
+    out_file: Path,
+) -> None:
+    """One sortable table per contrast, chosen with a drop-down, linking to the dashboard of each rendered feature."""
+    rows_by_id = {r["feature"]: r for r in rows}
+    chosen = summary["prompt_set"]
+    ran = [e for e in summary["contrasts"] if not e["skipped"]]
+    sections = [
+        _contrast_section(
+            e, _contrast_rows(rows_by_id, e["name"], rankings[e["name"]], rendered), i == 0, chosen["used"]
+        )
+        for i, e in enumerate(ran)
+    ]
+    options = "".join(f'<option value="{html.escape(e["name"])}">{html.escape(e["name"])}</option>' for e in ran)
+    skipped = "".join(
+        f"<li><code>{html.escape(e['name'])}</code>: {html.escape(e['skipped'])}</li>"
+        for e in summary["contrasts"]
+        if e["skipped"]
+    )
+    links = ", ".join(f'<a href="dashboard.html#{f}">{f}</a>' for f in summary["rendered"])
+    tokens = summary["tokens"]
+    note = f" ({html.escape(chosen['note'])})" if chosen["note"] else ""
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>SAE features by contrast</title><style>{_INDEX_STYLE}</style></head>
+<body>
+<h1>SAE features by contrast</h1>
+<p>SAE <code>{html.escape(summary["sae"]["hook_name"])}</code> on
+<code>{html.escape(summary["sae"]["model_name"])}</code>, d_sae {summary["sae"]["d_sae"]:,}.
+Prompt set: <b id="prompt-set">{html.escape(chosen["used"])}</b>,
+{chosen["prompts"]:,} of {chosen["of"]:,} prompts{note};
+{tokens["prompts_used"]:,} of them read ({tokens["prompts"]:,} tokens), each in its own sequence;
+TinyStories {tokens["stories"]:,} tokens. Dead (never fired on these tokens): {summary["dead_features"]:,} features.
+Dashboards for {len(rendered)} features: {links or "none"}. Full tables: <a href="features.csv">features.csv</a>,
+<a href="features.json">features.json</a>.</p>
+<p>Contrast: <select id="contrast">{options}</select></p>
+{"<p>Skipped contrasts:</p><ul>" + skipped + "</ul>" if skipped else ""}
+<p class="muted">score (prompts) = ln of the one-sided 95% lower bound on how many times larger the share of side
+A's prompts the feature fires on is than side B's (&gt; 0: more of A's prompts, with 95% confidence); the ranking.
+prompts A / B = on how many prompts (story documents for the stories) it fires, of how many; tokens A / B = on how
+many tokens; score (tokens) = the same bound on token firing rates, which counts a reply repeated on many tokens as
+much evidence. &ndash; where it never fired on side A. &Delta;loss A / B = the change in next-token loss (nats per
+token of the side, the feature removed minus the clean model, the SAE's reconstruction error kept) when the feature
+is set to zero, with how many of the side's prompts (story rows for the stories) lost ground; next tokens hurt = the
+tokens whose log-probability fell most. Only the top features of each contrast are ablated. Click a column to
+sort.</p>
+{chr(10).join(sections)}
 <script>{_INDEX_SCRIPT}</script>
 </body></html>
 """
@@ -188,20 +302,25 @@ same against the stories; &ndash; where it never fired on those prompts. Click a
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
-    """features.json (all fields) and features.csv (categories and snippets flattened), most specific first."""
+    """features.json (all fields) and features.csv (categories, contrasts and snippets flattened)."""
     import csv
 
-    (out_dir / "features.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out_dir / "features.json").write_text(json.dumps(rows) + "\n")
     categories = list(rows[0]["categories"]) if rows else []
-    scalar = [k for k in rows[0] if k not in ("categories", "snippets")] if rows else []
+    names = list(rows[0]["contrasts"]) if rows else []
+    scalar = [k for k in rows[0] if k not in ("categories", "snippets", "contrasts")] if rows else []
     per_category = ("freq", "mean_act", "score")
-    columns = [*scalar, *[f"{m}:{c}" for c in categories for m in per_category], "snippets"]
+    columns = [*scalar, *[f"{m}:{c}" for c in categories for m in per_category]]
+    flat_names = list(contrast_columns(None))
+    columns += [f"{n}:{k}" for n in names for k in flat_names] + ["snippets"]
     with (out_dir / "features.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in rows:
             flat = [r[k] for k in scalar]
             flat += [r["categories"][c][m] for c in categories for m in per_category]
+            for n in names:
+                flat += list(contrast_columns(r["contrasts"][n]).values())
             snippets = r.get("snippets", [])
             flat.append(
                 " | ".join(f"{s['prompt_id']} ({s['category']}, {s['activation']}): {s['text']}" for s in snippets)

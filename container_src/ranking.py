@@ -89,7 +89,7 @@ def by_score(row: dict[str, Any]) -> float:
     return math.inf if row["score"] is None else -row["score"]
 
 
-def _rounded(value: float) -> float | None:
+def rounded(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
@@ -127,7 +127,7 @@ def rank(stats: FeatureStats) -> list[dict[str, Any]]:
         rows.append(
             {
                 "feature": i,
-                "score": _rounded(float(overall[i])),
+                "score": rounded(float(overall[i])),
                 "freq_prompts": float(prompts["freq"][i]),
                 "freq_stories": float(stories["freq"][i]),
                 "fires_prompts": int(prompts["fires"][i]),
@@ -141,7 +141,7 @@ def rank(stats: FeatureStats) -> list[dict[str, Any]]:
                     name: {
                         "freq": float(cat["freq"][i]),
                         "mean_act": float(cat["mean_act"][i]),
-                        "score": _rounded(float(cat["score"][i])),
+                        "score": rounded(float(cat["score"][i])),
                     }
                     for name, cat in per_category.items()
                 },

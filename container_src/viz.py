@@ -1,4 +1,5 @@
-"""`viz` mode: rank an SAE's features by how specific they are to the prompts, and render dashboards.
+"""`viz` mode: score an SAE's features under several contrasts (prompts vs stories, category vs category, response vs
+question, …), counting evidence per prompt, and render dashboards.
 
     python -m container_src viz                        # the SAE in channel `sae`, else the tree's own model/
     python -m container_src viz --n_features 100 --features 12,873
@@ -7,31 +8,34 @@ The results are assembled in ``model/.dashboards-staging`` and replace ``model/d
 
     index.html        the ranked features, linking to their dashboards
     dashboard.html    sae-dashboard's feature-centric view (d3 and plotly inlined; open it anywhere)
-    features.csv      every feature: score, raw frequencies and activations, per category, top prompt snippets
+    features.csv      every feature: each contrast's figures, raw frequencies and activations, top prompt snippets
     features.json     the same, nested
-    summary.json      what ran: the SAE, token counts, dead features, timings
+    summary.json      what ran: the SAE, the prompt set, every contrast with its sizes (or why it was skipped), timings
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from container_src import dashboards, data, model, records, sae_input
+from container_src import contrast_stats, contrasts, dashboards, data, model, prompt_set, records, sae_input
 from container_src.config import ConfigError, Resolved, VizConfig
+from container_src.corpus import Corpus, pack_corpus
+from container_src.feature_batches import Batches, autocast
 from container_src.paths import ContainerPaths
 from container_src.prompts import load_prompts
 from container_src.ranking import STORIES, FeatureStats, rank
+from container_src.sequences import pad_to
 from container_src.snippets import top_snippets
+from container_src.viz_ablation import ablate_contrasts
 
 if TYPE_CHECKING:
-    import torch
     from datasets import Dataset, IterableDataset
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,9 @@ class Inputs:
     model_name: str
     model_channel: Path | None
     prompts: Dataset
+    """The prompts of the chosen prompt set."""
+    prompt_set: dict[str, Any]
+    contrasts: list[contrasts.Contrast]
     stories: IterableDataset
     stories_identity: str
     runtime: model.Runtime
@@ -62,23 +69,6 @@ class Models:
 
     lm: Any
     sae: Any
-    context_size: int
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """The prompts and the stories packed as in training; every prompt token knows its prompt and category."""
-
-    prompt_tokens: torch.Tensor
-    prompt_docs: torch.Tensor
-    story_tokens: torch.Tensor
-    story_docs: torch.Tensor
-    prompt_meta: list[dict[str, Any]]
-    groups: list[str]
-    """STORIES, then the categories, sorted: by position, so a category may even be called "tinystories"."""
-    doc_group: torch.Tensor
-    """Per prompt, the index of its category in ``groups``."""
-    by_category: dict[str, dict[str, int]]
     context_size: int
 
 
@@ -114,10 +104,28 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
             f"viz compares the prompts with TinyStories, and there is no prompts channel ({paths.base}/input/data/"
             "prompts is missing or empty). Pass the exported prompts as channel `prompts`."
         )
-    prompts = load_prompts(channels["prompts"])
+    every_prompt = load_prompts(channels["prompts"])
+    user = contrasts.parse(cfg.contrasts)
+    contrasts.check_against(user, contrasts.column_values(every_prompt))
+    prompts, chosen = prompt_set.select(every_prompt, cfg.prompt_set, sae_dir)
+    known = {part: any(v >= 0 for v in prompts[f"{part}_start"]) for part in ("question", "response")}
+    # the defaults come from every prompt's values, so a category the chosen set lacks is listed as skipped
+    wanted = contrasts.defaults(contrasts.column_values(every_prompt), known) + user
     stories, stories_identity = data.load_stories(channels["tinystories"], cfg.tinystories_path, cfg.tinystories_split)
     runtime = model.pick_runtime(cfg.device, cfg.precision, job_instance=paths.instance_type())
-    return Inputs(source, sae_dir, sae_cfg, model_name, channels["model"], prompts, stories, stories_identity, runtime)
+    return Inputs(
+        source,
+        sae_dir,
+        sae_cfg,
+        model_name,
+        channels["model"],
+        prompts,
+        chosen,
+        wanted,
+        stories,
+        stories_identity,
+        runtime,
+    )
 
 
 def load_models(cfg: VizConfig, inputs: Inputs) -> Models:
@@ -140,140 +148,115 @@ def load_models(cfg: VizConfig, inputs: Inputs) -> Models:
     return Models(lm, sae, context_size)
 
 
-def _prompts_by_category(categories: list[str], docs: Any) -> dict[str, dict[str, int]]:
-    """Per category (sorted), how many of its prompts have tokens in ``docs`` (indices into ``categories``, -1 for
-    padding) and how many it has."""
-    used = set((docs[docs >= 0]).unique().tolist())
-    counts: dict[str, dict[str, int]] = {c: {"used": 0, "of": 0} for c in sorted(set(categories))}
-    for i, name in enumerate(categories):
-        counts[name]["of"] += 1
-        counts[name]["used"] += i in used
-    return counts
-
-
-def pack_corpus(
-    cfg: VizConfig, prompts: Dataset, stories: IterableDataset, tokenizer: Any, context_size: int
-) -> Corpus:
-    """Tokens packed as in training. Prompts go in a seeded random order, so that a prompt_tokens cap takes a fair
-    sample of the categories rather than the first rows."""
+def gather_stats(
+    cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus
+) -> tuple[FeatureStats, contrast_stats.SideStats]:
+    """Per-feature statistics from one pass over each source: per category (the token-level table), and per
+    contrast side (prompts and tokens fired on)."""
     import torch
 
-    prompts = prompts.shuffle(seed=cfg.seed, keep_in_memory=True)
-    columns = prompts.column_names
-    ids = [str(v) for v in prompts["id"]] if "id" in columns else [str(i) for i in range(len(prompts))]
-    cats = (
-        [data.NO_CATEGORY if v in (None, "") else str(v) for v in prompts["category"]]
-        if "category" in columns
-        else ["prompts"] * len(prompts)
-    )
-    prompt_meta = [{"prompt_id": i, "category": c} for i, c in zip(ids, cats, strict=True)]
-    groups = [STORIES, *sorted(set(cats))]
-    group_of = {c: i for i, c in enumerate(groups[1:], start=1)}
-    p_tokens, p_docs = data.pack_documents(tokenizer, prompts["text"], context_size, cfg.prompt_tokens)
-    s_tokens, s_docs = data.pack_documents(tokenizer, (row["text"] for row in stories), context_size, cfg.story_tokens)
-    doc_group = torch.tensor([group_of[m["category"]] for m in prompt_meta], dtype=torch.long)
-    logger.info(
-        "tokens: %d from %d of %d prompts, %d from stories; context %d",
-        int((p_docs >= 0).sum()),
-        int(p_docs.max()) + 1,
-        len(prompt_meta),
-        int((s_docs >= 0).sum()),
-        context_size,
-    )
-    by_category = _prompts_by_category(cats, p_docs)
-    for name, used in by_category.items():
-        if used["used"] == 0:
-            logger.warning(
-                "category %r: none of its %d prompts fit in prompt_tokens=%d, so it has no scores; "
-                "raise prompt_tokens to include it",
-                name,
-                used["of"],
-                cfg.prompt_tokens,
-            )
-    return Corpus(p_tokens, p_docs, s_tokens, s_docs, prompt_meta, groups, doc_group, by_category, context_size)
+    device, width = inputs.runtime.device, corpus.prompt_tokens.shape[1]
+    d_sae = inputs.sae_cfg["d_sae"]
+    stats = FeatureStats(d_sae, corpus.groups, top_k=4 * cfg.top_snippets, device=device)
+    sides = contrast_stats.SideStats(corpus.plan, d_sae, device)
+    encode = Batches(models.lm, models.sae, inputs.hook_name, inputs.runtime, cfg.batch_size)
+    parts = torch.stack([corpus.rows.parts[p] for p in contrast_stats.PART_ORDER], dim=1).float()
+    doc_group = corpus.doc_group.to(device)
+    for start, feats in encode(corpus.prompt_tokens, "prompts"):
+        end = start + feats.shape[0]
+        sides.add_prompts(feats, torch.arange(start, end, device=device), parts[start:end].to(device))
+        batch_docs = corpus.prompt_docs[start:end].to(device).flatten()
+        keep = batch_docs >= 0
+        positions = torch.arange(start * width, start * width + keep.numel(), device=device)
+        stats.add(feats.flatten(0, 1)[keep], doc_group[batch_docs[keep]], positions[keep])
+    for start, feats in encode(corpus.story_tokens, STORIES):
+        batch_docs = corpus.story_docs[start : start + feats.shape[0]].to(device).flatten()
+        keep = batch_docs >= 0
+        flat = feats.flatten(0, 1)[keep]
+        stats.add(flat, torch.zeros(flat.shape[0], dtype=torch.long, device=device))
+        sides.add_stories(flat, batch_docs[keep])
+    return stats, sides
 
 
-class Batches:
-    """Runs packed sequences through the model up to the hook and through the SAE, a batch at a time."""
-
-    def __init__(self, models: Models, hook_name: str, runtime: model.Runtime, batch_size: int) -> None:
-        from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
-
-        self.lm, self.sae, self.hook_name = models.lm, models.sae, hook_name
-        self.runtime, self.batch_size = runtime, batch_size
-        self.stop_at_layer = extract_stop_at_layer_from_tlens_hook_name(hook_name)
-
-    def __call__(self, tokens: torch.Tensor, what: str) -> Iterator[tuple[int, torch.Tensor]]:
-        import torch
-
-        n = tokens.shape[0]
-        step = max(1, -(-n // self.batch_size) // 10)
-        for i, start in enumerate(range(0, n, self.batch_size)):
-            batch = tokens[start : start + self.batch_size].to(self.runtime.device)
-            with (
-                torch.inference_mode(),
-                torch.autocast(self.runtime.device.split(":")[0], torch.bfloat16, enabled=self.runtime.autocast),
-            ):
-                _, cache = self.lm.run_with_cache(
-                    batch, names_filter=[self.hook_name], stop_at_layer=self.stop_at_layer
-                )
-                acts = cache[self.hook_name]
-                acts = acts.flatten(2) if acts.ndim == 4 else acts  # attention heads, as SAE-Lens flattens them
-                feats = self.sae.encode(acts)
-            if i % step == 0:
-                logger.info("%s: %d/%d sequences", what, min(start + self.batch_size, n), n)
-            yield start, feats.float()
-
-
-def gather_stats(cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus) -> FeatureStats:
-    """Per-feature statistics from one pass over each source."""
-    import torch
-
-    device, context_size = inputs.runtime.device, corpus.context_size
-    stats = FeatureStats(inputs.sae_cfg["d_sae"], corpus.groups, top_k=4 * cfg.top_snippets, device=device)
-    encode = Batches(models, inputs.hook_name, inputs.runtime, cfg.batch_size)
-    sources = (("prompts", corpus.prompt_tokens, corpus.prompt_docs), (STORIES, corpus.story_tokens, corpus.story_docs))
-    for what, tokens, docs in sources:
-        for start, feats in encode(tokens, what):
-            batch_docs = docs[start : start + feats.shape[0]].to(device).flatten()
-            keep = batch_docs >= 0
-            feats = feats.flatten(0, 1)[keep]
-            if what == STORIES:
-                group = torch.zeros(feats.shape[0], dtype=torch.long, device=device)
-                stats.add(feats, group)
-            else:
-                group = corpus.doc_group.to(device)[batch_docs[keep]]
-                positions = torch.arange(start * context_size, start * context_size + keep.numel(), device=device)
-                stats.add(feats, group, positions[keep])
-    return stats
-
-
-def rank_features(cfg: VizConfig, stats: FeatureStats, corpus: Corpus, tokenizer: Any) -> list[dict[str, Any]]:
-    """The features, most prompt-specific first, each with its top prompt snippets."""
+def rank_features(
+    cfg: VizConfig, stats: FeatureStats, sides: contrast_stats.SideStats, corpus: Corpus, tokenizer: Any
+) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """The features in the order of the first contrast that ran (prompts vs stories, counted per prompt), each with
+    every contrast's figures and its top prompt snippets; and each contrast's ranking (live features, best first)."""
     rows = rank(stats)
+    by_contrast = contrast_stats.score_contrasts(sides)
     found = top_snippets(
         stats, corpus.prompt_tokens, corpus.prompt_docs, corpus.prompt_meta, tokenizer, cfg.top_snippets
     )
     for row in rows:
+        row["contrasts"] = {name: figures.get(row["feature"]) for name, figures in by_contrast.items()}
         row["snippets"] = found[row["feature"]]
-    return rows
+    rankings = {
+        name: sorted((f for f in figures if figures[f]["score"] is not None), key=lambda f: figures[f]["rank"])
+        for name, figures in by_contrast.items()
+    }
+    if rankings:
+        first = next(iter(by_contrast.values()))
+        rows.sort(key=lambda r: (r["dead"], first[r["feature"]]["rank"] if r["feature"] in first else math.inf))
+    return rows, rankings
+
+
+def ablate_features(
+    cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus, rankings: dict[str, list[int]]
+) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, dict[str, int]]]:
+    """Ablate the top ``ablate_top`` features of each contrast. Before the dashboards, which fold the SAE's decoder
+    norms into its encoder."""
+    data = (corpus.rows, corpus.story_tokens, corpus.story_docs)
+    with autocast(inputs.runtime):
+        return ablate_contrasts(
+            models.lm, models.sae, inputs.hook_name, corpus.plan, rankings, data, cfg.ablate_top, cfg.batch_size
+        )
+
+
+def attach_ablations(rows: list[dict[str, Any]], found: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Each contrast's figures of a feature get its ablation (None where it was not ablated)."""
+    for row in rows:
+        for name, figures in row["contrasts"].items():
+            if figures is not None:
+                figures["ablation"] = found.get(name, {}).get(row["feature"])
+
+
+def dashboard_features(rankings: dict[str, list[int]], n: int) -> list[int]:
+    """Up to ``n`` features, taking each contrast's best in turn (its first, then its second, …), so every
+    contrast that ran has its top features rendered."""
+    chosen: dict[int, None] = {}
+    depth = 0
+    while len(chosen) < n and any(depth < len(r) for r in rankings.values()):
+        for ranking in rankings.values():
+            if depth < len(ranking) and len(chosen) < n:
+                chosen.setdefault(ranking[depth])
+        depth += 1
+    return list(chosen)
 
 
 def render_dashboards(
-    cfg: VizConfig, inputs: Inputs, models: Models, corpus: Corpus, rows: list[dict[str, Any]], staging: Path
+    cfg: VizConfig,
+    inputs: Inputs,
+    models: Models,
+    corpus: Corpus,
+    rows: list[dict[str, Any]],
+    rankings: dict[str, list[int]],
+    staging: Path,
 ) -> list[int]:
-    """Dashboards for the top features (those with a score: they fired on the prompts) and any asked for; returns
-    the features rendered."""
+    """Dashboards for the top features of every contrast (those with a score: they fired on its first side) and any
+    asked for; returns the features rendered."""
     import torch
 
-    scored = [r["feature"] for r in rows if r["score"] is not None]
-    chosen = list(dict.fromkeys(scored[: cfg.n_features] + cfg.feature_ids))
+    scored = [f for ranking in rankings.values() for f in ranking]
+    if not rankings:
+        logger.warning("every contrast was skipped (see summary.json): lower min_prompts or read more prompts")
+    chosen = list(dict.fromkeys(dashboard_features(rankings, cfg.n_features) + cfg.feature_ids))
     if chosen:
         logger.info("rendering dashboards for %d features", len(chosen))
         dashboards.render_dashboard(
             models.sae,
             models.lm,
-            torch.cat([corpus.prompt_tokens, corpus.story_tokens]),
+            torch.cat([pad_to(corpus.prompt_tokens, corpus.context_size), corpus.story_tokens]),
             chosen,
             device=inputs.runtime.device,
             ignore_tokens={int(corpus.prompt_tokens[0, 0])},
@@ -298,6 +281,7 @@ def summarize(
     corpus: Corpus,
     stats: FeatureStats,
     rows: list[dict[str, Any]],
+    rankings: dict[str, list[int]],
     chosen: list[int],
     seconds: dict[str, float],
 ) -> dict[str, Any]:
@@ -317,7 +301,11 @@ def summarize(
             "prompts_used": int(corpus.prompt_docs.max()) + 1,
             "prompts_by_category": corpus.by_category,
             "context_size": corpus.context_size,
+            "prompt_row_width": int(corpus.prompt_tokens.shape[1]),
         },
+        "prompt_set": inputs.prompt_set,
+        "contrasts": [{**entry, "top": rankings.get(entry["name"], [])[:10]} for entry in corpus.plan.contrasts],
+        "positions": int(corpus.prompt_tokens.numel() + corpus.story_tokens.numel()),
         "stories_source": inputs.stories_identity,
         "dead_features": sum(r["dead"] for r in rows),
         "rendered": chosen,
@@ -338,23 +326,30 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         models = load_models(cfg, inputs)
     tokenizer = models.lm.tokenizer
     assert tokenizer is not None
-    corpus = pack_corpus(cfg, inputs.prompts, inputs.stories, tokenizer, models.context_size)
+    corpus = pack_corpus(cfg, inputs.prompts, inputs.stories, inputs.contrasts, tokenizer, models.context_size)
 
     ranked_at = time.monotonic()
-    stats = gather_stats(cfg, inputs, models, corpus)
-    rows = rank_features(cfg, stats, corpus, tokenizer)
+    stats, sides = gather_stats(cfg, inputs, models, corpus)
+    rows, rankings = rank_features(cfg, stats, sides, corpus, tokenizer)
     ranked_s = time.monotonic() - ranked_at
+    ablated_at = time.monotonic()
+    ablations, ablation_work = ablate_features(cfg, inputs, models, corpus, rankings)
+    attach_ablations(rows, ablations)
+    ablated_s = time.monotonic() - ablated_at
 
     staging = paths.model_dir / ".dashboards-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:  # a failed run leaves no half-written folder in model/
         rendered_at = time.monotonic()
-        chosen = render_dashboards(cfg, inputs, models, corpus, rows, staging)
-        seconds = {"ranking": round(ranked_s, 2), "dashboards": round(time.monotonic() - rendered_at, 2)}
-        summary = summarize(cfg, inputs, corpus, stats, rows, chosen, seconds)
+        chosen = render_dashboards(cfg, inputs, models, corpus, rows, rankings, staging)
+        seconds = {"ranking": round(ranked_s, 2), "ablation": round(ablated_s, 2)}
+        seconds["dashboards"] = round(time.monotonic() - rendered_at, 2)
+        summary = summarize(cfg, inputs, corpus, stats, rows, rankings, chosen, seconds)
+        for entry in summary["contrasts"]:
+            entry["ablated"] = ablation_work.get(entry["name"])
         dashboards.write_tables(rows, staging)
-        dashboards.write_index(rows, set(chosen), summary, staging / "index.html")
+        dashboards.write_index(rows, rankings, set(chosen), summary, staging / "index.html")
         summary["seconds"]["total"] = round(time.monotonic() - started, 2)
         records.write_json(staging / "summary.json", summary)
         records.replace_dir(staging, paths.model_dir / "dashboards")
@@ -362,12 +357,12 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info(
-        "viz done in %.1f s: %d features ranked, %d dead, %d dashboards in %s; most prompt-specific: %s",
+        "viz done in %.1f s: %d features ranked, %d dead, %d dashboards in %s; most prompt-specific (per prompt): %s",
         summary["seconds"]["total"],
         len(rows),
         summary["dead_features"],
         len(chosen),
         paths.model_dir / "dashboards",
-        ", ".join(f"{r['feature']} ({r['score']})" for r in rows[:5]),
+        ", ".join(str(f) for f in next(iter(rankings.values()), [])[:5]),
     )
     return summary

@@ -230,6 +230,9 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     assert summary["tokens"]["prompts"] == 3000 and summary["tokens"]["stories"] == 3000
     assert set(summary["tokens"]["categories"]) == {"official narrative", "refusal", "(none)"}
     assert summary["sae"]["source"] == str(base / "input" / "data" / "sae")
+    # an SAE without a held-out record is read on every prompt, and the run says so
+    assert summary["prompt_set"]["used"] == "all" and summary["prompt_set"]["prompts"] == 60
+    assert "prompt_set=heldout: the SAE has no heldout_prompts.json" in result.stdout
 
     # Independent check, computed here with the model and the SAE on the planted prompts themselves: where does each
     # feature fire, on the planted tokens or on the rest of the prompt?
@@ -273,7 +276,11 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     with (out / "features.csv").open(newline="") as f:
         csv_ids = [int(record[0]) for record in list(csv.reader(f))[1:]]
     assert csv_ids == [r["feature"] for r in rows]
-    assert summary["rendered"] == [r["feature"] for r in rows if r["score"] is not None][:6]
+    # Dashboards: each contrast's best in turn, the first contrast (prompts vs stories) first.
+    ran = [c for c in summary["contrasts"] if not c["skipped"]]
+    assert ran[0]["name"] == "prompts_vs_stories" and len(ran) >= 2
+    assert summary["rendered"][0] == rows[0]["feature"] == ran[0]["top"][0]
+    assert {c["top"][0] for c in ran} <= set(summary["rendered"]) and len(summary["rendered"]) == 6
 
 
 def _chromium() -> str:
@@ -345,14 +352,14 @@ def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
     assert f'href="dashboard.html#{top}"' in index and index.count("<tr>") > 5
 
     # Clicking a column sorts by the exact numbers (the page shows them rounded), highest first; the rows come in
-    # rank order before.
+    # rank order before. The first contrast (prompts vs stories) is the one shown.
     def column(name: str) -> str:
         return f"Array.from(document.querySelectorAll('th')).findIndex((th) => th.textContent === '{name}')"
 
     read = "Array.from(document.querySelector('tbody').rows).map((r) => Number(r.cells[COL].dataset.v))"
     script = (
         "window.addEventListener('load', () => {"
-        f"const rank = {column('rank')}, col = {column('freq stories')};"
+        f"const rank = {column('rank')}, col = {column('tokens B')};"
         f"const before = {read.replace('COL', 'rank')};"
         "document.querySelectorAll('th')[col].click();"
         f"document.body.dataset.result = JSON.stringify([before, {read.replace('COL', 'col')}]);"
@@ -364,13 +371,29 @@ def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
     before, after = json.loads(html.unescape(found.group(1)))
     assert before == sorted(before) and len(before) > 5
     assert after == sorted(after, reverse=True) and after[0] > after[-1]
-    assert sorted(after) == sorted(r["freq_stories"] for r in rows if r["feature"] in _index_features(out))
+    first = [r["contrasts"]["prompts_vs_stories"] for r in rows if r["contrasts"]["prompts_vs_stories"]]
+    assert sorted(after) == sorted(c["tokens_fired_b"] for c in first if c["score"] is not None)
 
-
-def _index_features(out: Path) -> set[int]:
-    """The features the index lists (their feature cells: a link to the dashboard, or a muted id)."""
-    cell = r'<td data-v="(\d+)"><(?:a href="dashboard.html#\d+"|span class="muted")>'
-    return {int(f) for f in re.findall(cell, (out / "index.html").read_text())}
+    # Choosing another contrast in the drop-down shows its own ranking, and hides the first.
+    visible = (
+        "Array.from(document.querySelectorAll('section.contrast')).filter((s) => !s.hidden)"
+        ".map((s) => [s.dataset.name, Array.from(s.querySelector('tbody').rows).slice(0, 5)"
+        ".map((r) => Number(r.cells[1].dataset.v))])"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    other = next(c for c in summary["contrasts"][1:] if not c["skipped"])
+    script = (
+        "window.addEventListener('load', () => {"
+        f"const before = {visible}; const pick = document.getElementById('contrast');"
+        f"pick.value = {json.dumps(other['name'])}; pick.dispatchEvent(new Event('change'));"
+        f"document.body.dataset.result = JSON.stringify([before, {visible}]);"
+        "});"
+    )
+    switched = re.search(r'data-result="([^"]*)"', _render(out / "index.html", script=script))
+    assert switched
+    before, after = json.loads(html.unescape(switched.group(1)))
+    assert before == [["prompts_vs_stories", summary["contrasts"][0]["top"][:5]]]
+    assert after == [[other["name"], other["top"][:5]]] and other["top"][:5] != summary["contrasts"][0]["top"][:5]
 
 
 @pytest.mark.slow
@@ -379,6 +402,7 @@ def test_a_category_the_token_cap_leaves_out_is_kept_and_named(planted: Path, tm
     warning says why; a dead feature asked for by id is rendered with a warning."""
     base = _viz_tree(planted, tmp_path)
     small = ("--device", "cpu", "--prompt_tokens", "20", "--story_tokens", "3000", "--n_features", "2")
+    small += ("--min_prompts", "1")
     result = run_container(base, "viz", *small)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = base / "model" / "dashboards"
@@ -392,13 +416,20 @@ def test_a_category_the_token_cap_leaves_out_is_kept_and_named(planted: Path, tm
         assert f"category {name!r}: none of its 20 prompts fit in prompt_tokens=20" in result.stdout
     rows = json.loads((out / "features.json").read_text())
     assert all(r["categories"][c]["score"] is None for r in rows for c in left_out)
-    assert all(f"score: {c}" in (out / "index.html").read_text() for c in left_out)
+    # every category contrast has a side without prompts: skipped, with the reason in the summary and the index
+    skipped = {c["name"]: c["skipped"] for c in summary["contrasts"]}
+    assert skipped["prompts_vs_stories"] is None and len(skipped) == 4
+    for name in by_category:
+        reason = skipped[f"category[{name}]_vs_others"]
+        assert reason and "fewer than min_prompts=1" in reason
+        assert f"contrast category[{name}]_vs_others skipped" in result.stdout
+        assert html.escape(reason) in (out / "index.html").read_text()
 
     dead = next(r["feature"] for r in rows if r["dead"])
     result = run_container(base, "viz", *small, "--features", str(dead))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"features {dead} never fired on these tokens" in result.stdout
-    assert dead in _index_features(out)
+    assert f'href="dashboard.html#{dead}"' in (out / "index.html").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,12 +497,116 @@ def test_sae_hook_missing_from_model_is_named(planted: Path, tmp_path: Path, mon
 
 
 @pytest.mark.slow
-def test_feature_ids_out_of_range_fail_before_the_model_loads(
-    planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--features", "3,100000"), ["features='3,100000': [100000] out of range", "this SAE has 1024"]),
+        (
+            ("--contrasts", "mine: topic=war vs stories"),
+            [
+                "'mine' filters on column 'topic', which the prompts lack",
+                "category: (none), official narrative, refusal",
+            ],
+        ),
+        (
+            ("--contrasts", "mine: category=deflection part=response vs stories"),
+            ["column 'category' has no value 'deflection'; values present: (none), official narrative, refusal"],
+        ),
+        (("--contrasts", "mine category=refusal vs stories"), ["has no name"]),
+    ],
+)
+def test_bad_features_or_contrasts_fail_before_the_model_loads(
+    planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], expected: list[str]
 ) -> None:
     base = _viz_tree(planted, tmp_path)
     loads: list[str] = []
     monkeypatch.setattr(container_src.model, "load_model", lambda *a, **k: loads.append(a[0]))
-    failure = _fails(base, monkeypatch, "--features", "3,100000")
-    assert "features='3,100000': [100000] out of range" in failure and "this SAE has 1024" in failure
+    failure = _fails(base, monkeypatch, *args)
+    assert all(e in failure for e in expected), failure
     assert loads == []
+
+
+@pytest.mark.slow
+def test_heldout_prompts_user_contrasts_and_per_prompt_counts(planted: Path, tmp_path: Path) -> None:
+    """With a held-out record beside the SAE, viz reads those prompts only; a user contrast runs, one with an empty
+    side is skipped with its reason; the distinct-prompt counts match a recount with the model and the SAE."""
+    base = _viz_tree(planted, tmp_path)
+    held = [f"p{i}" for i in range(30)]
+    (base / "input" / "data" / "sae" / "heldout_prompts.json").write_text(json.dumps({"heldout_ids": held}))
+    contrasts = "mine: category=refusal vs stories; empty: part=response vs stories"
+    args = ("--device", "cpu", "--story_tokens", "3000", "--n_features", "3", "--ablate_top", "3")
+    args += ("--contrasts", contrasts)
+    result = run_container(base, "viz", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = base / "model" / "dashboards"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prompt_set"] == {"asked": "heldout", "used": "heldout", "prompts": 30, "of": 60, "note": ""}
+    assert summary["tokens"]["prompts_used"] == 30
+    index = (out / "index.html").read_text()
+    assert '<b id="prompt-set">heldout</b>,\n30 of 60 prompts' in index
+    by_name = {c["name"]: c for c in summary["contrasts"]}
+    assert by_name["empty"]["skipped"].startswith("side a (part=response) has 0 prompts with tokens")
+    assert "contrast empty skipped" in result.stdout
+    assert by_name["mine"]["skipped"] is None and by_name["mine"]["a"]["prompts"] == 10
+    assert by_name["mine"]["a"]["selection"] == "category=refusal" and by_name["mine"]["b"]["unit"] == "story documents"
+    rows = json.loads((out / "features.json").read_text())
+    with (out / "features.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+    assert {"mine:score", "mine:prompts_fired_a", "prompts_vs_stories:tokens_fired_b"} <= set(header)
+    assert all(r["contrasts"]["mine"] is None or r["contrasts"]["mine"]["prompts_a"] == 10 for r in rows)
+
+    # Recount, without viz's code: each held-out prompt alone (BOS, the prompt, cut at the context), through the
+    # model and the SAE; on how many prompts, and on how many tokens, does the top feature fire?
+    from datasets import load_from_disk
+    from sae_lens import SAE
+
+    top = by_name["prompts_vs_stories"]["top"][0]
+    figures = next(r for r in rows if r["feature"] == top)["contrasts"]["prompts_vs_stories"]
+    lm = container_src.model.load_model("roneneldan/TinyStories-33M", "cpu")
+    sae = SAE.load_from_disk(str(planted / "model"), device="cpu")
+    context = summary["tokens"]["context_size"]
+    prompts, tokens = 0, 0
+    channel = load_from_disk(str(planted / "input" / "data" / "prompts"))
+    for prompt_id, text in zip(channel["id"], channel["text"], strict=True):
+        if prompt_id not in held:
+            continue
+        ids = lm.to_tokens(str(text))[:, :context]
+        with torch.no_grad():
+            _, cache = lm.run_with_cache(ids, names_filter=["blocks.2.mlp.hook_post"])
+            fires = sae.encode(cache["blocks.2.mlp.hook_post"])[0, 1:, top] > 0
+        prompts += bool(fires.any())
+        tokens += int(fires.sum())
+    assert (figures["prompts_fired_a"], figures["tokens_fired_a"]) == (prompts, tokens)
+    assert figures["prompts_a"] == 30 and figures["rank"] == 1
+
+    # The ablation of that feature, recomputed with TransformerLens hooks: the SAE's output with the feature minus
+    # its output without it, taken from the activations; the loss change pooled over the positions that predict a
+    # held-out prompt's tokens.
+    hook = "blocks.2.mlp.hook_post"
+
+    def remove(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+        acts = sae.encode(x)
+        kept = acts.clone()
+        kept[..., top] = 0
+        return x - (sae.decode(acts) - sae.decode(kept))
+
+    total, count, up, per_prompt = 0.0, 0, 0, []
+    for prompt_id, text in zip(channel["id"], channel["text"], strict=True):
+        if prompt_id not in held:
+            continue
+        ids = lm.to_tokens(str(text))[:, :context]
+        with torch.no_grad():
+            clean = lm(ids, return_type="loss", loss_per_token=True)[0]
+            ablated = lm.run_with_hooks(ids, fwd_hooks=[(hook, remove)], return_type="loss", loss_per_token=True)[0]
+        delta = (ablated - clean).double()
+        total, count = total + float(delta.sum()), count + delta.numel()
+        per_prompt.append(float(delta.mean()))
+        up += float(delta.mean()) > 0
+    ablation = figures["ablation"]["a"]
+    assert ablation["tokens"] == count == summary["tokens"]["prompts"]
+    assert ablation["mean_delta_loss"] == pytest.approx(total / count, rel=1e-3, abs=1e-6)
+    assert ablation["prompt_mean_delta_loss"] == pytest.approx(np.mean(per_prompt), rel=1e-3, abs=1e-6)
+    assert ablation["prompts"] == 30 and ablation["prompts_loss_up"] == up
+    assert figures["ablation"]["b"]["tokens"] > 0 and by_name["mine"]["skipped"] is None
+    ablated = [r["feature"] for r in rows if r["contrasts"]["mine"] and r["contrasts"]["mine"].get("ablation")]
+    assert sorted(ablated) == sorted(by_name["mine"]["top"][:3])
