@@ -9,11 +9,8 @@ key, before any model is loaded. Secrets never enter the config: ``wandb_key`` r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -390,34 +387,3 @@ def resolve(
     """
     values, sources, layers = merge(hyperparameters, cli, schema, SCHEMAS, shared_tree)
     return Resolved(config=schema(**values), sources=sources, layers=layers)
-
-
-def wandb_key(env: Mapping[str, str] | None = None) -> str | None:
-    """The W&B key: ``WANDB_API_KEY`` locally, or the Secrets Manager secret named by ``WANDB_SECRET_ID`` in a job.
-
-    The value is returned to the caller only; it is never logged or written.
-    """
-    env = os.environ if env is None else env
-    if env.get("WANDB_API_KEY"):
-        return env["WANDB_API_KEY"]
-    secret_id = env.get("WANDB_SECRET_ID")
-    if not secret_id:
-        return None
-    import boto3
-
-    try:
-        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None  # boto3 reads only the first
-        response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
-    except Exception as exc:  # any AWS failure means the same thing to the user
-        raise ConfigError(
-            f"WANDB_SECRET_ID={secret_id}: could not read the secret ({type(exc).__name__}). "
-            "Check the id, the region and that the job role may call secretsmanager:GetSecretValue."
-        ) from None
-    secret = response.get("SecretString") or ""
-    # A secret stored as JSON ({"WANDB_API_KEY": "..."}) or as the bare key both work.
-    if secret.lstrip().startswith("{"):
-        with contextlib.suppress(json.JSONDecodeError):
-            secret = json.loads(secret).get("WANDB_API_KEY", "")
-    if not secret:
-        raise ConfigError(f"WANDB_SECRET_ID={secret_id}: the secret is empty, or JSON without a WANDB_API_KEY field")
-    return secret

@@ -7,10 +7,13 @@ Everything hangs off ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), read when a r
     model/                              final SAE and records; uploaded as model.tar.gz
     checkpoints/                        resumable state; synced with S3 for spot restarts
     output/failure                      one paragraph on why a run failed
+
+and the W&B key, which reaches a run only through the environment (``wandb_key``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -159,3 +162,34 @@ def hub_env(hub: Path) -> dict[str, str]:
     """Environment that makes the HF libraries read models from the hub cache ``hub`` (``models--…`` folders) with
     the hub off. They read it once, at import, so it must be set before the first import."""
     return {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def wandb_key(env: Mapping[str, str] | None = None) -> str | None:
+    """The W&B key: ``WANDB_API_KEY`` locally, or the Secrets Manager secret named by ``WANDB_SECRET_ID`` in a job.
+
+    The value is returned to the caller only; it is never logged or written.
+    """
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return env["WANDB_API_KEY"]
+    secret_id = env.get("WANDB_SECRET_ID")
+    if not secret_id:
+        return None
+    import boto3
+
+    try:
+        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None  # boto3 reads only the first
+        response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
+    except Exception as exc:  # any AWS failure means the same thing to the user
+        raise ConfigError(
+            f"WANDB_SECRET_ID={secret_id}: could not read the secret ({type(exc).__name__}). "
+            "Check the id, the region and that the job role may call secretsmanager:GetSecretValue."
+        ) from None
+    secret = response.get("SecretString") or ""
+    # A secret stored as JSON ({"WANDB_API_KEY": "..."}) or as the bare key both work.
+    if secret.lstrip().startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):
+            secret = json.loads(secret).get("WANDB_API_KEY", "")
+    if not secret:
+        raise ConfigError(f"WANDB_SECRET_ID={secret_id}: the secret is empty, or JSON without a WANDB_API_KEY field")
+    return secret

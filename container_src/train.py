@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from container_src import checkpoints, data, evaluate, model, plots, records
-from container_src.config import ConfigError, Resolved, TrainConfig, wandb_key
+from container_src.config import ConfigError, Resolved, TrainConfig
 from container_src.interrupt import StopRequest
-from container_src.paths import ContainerPaths
+from container_src.paths import ContainerPaths, wandb_key
 from container_src.prompts import PromptSplit, load_prompts, prompts_fingerprint, split_prompts, write_heldout
 
 logger = logging.getLogger(__name__)

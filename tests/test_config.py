@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from container_src.config import ConfigError, TrainConfig, resolve, wandb_key
+from container_src.config import ConfigError, TrainConfig, resolve
 from container_src.config_sources import list_presets, parse_cli, pick_mode
+from container_src.paths import wandb_key
 
 
 def test_hyperparameter_strings_become_field_types() -> None:
