@@ -257,7 +257,8 @@ class VizConfig(RunConfig):
     prompt_set: str = "heldout"
     """Which prompts viz reads: `heldout` (those train held out), `train` (those it trained on) or `all`.
 
-    Read from heldout_prompts.json beside the SAE; an SAE trained without one is read on all prompts, with a warning.
+    Read from heldout_prompts.json beside the SAE; an SAE without one, or with nothing held out, is read on all
+    prompts, with a warning.
     """
     contrasts: str = ""
     """Contrasts of your own, scored beside the default ones: `NAME: SELECTION vs SELECTION`, separated by `;`.

@@ -28,6 +28,11 @@ def select(prompts: Dataset, wanted: str, sae_dir: Path) -> tuple[Dataset, dict[
         info["note"] = f"the SAE has no {HELDOUT_FILE} (trained without held-out prompts): every prompt is read"
         logger.warning("prompt_set=%s: %s, and some were trained on", wanted, info["note"])
         return prompts, info
+    if not record["heldout_ids"] and wanted == "heldout":
+        info["used"] = "all"
+        info["note"] = "the SAE was trained on every prompt (heldout_prompt_fraction=0): every prompt is read"
+        logger.warning("prompt_set=heldout: %s, all of them trained on", info["note"])
+        return prompts, info
     ids = prompt_ids(prompts)
     held = set(map(str, record["heldout_ids"]))
     rows = [i for i, pid in enumerate(ids) if (pid in held) == (wanted == "heldout")]

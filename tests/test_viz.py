@@ -21,6 +21,7 @@ import container_src.model
 from container_src.__main__ import main
 from container_src.dashboards import make_self_contained
 from container_src.data import pack_documents
+from container_src.prompts import HELDOUT_FILE
 from container_src.ranking import FeatureStats, rank, score
 from tests.conftest import TINY_RUN, run_container, write_hyperparameters
 
@@ -198,7 +199,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory, tiny_assets: dict[str, Pat
     (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
     (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
     _planted_prompts(channels / "prompts")
-    write_hyperparameters(base, {**TINY_RUN, "prompt_ratio": "0.3", "training_tokens": "32768"})
+    # trained on every prompt, so that viz reads all 60 whatever its prompt set
+    hyperparameters = {**TINY_RUN, "prompt_ratio": "0.3", "training_tokens": "32768", "heldout_prompt_fraction": "0"}
+    write_hyperparameters(base, hyperparameters)
     result = run_container(base, "train")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (base / "input" / "config" / "hyperparameters.json").unlink()
@@ -213,7 +216,8 @@ def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> Non
     (base / "input" / "data" / "sae").mkdir()
     with tarfile.open(base / "input" / "data" / "sae" / "model.tar.gz", "w:gz") as tar:
         for entry in (planted / "model").iterdir():
-            tar.add(entry, arcname=entry.name)
+            if entry.name != HELDOUT_FILE:  # an SAE from before train held prompts out
+                tar.add(entry, arcname=entry.name)
 
     result = run_container(base, "viz", *VIZ_SMALL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -381,6 +385,9 @@ def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
         ".map((r) => Number(r.cells[1].dataset.v))])"
     )
     summary = json.loads((out / "summary.json").read_text())
+    # the SAE held no prompt out (heldout_prompt_fraction=0): the held-out default reads every prompt, and says so
+    assert summary["prompt_set"]["used"] == "all" and summary["prompt_set"]["prompts"] == 60
+    assert "trained on every prompt (heldout_prompt_fraction=0)" in summary["prompt_set"]["note"]
     other = next(c for c in summary["contrasts"][1:] if not c["skipped"])
     script = (
         "window.addEventListener('load', () => {"
