@@ -41,8 +41,8 @@ test: install
 smoke: install
 	rm -rf $(SMOKE)/checkpoints $(SMOKE)/model $(SMOKE)/output
 	@# (re)made when missing, or from before the stand-in stories had a validation split
-	@if [ ! -f $(SMOKE)/input/data/tinystories/dataset_dict.json ]; then \
-		rm -rf $(SMOKE)/input/data/model $(SMOKE)/input/data/tinystories; \
+	@if [ ! -f $(SMOKE)/input/data/control/dataset_dict.json ]; then \
+		rm -rf $(SMOKE)/input/data/model $(SMOKE)/input/data/control $(SMOKE)/input/data/tinystories; \
 		$(PY) -m container_src.synthetic --out $(SMOKE)/input/data; fi
 	@if [ ! -d $(SMOKE)/input/data/prompts ]; then cp -r data/sample_prompts $(SMOKE)/input/data/prompts; fi
 	SAGEMAKER_BASE_DIR=$(SMOKE) WANDB_MODE=offline $(PY) -m container_src train --preset smoke

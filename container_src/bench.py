@@ -61,13 +61,13 @@ class Repeats:
 
 
 def _write_assets(root: Path, cfg: BenchConfig, stories_needed: int) -> ContainerPaths:
-    """A temporary SageMaker tree with channels model (random weights of ``model_shape``), tinystories, prompts."""
+    """A temporary SageMaker tree with channels model (random weights of ``model_shape``), control, prompts."""
     from container_src.synthetic import make_stories, write_model_cache, write_story_dataset
 
     channels = root / "input" / "data"
     stories = make_stories(stories_needed, cfg.seed)
     write_model_cache(channels / "model", cfg.model_name, shape=cfg.model_shape, corpus=stories[:400])
-    write_story_dataset(channels / "tinystories", n=stories_needed, seed=cfg.seed)
+    write_story_dataset(channels / "control", n=stories_needed, seed=cfg.seed)
     # Stand-in prompts: only their share of the stream matters for speed.
     write_story_dataset(channels / "prompts", n=200, seed=cfg.seed + 1, validation=0)
     return ContainerPaths(root)

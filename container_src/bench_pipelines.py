@@ -65,7 +65,7 @@ def run_bare(
     set_here: dict[str, Any] = {
         "model_name": cfg.model_name,
         "hook_name": cfg.hook_name,
-        "dataset_path": cfg.tinystories_path,
+        "dataset_path": cfg.control_path,
         "is_dataset_tokenized": False,
         "context_size": cfg.context_size,
         "training_tokens": (warmup + steps) * batch_tokens,

@@ -25,7 +25,7 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 _NOT_IN_RUN_ID = {
     "log_every",
     "eval_batches",
-    "tinystories_eval_split",
+    "control_eval_split",
     "log_to_wandb",
     "wandb_project",
     "wandb_entity",

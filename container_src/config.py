@@ -36,10 +36,12 @@ class RunConfig:
 
     seed: int = 42
     """Seed for weights, data mixing and shuffling."""
-    tinystories_path: str = "roneneldan/TinyStories"
-    """Hub dataset streamed when channel `tinystories` is absent."""
-    tinystories_split: str = "train"
-    """Split of the hub dataset to stream."""
+    control_path: str = "roneneldan/TinyStories"
+    """The control text (the negative control): a hub dataset id, streamed when channel `control` is absent."""
+    control_split: str = "train"
+    """Split of the control text to train on (viz reads it too)."""
+    control_text_column: str = "text"
+    """Column of the control dataset that holds the text (hub dataset or channel)."""
     precision: str = "auto"
     """Numeric precision: `auto` (bf16 autocast where the GPU supports it, else fp32), `fp32` or `bf16`."""
     device: str = "auto"
@@ -58,6 +60,7 @@ class RunConfig:
             "must be auto, cpu, cuda or cuda:N",
         )
         _need(self, 0 <= self.seed < 2**32, "seed", "must be between 0 and 2**32 - 1")
+        _need(self, bool(self.control_text_column), "control_text_column", "must name a column, such as text")
 
 
 @dataclass
@@ -98,7 +101,7 @@ class TrainConfig(RunConfig):
     n_checkpoints: int = 5
     """Periodic checkpoints over the run (the final SAE is saved separately)."""
     prompt_ratio: float = 0.1
-    """Share of documents drawn from the prompts channel (cycled); the rest are TinyStories."""
+    """Share of documents drawn from the prompts channel (cycled); the rest are the control text."""
     compile_sae: bool | None = None
     """Compile the SAE's training forward pass with torch.compile; when empty, on for a CUDA device, off on CPU.
 
@@ -132,11 +135,11 @@ class TrainConfig(RunConfig):
     """Steps between metric lines, W&B points and the curves' points."""
     eval_batches: int = 10
     """Batches of `store_batch_size_prompts` sequences used for the final evaluation."""
-    tinystories_eval_split: str = "validation"
-    """TinyStories split the evaluations read, held out from training.
+    control_eval_split: str = "validation"
+    """Split of the control text the evaluations read, held out from training.
 
-    The evaluations are the final one and W&B's during training. A `tinystories` channel must have this split (a
-    saved DatasetDict's split, or files named for it). The value of `tinystories_split` evaluates on training
+    The evaluations are the final one and W&B's during training. A `control` channel must have this split (a
+    saved DatasetDict's split, or files named for it). The value of `control_split` evaluates on training
     stories instead, with a warning. The final evaluation also reports the training prompts and the held-out
     prompts (`heldout_prompt_fraction`) separately."""
     log_to_wandb: bool = True
@@ -196,7 +199,7 @@ class TrainConfig(RunConfig):
             f"(for example {self.training_steps * self.train_batch_size_tokens or self.train_batch_size_tokens})",
         )
         need(self.n_checkpoints >= 0, "n_checkpoints", "must not be negative")
-        need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): TinyStories is the negative control")
+        need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): the control text is the negative control")
         need(
             0 <= self.heldout_prompt_fraction < 1,
             "heldout_prompt_fraction",
@@ -206,7 +209,7 @@ class TrainConfig(RunConfig):
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
         need(self.log_every >= 1, "log_every", "must be at least 1")
         need(self.eval_batches >= 1, "eval_batches", "must be at least 1")
-        need(bool(self.tinystories_eval_split), "tinystories_eval_split", "must name a split, such as validation")
+        need(bool(self.control_eval_split), "control_eval_split", "must name a split, such as validation")
         need(
             self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
         )
@@ -245,7 +248,7 @@ class VizConfig(RunConfig):
     prompt_tokens: int = 100_000
     """At most this many prompt tokens are run (each prompt once, in a seeded random order)."""
     story_tokens: int = 200_000
-    """TinyStories tokens to run, the negative control."""
+    """Control-text tokens to run, the negative control."""
     context_size: int | None = None
     """Tokens per sequence; the SAE's training context when empty."""
     batch_size: int = 16

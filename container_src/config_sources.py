@@ -30,6 +30,12 @@ REMOVED_KEYS = {
         "limit; on an H100 it failed with a KeyError at the hook). fused_lm is what makes the model fast; drop the key"
     ),
 }
+# Keys renamed, old name -> new: the old name still works, with a warning, until the next release.
+RENAMED_KEYS = {
+    "tinystories_path": "control_path",
+    "tinystories_split": "control_split",
+    "tinystories_eval_split": "control_eval_split",
+}
 # Keys that control where the config comes from, or which mode runs; accepted in every source, not fields.
 META_KEYS = ("mode", "preset", "config")
 # SageMaker itself adds hyperparameters in some set-ups (script-mode SDK settings, the tuner's objective); they are
@@ -227,6 +233,19 @@ def _layers(hyperparameters: dict[str, Any], cli: dict[str, str]) -> list[tuple[
     return layers
 
 
+def _renamed(source: str, layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` with renamed keys under their new names (with a warning); both names in one source is an error."""
+    out = dict(layer)
+    for old, new in RENAMED_KEYS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{source}: {old} and {new} are both given; {old} is the old name of {new}: keep {new}")
+        logger.warning("%s: %s is deprecated, use %s (the old name works until the next release)", source, old, new)
+        out[new] = out.pop(old)
+    return out
+
+
 def merge(
     hyperparameters: Mapping[str, Any] | None,
     cli: Mapping[str, str] | None,
@@ -245,7 +264,7 @@ def merge(
     sources: dict[str, str] = {}
     left: set[str] = set()
     for source, layer in layers:
-        for key, raw in layer.items():
+        for key, raw in _renamed(source, layer).items():
             if key.startswith(_PLATFORM_KEY_PREFIXES):
                 logger.info("ignoring platform hyperparameter %s", key)
                 continue

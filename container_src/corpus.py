@@ -31,7 +31,7 @@ class Corpus:
     story_docs: torch.Tensor
     prompt_meta: list[dict[str, Any]]
     groups: list[str]
-    """STORIES, then the categories, sorted: by position, so a category may even be called "tinystories"."""
+    """STORIES, then the categories, sorted: by position, so a category may even be called "control"."""
     doc_group: torch.Tensor
     """Per prompt, the index of its category in ``groups``."""
     by_category: dict[str, dict[str, int]]

@@ -280,7 +280,7 @@ def write_index(
 Prompt set: <b id="prompt-set">{html.escape(chosen["used"])}</b>,
 {chosen["prompts"]:,} of {chosen["of"]:,} prompts{note};
 {tokens["prompts_used"]:,} of them read ({tokens["prompts"]:,} tokens), each in its own sequence;
-TinyStories {tokens["stories"]:,} tokens. Dead (never fired on these tokens): {summary["dead_features"]:,} features.
+Control text {tokens["stories"]:,} tokens. Dead (never fired on these tokens): {summary["dead_features"]:,} features.
 Dashboards for {len(rendered)} features: {links or "none"}. Full tables: <a href="features.csv">features.csv</a>,
 <a href="features.json">features.json</a>.</p>
 <p>Contrast: <select id="contrast">{options}</select></p>

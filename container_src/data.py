@@ -1,8 +1,9 @@
-"""The training stream: TinyStories (the negative control) interleaved with the user's prompts.
+"""The training stream: the control text (the negative control; TinyStories by default) interleaved with the
+user's prompts.
 
-Every row has ``text`` and ``source`` (``tinystories`` or ``prompts``); ``PackedRows`` turns the texts into the
+Every row has ``text`` and ``source`` (``control`` or ``prompts``); ``PackedRows`` turns the texts into the
 token rows SAE-Lens trains on. Prompts are drawn with probability ``prompt_ratio`` per document and cycled; the
-stream ends when TinyStories is exhausted, and SAE-Lens then starts it again. The order is a function of ``seed``
+stream ends when the control text is exhausted, and SAE-Lens then starts it again. The order is a function of ``seed``
 alone, which is what lets a resumed run fast-forward.
 """
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Plain .txt is left out on purpose: TinyStories' text files hold one story over many lines, and a line-per-row
 # reading would silently train on fragments.
+CONTROL = "control"  # the control text's source tag in the training stream, and its group in viz
 NO_CATEGORY = "(none)"  # the name of the prompts without a category, in the export's manifest and in viz
 _DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json"}
 
@@ -71,7 +73,7 @@ def channel_fingerprint(channel: Path, files: list[Path] | None = None) -> str:
 
 
 def check_eval_split(channel: Path, split: str, train_split: str) -> None:
-    """Refuse a ``tinystories`` channel that lacks the evaluation's held-out split (without reading any data, so the
+    """Refuse a ``control`` channel that lacks the evaluation's held-out split (without reading any data, so the
     launcher can check a folder before uploading it). A channel without splits serves any split to training."""
     if split == train_split:
         return
@@ -85,13 +87,13 @@ def check_eval_split(channel: Path, split: str, train_split: str) -> None:
         try:
             splits = json.loads((saved / "dataset_dict.json").read_text()).get("splits", [])
         except (OSError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"channel tinystories: {saved / 'dataset_dict.json'} is unreadable ({exc})") from None
+            raise ConfigError(f"channel control: {saved / 'dataset_dict.json'} is unreadable ({exc})") from None
         why = None if split in splits else f"the saved DatasetDict has no {split!r} split ({splits})"
     if why:
         raise ConfigError(
-            f"channel tinystories ({channel}): {why}. tinystories_eval_split={split!r}: the evaluations read this "
-            f"split, held out from training; add it (the hub repo has validation files), or set "
-            f"tinystories_eval_split={train_split!r} to evaluate on training stories"
+            f"channel control ({channel}): {why}. control_eval_split={split!r}: the evaluations read this "
+            f"split, held out from training; add it (TinyStories' hub repo has validation files), or set "
+            f"control_eval_split={train_split!r} to evaluate on training text"
         )
 
 
@@ -127,40 +129,45 @@ def load_local(channel: Path, name: str, split: str = "train") -> Dataset:
         raise ConfigError(f"channel {name}: could not read a dataset from {channel}: {exc}") from None
 
 
-def open_stories(channel: Path | None, hub_path: str, split: str) -> IterableDataset:
-    """TinyStories as a stream of ``text``, from channel ``tinystories`` when given, else streamed from the hub."""
+def open_control(channel: Path | None, hub_path: str, split: str, column: str = "text") -> IterableDataset:
+    """The control text as a stream of ``text`` (from column ``column``), from channel ``control`` when given, else
+    streamed from the hub."""
     from datasets import IterableDataset, load_dataset
 
     if channel is not None:
-        local = load_local(channel, "tinystories", split)
+        local = load_local(channel, "control", split)
         if len(local) == 0:
-            raise ConfigError(f"channel tinystories: the dataset in {channel} is empty")
-        stream, where = local.to_iterable_dataset(), f"channel tinystories ({len(local)} stories, split {split})"
+            raise ConfigError(f"channel control: the dataset in {channel} is empty")
+        stream, where = local.to_iterable_dataset(), f"channel control ({len(local)} documents, split {split})"
     else:
         try:
             stream = load_dataset(hub_path, split=split, streaming=True)
             assert isinstance(stream, IterableDataset)  # split= with streaming= always gives one stream
         except Exception as exc:  # offline, missing split, private repo...
             raise ConfigError(
-                f"tinystories_path={hub_path!r}: could not stream split {split!r} from the hub ({exc}). "
-                "Without network access, pass a local copy as channel `tinystories`."
+                f"control_path={hub_path!r}: could not stream split {split!r} from the hub ({exc}). "
+                "Without network access, pass a local copy as channel `control`."
             ) from None
         where = f"hub {hub_path}:{split}"
     first = next(iter(stream), None)
     if first is None:
         raise ConfigError(f"{where}: the dataset is empty")
-    if "text" not in first:
-        raise ConfigError(f"{where}: no `text` column (found {', '.join(sorted(first))})")
-    if not isinstance(first["text"], str):
-        raise ConfigError(f"{where}: column `text` holds {type(first['text']).__name__}, expected text")
-    logger.info("stories from %s", where)
-    return stream.select_columns(["text"])
+    if column not in first:
+        raise ConfigError(
+            f"{where}: no {column!r} column (found {', '.join(sorted(first))}); set control_text_column to one of them"
+        )
+    if not isinstance(first[column], str):
+        raise ConfigError(f"{where}: column {column!r} holds {type(first[column]).__name__}, expected text")
+    logger.info("control text from %s, column %s", where, column)
+    stream = stream.select_columns([column])
+    return stream if column == "text" else stream.rename_column(column, "text")
 
 
-def load_stories(channel: Path | None, hub_path: str, split: str) -> tuple[IterableDataset, str]:
-    """``open_stories``, and what identifies the stories: the local copy's fingerprint, or the hub id and split."""
-    stream = open_stories(channel, hub_path, split)
-    return stream, f"channel:{channel_fingerprint(channel)}" if channel is not None else f"hub {hub_path}:{split}"
+def load_control(channel: Path | None, hub_path: str, split: str, column: str = "text") -> tuple[IterableDataset, str]:
+    """``open_control``, and what identifies the text: the local copy's fingerprint, or the hub id and split."""
+    stream = open_control(channel, hub_path, split, column)
+    where = f"channel:{channel_fingerprint(channel)}" if channel is not None else f"hub {hub_path}:{split}"
+    return stream, where if column == "text" else f"{where} column {column}"
 
 
 def token_share(tokenizer: Any, prompts: Dataset | None, stories: IterableDataset, prompt_ratio: float) -> float:
@@ -193,10 +200,10 @@ def mixed_stream(stories: IterableDataset, prompts: Dataset | None, prompt_ratio
         return stream.map(partial(_tag, source=source), features=features)
 
     if prompts is None or prompt_ratio == 0:
-        return tagged(stories, "tinystories")
+        return tagged(stories, CONTROL)
     return interleave_datasets(
         [
-            tagged(stories, "tinystories"),
+            tagged(stories, CONTROL),
             tagged(prompts.select_columns(["text"]).shuffle(seed=seed).to_iterable_dataset(), "prompts"),
         ],
         probabilities=[1 - prompt_ratio, prompt_ratio],

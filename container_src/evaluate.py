@@ -114,11 +114,11 @@ def _prompt_source(name: str, data_text: str, held_out: bool, texts: list[str], 
 def sources(
     cfg: TrainConfig, eval_stories: Iterable[dict[str, Any]], prompts: Dataset | None, heldout_rows: list[int]
 ) -> list[Source]:
-    """The three sources: stories of ``tinystories_eval_split``, the prompts trained on, the prompts held out."""
-    trained_split = cfg.tinystories_eval_split == cfg.tinystories_split
+    """The three sources: the control text's ``control_eval_split``, the prompts trained on, the prompts held out."""
+    trained_split = cfg.control_eval_split == cfg.control_split
     stories = Source(
         "stories",
-        f"TinyStories split {cfg.tinystories_eval_split!r}, "
+        f"control text {cfg.control_path} split {cfg.control_eval_split!r}, "
         + ("the training split: trained on" if trained_split else "held out from training"),
         not trained_split,
         "stories",

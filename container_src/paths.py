@@ -3,7 +3,7 @@
 Everything hangs off ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), read when a run starts:
 
     input/config/hyperparameters.json   all values are strings
-    input/data/<channel>/               prompts, model, tinystories, sae
+    input/data/<channel>/               prompts, model, control, sae (tinystories: control's old name)
     model/                              final SAE and records; uploaded as model.tar.gz
     checkpoints/                        resumable state; synced with S3 for spot restarts
     output/failure                      one paragraph on why a run failed
@@ -28,7 +28,9 @@ from container_src.config import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_DIR = "/opt/ml"
-CHANNELS = ("prompts", "model", "tinystories", "sae")
+CHANNELS = ("prompts", "model", "control", "sae")
+# Channels renamed, old name -> new: the old name is still read, with a warning, until the next release.
+RENAMED_CHANNELS = {"tinystories": "control"}
 
 
 @dataclass(frozen=True)
@@ -104,19 +106,32 @@ class ContainerPaths:
         return path
 
     def model_inputs(self, model_name: str) -> dict[str, Path | None]:
-        """Channels ``prompts``, ``model`` and ``tinystories``. A ``model`` channel turns the hub off for the rest
+        """Channels ``prompts``, ``model`` and ``control``. A ``model`` channel turns the hub off for the rest
         of the process, so it must come before the first import of the HF libraries, which read the setting once."""
-        channels = {name: self.channel(name) for name in ("prompts", "model", "tinystories")}
+        channels = {name: self.channel(name) for name in ("prompts", "model")}
+        channels["control"] = self.control_channel()
         model_channel = channels["model"]
         if model_channel is not None:
             os.environ.update(hub_cache_env(model_channel, model_name))
             logger.info("channel model: loading %s from %s with the hub off", model_name, model_channel)
-            if channels["tinystories"] is None:
+            if channels["control"] is None:
                 raise ConfigError(
-                    "channel model turns the Hugging Face hub off (a network-isolated job), so TinyStories cannot be "
-                    "streamed from it: pass a local copy as channel `tinystories` too"
+                    "channel model turns the Hugging Face hub off (a network-isolated job), so the control text "
+                    "cannot be streamed from it: pass a local copy as channel `control` too"
                 )
         return channels
+
+    def control_channel(self) -> Path | None:
+        """Channel ``control`` (the control text), or its old name ``tinystories``, read with a warning."""
+        found = {name: self.channel(name) for name in ("control", *RENAMED_CHANNELS)}
+        given = [name for name, path in found.items() if path is not None]
+        if len(given) > 1:
+            raise ConfigError(
+                f"channels {' and '.join(given)} are both given: tinystories is the old name of control; keep control"
+            )
+        if given and given[0] in RENAMED_CHANNELS:
+            logger.warning("channel %s is deprecated: name it control (read until the next release)", given[0])
+        return found[given[0]] if given else None
 
     def read_hyperparameters(self) -> dict[str, str]:
         """SageMaker's hyperparameters.json, or {} when there is none (a local run driven by flags)."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-STORIES = "tinystories"
+STORIES = "control"  # the group of the control text's tokens
 ALPHA = 0.05  # one-sided: the score is a 95% lower bound
 
 

@@ -58,7 +58,7 @@ def sae_lens_config(
         sae=training_sae_config(cfg, d_in, d_sae, runtime.device),
         model_name=cfg.model_name,
         hook_name=cfg.hook_name,
-        dataset_path=cfg.tinystories_path,
+        dataset_path=cfg.control_path,
         streaming=True,
         is_dataset_tokenized=True,  # the store is given data.PackedRows
         context_size=cfg.context_size,

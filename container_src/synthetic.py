@@ -5,7 +5,7 @@ the unchanged ``HookedTransformer.from_pretrained(model_name)`` call when ``HF_H
 is off, so the real loading code runs. Tests, ``make smoke`` and ``bench`` use it; a user ships real weights to a job
 in exactly the same layout (channel ``model``).
 
-    python -m container_src.synthetic --out data/opt_ml/input/data   # writes model/ and tinystories/
+    python -m container_src.synthetic --out data/opt_ml/input/data   # writes model/ and control/
 """
 
 from __future__ import annotations
@@ -134,14 +134,14 @@ def write_story_dataset(out_dir: Path, n: int = 400, seed: int = 0, validation: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="channel root: model/ and tinystories/ go below it")
+    parser.add_argument("--out", type=Path, required=True, help="channel root: model/ and control/ go below it")
     parser.add_argument("--stories", type=int, default=400)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model size (default: tiny)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stories = make_stories(args.stories)
     write_model_cache(args.out / "model", shape=args.shape, corpus=stories)
-    write_story_dataset(args.out / "tinystories", n=args.stories)
+    write_story_dataset(args.out / "control", n=args.stories)
     return 0
 
 

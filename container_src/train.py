@@ -96,20 +96,22 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     channels = paths.model_inputs(cfg.model_name)
     # the host first: a GPU the image cannot use ends the run before any data is read
     runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type())
-    stories_channel, prompts_channel = channels["tinystories"], channels["prompts"]
+    stories_channel, prompts_channel = channels["control"], channels["prompts"]
     if cfg.prompt_ratio > 0 and prompts_channel is None:
         raise ConfigError(
             f"prompt_ratio={cfg.prompt_ratio}: there is no prompts channel ({paths.base}/input/data/prompts is "
             "missing or empty). "
             "Export the prompt collection and pass it as channel `prompts`, or set prompt_ratio=0 to train on "
-            "TinyStories alone."
+            "the control text alone."
         )
     prompts = load_prompts(prompts_channel) if prompts_channel and cfg.prompt_ratio > 0 else None
     if prompts_channel and cfg.prompt_ratio == 0:
         logger.warning("prompt_ratio=0: the prompts channel is ignored")
     split = _split_prompts(cfg, prompts)
     training_prompts = prompts.select(split.train_rows) if prompts is not None and split is not None else None
-    stories, stories_identity = data.load_stories(stories_channel, cfg.tinystories_path, cfg.tinystories_split)
+    stories, stories_identity = data.load_control(
+        stories_channel, cfg.control_path, cfg.control_split, cfg.control_text_column
+    )
     return Inputs(
         stream=data.mixed_stream(stories, training_prompts, cfg.prompt_ratio, cfg.seed),
         prompts=prompts,
@@ -151,15 +153,15 @@ def _split_prompts(cfg: TrainConfig, prompts: Any) -> PromptSplit | None:
 
 
 def _eval_stories(cfg: TrainConfig, channel: Path | None) -> Any:
-    """The stories the evaluations read: split ``tinystories_eval_split``, held out from training."""
-    split = cfg.tinystories_eval_split
-    if split == cfg.tinystories_split:
+    """The control text the evaluations read: split ``control_eval_split``, held out from training."""
+    split = cfg.control_eval_split
+    if split == cfg.control_split:
         logger.warning(
-            "tinystories_eval_split=%r is the training split: the evaluation reads stories the SAE trained on", split
+            "control_eval_split=%r is the training split: the evaluation reads control text the SAE trained on", split
         )
     if channel is not None:
-        data.check_eval_split(channel, split, cfg.tinystories_split)
-    return data.open_stories(channel, cfg.tinystories_path, split)
+        data.check_eval_split(channel, split, cfg.control_split)
+    return data.open_control(channel, cfg.control_path, split, cfg.control_text_column)
 
 
 def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
@@ -244,7 +246,7 @@ def _evaluate(
     dead = trainer.dead_neurons
     return metrics | {
         "evaluation_data": (
-            f"the top-level figures: TinyStories split {cfg.tinystories_eval_split!r} mixed with the training "
+            f"the top-level figures: the control text's split {cfg.control_eval_split!r} mixed with the training "
             f"prompts at prompt_ratio={cfg.prompt_ratio}, as in training; evaluation_by_source has each by itself"
         ),
         "evaluation_by_source": by_source,

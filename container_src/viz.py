@@ -101,7 +101,7 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
     channels = paths.model_inputs(model_name)
     if channels["prompts"] is None:
         raise ConfigError(
-            f"viz compares the prompts with TinyStories, and there is no prompts channel ({paths.base}/input/data/"
+            f"viz compares the prompts with the control text, and there is no prompts channel ({paths.base}/input/data/"
             "prompts is missing or empty). Pass the exported prompts as channel `prompts`."
         )
     every_prompt = load_prompts(channels["prompts"])
@@ -111,7 +111,9 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
     known = {part: any(v >= 0 for v in prompts[f"{part}_start"]) for part in ("question", "response")}
     # the defaults come from every prompt's values, so a category the chosen set lacks is listed as skipped
     wanted = contrasts.defaults(contrasts.column_values(every_prompt), known) + user
-    stories, stories_identity = data.load_stories(channels["tinystories"], cfg.tinystories_path, cfg.tinystories_split)
+    stories, stories_identity = data.load_control(
+        channels["control"], cfg.control_path, cfg.control_split, cfg.control_text_column
+    )
     runtime = model.pick_runtime(cfg.device, cfg.precision, job_instance=paths.instance_type())
     return Inputs(
         source,

@@ -27,7 +27,7 @@ MODEL_NAME = "roneneldan/TinyStories-33M"
 
 
 def _write_tree(base: Path, args: argparse.Namespace) -> None:
-    """Channels model, tinystories and prompts (the sample, repeated to ``args.prompts`` rows with distinct ids), and
+    """Channels model, control and prompts (the sample, repeated to ``args.prompts`` rows with distinct ids), and
     a random TopK SAE in channel sae."""
     import torch
     from datasets import concatenate_datasets, load_from_disk
@@ -38,7 +38,7 @@ def _write_tree(base: Path, args: argparse.Namespace) -> None:
 
     channels = base / "input" / "data"
     write_model_cache(channels / "model", MODEL_NAME, shape=args.shape, corpus=make_stories(400))
-    write_story_dataset(channels / "tinystories", n=max(400, args.story_tokens // 100))
+    write_story_dataset(channels / "control", n=max(400, args.story_tokens // 100))
     sample = load_from_disk(str(SAMPLE))
     copies = concatenate_datasets([sample] * (-(-args.prompts // len(sample)))).select(range(args.prompts))
     copies = copies.map(lambda row, i: {"id": f"{row['id']}-{i}"}, with_indices=True, keep_in_memory=True)

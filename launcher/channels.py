@@ -1,4 +1,4 @@
-"""Where a job's channels come from: the exported prompts, optional local copies of the model and TinyStories
+"""Where a job's channels come from: the exported prompts, optional local copies of the model and the control text
 (for network-isolated jobs), and a finished training job's model artifact (the ``sae`` channel of a viz job).
 
 Local folders are uploaded under a prefix named by their content, so the same folder is uploaded once and a changed
@@ -143,7 +143,8 @@ def check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str
     if run_prefix(then) != run_prefix(now):
         differ.append(f"run_name={then.run_name!r} there, {now.run_name!r} here")
     sources = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in earlier.get("InputDataConfig", [])}
-    for name in ("prompts", "tinystories"):  # the data in the run id (the model enters by its weights, not its source)
+    sources.setdefault("control", sources.get("tinystories", ""))  # a job from before the channel was renamed
+    for name in ("prompts", "control"):  # the data in the run id (the model enters by its weights, not its source)
         there, here = (sources.get(name) or "none").rstrip("/"), (channels.get(name) or "none").rstrip("/")
         if there != here:
             differ.append(f"channel {name}: {there} there, {here} here")
@@ -151,5 +152,5 @@ def check_same_run(job_name: str, earlier: dict[str, Any], values: dict[str, str
         raise LauncherError(
             f"--resume-from {job_name}: the settings differ ({'; '.join(differ)}), so the job would not find that "
             "run's checkpoints and would train afresh; give the same values (--set KEY=VALUE) and channels "
-            "(--prompts, --tinystories), or leave out --resume-from to start a new run"
+            "(--prompts, --control), or leave out --resume-from to start a new run"
         )

@@ -20,7 +20,7 @@ from launcher.settings import Settings
 from launcher.upload import verify_export
 
 logger = logging.getLogger(__name__)
-LOCAL_CHANNELS = ("prompts", "model", "tinystories")
+LOCAL_CHANNELS = ("prompts", "model", "control")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _sources(args: argparse.Namespace, configs: list[Any]) -> tuple[dict[str, st
     needs_prompts = args.mode == "viz" or (args.mode == "train" and any(c.prompt_ratio > 0 for c in configs))
     if needs_prompts and not args.prompts.startswith("s3://"):
         verify_export(Path(args.prompts))  # a missing or edited export fails here, not after the image is pushed
-    given = {"prompts": args.prompts if needs_prompts else None, "model": args.model, "tinystories": args.tinystories}
+    given = {"prompts": args.prompts if needs_prompts else None, "model": args.model, "control": args.control}
     sources: dict[str, str] = {}
     for name, source in given.items():
         if source and source.startswith("s3://"):
@@ -106,17 +106,29 @@ def _sources(args: argparse.Namespace, configs: list[Any]) -> tuple[dict[str, st
                 f"--model {args.model}: no models--*/refs or snapshots files in it; give a Hugging Face hub cache "
                 "(or $HF_HOME) that holds the model"
             )
-    if args.mode == "train" and args.tinystories and not args.tinystories.startswith("s3://"):
+    if args.mode == "train" and args.control and not args.control.startswith("s3://"):
         for cfg in configs:  # the job would refuse a folder without the evaluation's split, after starting
             try:
-                check_eval_split(Path(args.tinystories), cfg.tinystories_eval_split, cfg.tinystories_split)
+                check_eval_split(Path(args.control), cfg.control_eval_split, cfg.control_split)
             except ConfigError as exc:
-                raise LauncherError(f"--tinystories: {exc}") from None
+                raise LauncherError(f"--control: {exc}") from None
     return sources, model_names
+
+
+def _renamed_flags(args: argparse.Namespace) -> None:
+    """--tinystories, the old name of --control, still works until the next release, with a warning."""
+    old = getattr(args, "tinystories", None)
+    if old is None:
+        return
+    if args.control is not None:
+        raise LauncherError("--tinystories and --control are both given: --tinystories is the old name; keep --control")
+    logger.warning("--tinystories is deprecated: use --control (the old name works until the next release)")
+    args.control = old
 
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that needs no AWS call: settings, hyperparameters, sweep, instance, channels, names."""
+    _renamed_flags(args)
     settings = Settings.load(args.settings)
     settings.require("region", "role_arn", "bucket", *([] if args.image else ["image_repository"]))
     runs, values, configs = _runs(args)
@@ -125,8 +137,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)
     _check_flags(args, runs)
     sources, model_names = _sources(args, configs)
-    if args.network_isolation and args.mode != "bench" and not (args.model and args.tinystories):
-        raise LauncherError("--network-isolation: the job cannot reach the hub, so give --model and --tinystories")
+    if args.network_isolation and args.mode != "bench" and not (args.model and args.control):
+        raise LauncherError("--network-isolation: the job cannot reach the hub, so give --model and --control")
     names = jobs.job_names(args.mode, runs)
     for name in names if args.download else []:
         download_target(args.download, name)

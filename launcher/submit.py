@@ -69,12 +69,14 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="exported prompts folder, or an s3:// prefix")
     p.add_argument("--model", help="channel model: a hub-cache folder or s3:// prefix (for network isolation)")
     p.add_argument(
-        "--tinystories", help="channel tinystories: a dataset folder or s3:// prefix (train: with a validation split)"
+        "--control",
+        help="channel control, the control text: a dataset folder or s3:// prefix (train: with a validation split)",
     )
+    p.add_argument("--tinystories", help="deprecated: the old name of --control")
     p.add_argument("--from-job", help="viz: use this finished training job's SAE as channel sae")
     p.add_argument("--sae", help="viz: channel sae as an s3:// URI (a model.tar.gz or an SAE prefix)")
     p.add_argument(
-        "--network-isolation", action="store_true", help="no network in the job; needs --model and --tinystories"
+        "--network-isolation", action="store_true", help="no network in the job; needs --model and --control"
     )
     p.add_argument("--instance-type", default=jobs.DEFAULT_INSTANCE)
     p.add_argument("--volume-gb", type=int, default=50)
@@ -166,7 +168,7 @@ def _channels(
         fingerprint = read_manifest(Path(prompts))["fingerprint"]
         tags["prompts-fingerprint"] = fingerprint
         channels["prompts"] = plan.settings.s3_uri("prompts", fingerprint[:16]) + "/"
-    for name in ("model", "tinystories"):
+    for name in ("model", "control"):
         if local := plan.local(name):
             channels[name] = planned_uri(local[0], plan.settings.s3_uri("channels", name), local[1])
         elif name in plan.sources:
@@ -186,7 +188,7 @@ def _upload(plan: Plan, s3: Any, channels: dict[str, str], tags: dict[str, str])
     if prompts and not prompts.startswith("s3://"):
         expected = tags["prompts-fingerprint"]
         upload_export(Path(prompts), channels["prompts"], s3_client=s3, option=BUCKET_SETTING, expected=expected)
-    for name in ("model", "tinystories"):
+    for name in ("model", "control"):
         if local := plan.local(name):
             upload_dir(s3, local[0], channels[name], local[1])
 

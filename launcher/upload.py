@@ -1,5 +1,5 @@
 """Upload a local folder under an S3 prefix, where a job reads it as a channel: an export of the prompts, or a copy
-of the model or of TinyStories.
+of the model or of the control text.
 
 Every folder goes up the same way: its files first and, last, a record of them with their content's fingerprint,
 so a record always describes files that are completely there. The record decides: the same content already there

@@ -56,16 +56,16 @@ def tiny_assets() -> dict[str, Path]:
 
     stories = make_stories(400)
     write_model_cache(HF_HOME, corpus=stories)
-    story_dir = write_story_dataset(_SESSION_DIR / "tinystories", n=400)
+    story_dir = write_story_dataset(_SESSION_DIR / "control", n=400)
     return {"hf_home": HF_HOME, "stories": story_dir}
 
 
 def make_opt_ml(base: Path, tiny_assets: dict[str, Path]) -> Path:
-    """A SageMaker /opt/ml tree at ``base`` with channels model, tinystories and prompts (the shipped sample)."""
+    """A SageMaker /opt/ml tree at ``base`` with channels model, control and prompts (the shipped sample)."""
     channels = base / "input" / "data"
     channels.mkdir(parents=True)
     (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
-    (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
+    (channels / "control").symlink_to(tiny_assets["stories"], target_is_directory=True)
     shutil.copytree(SAMPLE_PROMPTS, channels / "prompts")
     return base
 

@@ -16,9 +16,9 @@ from container_src.config import ConfigError
 from container_src.data import (
     PackedRows,
     check_eval_split,
-    load_stories,
+    load_control,
     mixed_stream,
-    open_stories,
+    open_control,
     token_share,
 )
 from container_src.prompts import load_prompts
@@ -70,28 +70,28 @@ def test_prompts_cycle_and_order_is_seeded(many_stories: Dataset) -> None:
 
 def test_ratio_zero_is_stories_only(many_stories: Dataset) -> None:
     rows = list(islice(mixed_stream(many_stories.to_iterable_dataset(), None, 0.0, seed=1), 50))
-    assert {r["source"] for r in rows} == {"tinystories"}
+    assert {r["source"] for r in rows} == {"control"}
 
 
 def test_stories_from_jsonl_files(tmp_path: Path) -> None:
-    channel = tmp_path / "tinystories"
+    channel = tmp_path / "control"
     channel.mkdir()
     (channel / "train-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_stories(5)))
     (channel / "validation-0.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
-    stream, identity = load_stories(channel, "unused/hub-id", "train")
+    stream, identity = load_control(channel, "unused/hub-id", "train")
     rows = list(stream)
     assert len(rows) == 5 and rows[0]["text"].startswith("Once upon a time")  # the validation file is left out
     assert identity.startswith("channel:")
 
 
 def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path) -> None:
-    channel = tmp_path / "tinystories"
+    channel = tmp_path / "control"
     (channel / "data" / "train").mkdir(parents=True)
     (channel / "data" / "validation").mkdir(parents=True)
     (channel / "data" / "train" / "part-0.jsonl").write_text(json.dumps({"text": "a train story"}) + "\n")
     (channel / "data" / "validation" / "part-0.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
     (channel / "constraints.jsonl").write_text(json.dumps({"text": "not a split name"}) + "\n")
-    stream, identity = load_stories(channel, "unused", "train")
+    stream, identity = load_control(channel, "unused", "train")
     assert [r["text"] for r in stream] == ["a train story"]
 
     # SageMaker downloads a channel anew on a restart: new modification times, same content, same identity
@@ -99,9 +99,9 @@ def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path
     shutil.copytree(channel, copy, copy_function=shutil.copy)
     for path in copy.rglob("*.jsonl"):
         os.utime(path, (1, 1))
-    assert load_stories(copy, "unused", "train")[1] == identity
+    assert load_control(copy, "unused", "train")[1] == identity
     (copy / "data" / "train" / "part-0.jsonl").write_text(json.dumps({"text": "another story"}) + "\n")
-    assert load_stories(copy, "unused", "train")[1] != identity
+    assert load_control(copy, "unused", "train")[1] != identity
 
 
 def test_the_evaluation_split_must_be_there(tmp_path: Path) -> None:
@@ -109,42 +109,42 @@ def test_the_evaluation_split_must_be_there(tmp_path: Path) -> None:
     files = tmp_path / "files"
     files.mkdir()
     (files / "stories.jsonl").write_text(json.dumps({"text": "a story"}) + "\n")
-    assert [r["text"] for r in open_stories(files, "unused", "validation")] == ["a story"]
+    assert [r["text"] for r in open_control(files, "unused", "validation")] == ["a story"]
     check_eval_split(files, "train", "train")  # evaluating on the training split is allowed (with a warning)
     with pytest.raises(ConfigError, match="no data file or folder is named for split 'validation'"):
         check_eval_split(files, "validation", "train")
     (files / "validation.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
     check_eval_split(files, "validation", "train")
-    assert [r["text"] for r in open_stories(files, "unused", "validation")] == ["held out"]
+    assert [r["text"] for r in open_control(files, "unused", "validation")] == ["held out"]
     Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "one"))
     with pytest.raises(ConfigError, match="holds one dataset, without splits, so no 'validation' split"):
         check_eval_split(tmp_path / "one", "validation", "train")
     DatasetDict(train=Dataset.from_dict({"text": ["x"]})).save_to_disk(str(tmp_path / "dict"))
-    with pytest.raises(ConfigError, match=r"has no 'validation' split \(\['train'\]\).*tinystories_eval_split='train'"):
+    with pytest.raises(ConfigError, match=r"has no 'validation' split \(\['train'\]\).*control_eval_split='train'"):
         check_eval_split(tmp_path / "dict", "validation", "train")
     DatasetDict(train=Dataset.from_dict({"text": ["x"]}), validation=Dataset.from_dict({"text": ["y"]})).save_to_disk(
         str(tmp_path / "both")
     )
     check_eval_split(tmp_path / "both", "validation", "train")
-    assert [r["text"] for r in open_stories(tmp_path / "both", "unused", "validation")] == ["y"]
+    assert [r["text"] for r in open_control(tmp_path / "both", "unused", "validation")] == ["y"]
 
 
 def test_stories_without_text_column(tmp_path: Path) -> None:
     Dataset.from_dict({"story": ["x"]}).save_to_disk(str(tmp_path / "s"))
-    with pytest.raises(ConfigError, match="no `text` column"):
-        load_stories(tmp_path / "s", "unused", "train")
+    with pytest.raises(ConfigError, match="no 'text' column"):
+        load_control(tmp_path / "s", "unused", "train")
     Dataset.from_dict({"text": [[1, 2]]}).save_to_disk(str(tmp_path / "n"))
-    with pytest.raises(ConfigError, match="column `text` holds list"):
-        load_stories(tmp_path / "n", "unused", "train")
+    with pytest.raises(ConfigError, match="column 'text' holds list"):
+        load_control(tmp_path / "n", "unused", "train")
     Dataset.from_dict({"text": []}).save_to_disk(str(tmp_path / "e"))
-    with pytest.raises(ConfigError, match=r"channel tinystories: .* is empty"):
-        load_stories(tmp_path / "e", "unused", "train")
+    with pytest.raises(ConfigError, match=r"channel control: .* is empty"):
+        load_control(tmp_path / "e", "unused", "train")
 
 
 def test_hub_stories_offline_says_what_to_do() -> None:
     with pytest.raises(ConfigError) as err:
-        load_stories(None, "roneneldan/TinyStories", "train")
-    assert "channel `tinystories`" in str(err.value)
+        load_control(None, "roneneldan/TinyStories", "train")
+    assert "channel `control`" in str(err.value)
 
 
 def test_token_share_weighs_documents_by_length(many_stories: Dataset) -> None:
@@ -202,7 +202,7 @@ def test_worker_rows_are_packed_rows_in_order(tiny_assets: dict[str, Path], tmp_
     from container_src.store import WorkerRows, packed_store
 
     lm, runner_cfg = _tiny_lm_and_config(tmp_path)
-    stories, _ = load_stories(tiny_assets["stories"], "unused", "train")
+    stories, _ = load_control(tiny_assets["stories"], "unused", "train")
     stream = mixed_stream(stories, load_prompts(SAMPLE_PROMPTS), 0.3, seed=7)
     rows = PackedRows(stream, lm, runner_cfg)
     expected = torch.stack([row["input_ids"] for row in rows])

@@ -42,13 +42,13 @@ def _empty_prompts_folder(base: Path) -> None:
 
 
 def _empty_stories_channel(base: Path) -> None:
-    stories = base / "input" / "data" / "tinystories"
+    stories = base / "input" / "data" / "control"
     stories.unlink()
     stories.mkdir()
 
 
 def _stories_without_validation_split(base: Path) -> None:
-    stories = base / "input" / "data" / "tinystories"
+    stories = base / "input" / "data" / "control"
     stories.unlink()
     Dataset.from_dict({"text": ["Once upon a time."] * 50}).save_to_disk(str(stories))
 
@@ -60,7 +60,7 @@ def _model_channel_without_the_model(base: Path) -> None:
 
 
 def _model_channel_without_stories_channel(base: Path) -> None:
-    (base / "input" / "data" / "tinystories").unlink()
+    (base / "input" / "data" / "control").unlink()
 
 
 def _hyperparameters_not_json(base: Path) -> None:
@@ -76,19 +76,19 @@ CASES: list[tuple[str, dict[str, str], Callable[[Path], None] | None, list[str]]
     ("prompts without text", {}, _prompts_without_text, ["channel prompts", "no text column", "answer, prompt"]),
     ("empty prompts", {}, _empty_prompts, ["channel prompts", "0 rows"]),
     ("empty prompts folder", {}, _empty_prompts_folder, ["prompt_ratio=0.1", "prompts is missing or empty"]),
-    ("empty channel folder", {}, _empty_stories_channel, ["channel tinystories", "is empty; put the data in it"]),
+    ("empty channel folder", {}, _empty_stories_channel, ["channel control", "is empty; put the data in it"]),
     (
         "stories without the evaluation's split",
         {},
         _stories_without_validation_split,
-        ["channel tinystories", "no 'validation' split", "tinystories_eval_split='train'"],
+        ["channel control", "no 'validation' split", "control_eval_split='train'"],
     ),
     ("model channel lacks the model", {}, _model_channel_without_the_model, ["channel model", "models--someone--else"]),
     (
         "hub off but stories from the hub",
         {},
         _model_channel_without_stories_channel,
-        ["turns the Hugging Face hub off", "channel `tinystories`"],
+        ["turns the Hugging Face hub off", "channel `control`"],
     ),
 ]
 

@@ -61,7 +61,7 @@ def test_no_heldout_prompt_reaches_a_training_batch(
     channels = base / "input" / "data"
     channels.mkdir(parents=True)
     (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
-    (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
+    (channels / "control").symlink_to(tiny_assets["stories"], target_is_directory=True)
     Dataset.from_dict({"id": ids, "text": texts, "category": categories}).save_to_disk(str(channels / "prompts"))
 
     cfg = TrainConfig(heldout_prompt_fraction=0.25, seed=5, prompt_ratio=0.5, log_to_wandb=False, device="cpu")

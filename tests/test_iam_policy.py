@@ -171,7 +171,7 @@ def test_s3_objects_only_under_the_launchers_prefix(policies: dict[str, dict[str
     job_name = jobs.job_names("train", [{}])[0]
     written = [
         SETTINGS.s3_uri("prompts", "0123456789abcdef", "manifest.json"),
-        SETTINGS.s3_uri("channels", "tinystories", "0123456789abcdef", "data", "train.jsonl"),
+        SETTINGS.s3_uri("channels", "control", "0123456789abcdef", "data", "train.jsonl"),
         SETTINGS.s3_uri("checkpoints", job_name, "step-00000400", "cfg.json"),
         SETTINGS.s3_uri("jobs", job_name, "output", "model.tar.gz"),
     ]

@@ -226,7 +226,7 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "bench", "--set", "n_features=5"], {}, "'n_features' (from the hyperparameters) belongs to viz"),
         (["--mode", "train", "--spot", "--max-run", "7200", "--max-wait", "3600"], {}, "at least --max-run"),
         (["--mode", "train", "--prompts", "/nonexistent/export"], {}, "export the prompts first"),
-        (["--mode", "train", "--network-isolation"], {}, "give --model and --tinystories"),
+        (["--mode", "train", "--network-isolation"], {}, "give --model and --control"),
         (["--mode", "train", "--set", "k=32", "--set", "k=64"], {}, "--set k: given twice ('32' and '64')"),
         (
             ["--mode", "train", "--set", "config=run.json"],
@@ -239,7 +239,14 @@ def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: py
         (["--mode", "viz", "--sae", "saes/run1"], {}, "--sae 'saes/run1': expected s3://BUCKET/KEY"),
         (["--mode", "viz", "--sae", "s3://b/"], {}, "expected s3://BUCKET/KEY"),
         (["--mode", "train", "--prompts", "s3://b"], {}, "--prompts: 's3://b': expected s3://BUCKET/PREFIX"),
-        (["--mode", "train", "--tinystories", "s3:///x"], {}, "--tinystories: 's3:///x' is not an S3 URI"),
+        (["--mode", "train", "--control", "s3:///x"], {}, "--control: 's3:///x' is not an S3 URI"),
+        # --tinystories is --control's old name: it is read as --control, and both at once is refused
+        (["--mode", "train", "--tinystories", "s3:///x"], {}, "--control: 's3:///x' is not an S3 URI"),
+        (
+            ["--mode", "train", "--tinystories", "s3://b/old/", "--control", "s3://b/new/"],
+            {},
+            "--tinystories and --control are both given",
+        ),
         # a folder that is not a hub cache (here the prompt export), refused before the job would refuse it
         (["--mode", "train", "--model", "EXPORT"], {}, "is not a Hugging Face hub-cache layout"),
         (["--settings", "launcher/settings.toml", "push"], {}, "push: an action comes first"),
@@ -273,13 +280,13 @@ def test_stories_without_the_evaluation_split_are_refused_before_upload(
     from container_src.synthetic import write_story_dataset
 
     one = write_story_dataset(tmp_path / "one", n=20, validation=0)  # one dataset, no splits
-    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--tinystories", str(one)]
-    assert _refused(aws, capsys, caplog, argv, "--tinystories: channel tinystories") == []
-    assert "so no 'validation' split" in caplog.text and "tinystories_eval_split='train'" in caplog.text
+    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--control", str(one)]
+    assert _refused(aws, capsys, caplog, argv, "--control: channel control") == []
+    assert "so no 'validation' split" in caplog.text and "control_eval_split='train'" in caplog.text
     # the same folder evaluated on its training stories, by choice, and a folder with both splits, pass the check
     both = write_story_dataset(tmp_path / "both")
-    for folder, extra in ((one, ["--set", "tinystories_eval_split=train"]), (both, [])):
-        argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--tinystories", str(folder)]
+    for folder, extra in ((one, ["--set", "control_eval_split=train"]), (both, [])):
+        argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--control", str(folder)]
         code, _ = _run(capsys, *argv, *extra, "--dry-run")
         assert code == 0, caplog.text
 
@@ -996,7 +1003,7 @@ def test_a_model_cache_uploads_only_what_the_job_reads(
     (other / "model.safetensors").write_bytes(b"\0" * 1000)
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae:v1"
     argv = ["--mode", "train", "--set", "preset=smoke", "--network-isolation", "--model", str(home), "--image", image]
-    code, out = _run(capsys, *argv, "--tinystories", str(tiny_assets["stories"]), "--prompts", str(export))
+    code, out = _run(capsys, *argv, "--control", str(tiny_assets["stories"]), "--prompts", str(export))
     assert code == 0, caplog.text
     [name] = _job_names(out)
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in _job(name)["InputDataConfig"]}
@@ -1026,7 +1033,7 @@ def test_a_local_channel_goes_up_once_with_its_record_beside_it(aws: dict[str, A
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=aws["bucket"])
-    uri = planned_uri(folder, f"s3://{aws['bucket']}/channels/tinystories", files)
+    uri = planned_uri(folder, f"s3://{aws['bucket']}/channels/control", files)
     prefix = uri.split("/", 3)[3]
     fingerprint = prefix.rstrip("/").rsplit("/", 1)[1]
 

@@ -184,7 +184,7 @@ def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(container_src.data, "mixed_stream", spy)
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
     assert _run_in_process(opt_ml, monkeypatch) == 0
-    splits: Any = load_from_disk(str(opt_ml / "input" / "data" / "tinystories"))
+    splits: Any = load_from_disk(str(opt_ml / "input" / "data" / "control"))
     (train_seed, trained), (eval_seed, evaluated) = streams
     assert trained == splits["train"]["text"][:3] and evaluated == splits["validation"]["text"][:3]
     assert eval_seed == train_seed + 1

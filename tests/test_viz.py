@@ -83,7 +83,7 @@ def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     acts[n_p : n_p + int(0.3 * n_s), 1] = 2.0
     acts[10:30, 3] = 3.0
     group = torch.cat([torch.full((n_p // 2,), 1), torch.full((n_p // 2,), 2), torch.zeros(n_s, dtype=torch.long)])
-    stats = FeatureStats(4, ["tinystories", "official narrative", "refusal"], top_k=2, device="cpu")
+    stats = FeatureStats(4, ["control", "official narrative", "refusal"], top_k=2, device="cpu")
     stats.add(acts[:n_p], group[:n_p], torch.arange(n_p))
     stats.add(acts[n_p:], group[n_p:])
     rows = rank(stats)
@@ -104,7 +104,7 @@ def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
 def test_ranking_is_not_biased_by_unequal_token_counts() -> None:
     # 200k story tokens, a category of 98k prompt tokens and one of 2k. Feature 0 fires on 50 tokens of the large
     # category only; feature 1 never fires; feature 2 fires on 1% of every source.
-    stats = FeatureStats(3, ["tinystories", "big", "small"], top_k=1, device="cpu")
+    stats = FeatureStats(3, ["control", "big", "small"], top_k=1, device="cpu")
     for group, n in ((0, 200_000), (1, 98_000), (2, 2_000)):
         acts = torch.zeros(n, 3)
         acts[: n // 100, 2] = 1.0
@@ -197,7 +197,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory, tiny_assets: dict[str, Pat
     channels = base / "input" / "data"
     channels.mkdir(parents=True)
     (channels / "model").symlink_to(tiny_assets["hf_home"], target_is_directory=True)
-    (channels / "tinystories").symlink_to(tiny_assets["stories"], target_is_directory=True)
+    (channels / "control").symlink_to(tiny_assets["stories"], target_is_directory=True)
     _planted_prompts(channels / "prompts")
     # trained on every prompt, so that viz reads all 60 whatever its prompt set
     hyperparameters = {**TINY_RUN, "prompt_ratio": "0.3", "training_tokens": "32768", "heldout_prompt_fraction": "0"}
