@@ -104,12 +104,14 @@ class ContainerPaths:
         return path
 
     def model_inputs(self, model_name: str) -> dict[str, Path | None]:
-        """Channels ``prompts``, ``model`` and ``tinystories``. A ``model`` channel turns the hub off for the rest
-        of the process, so it must come before the first import of the HF libraries, which read the setting once."""
+        """Channels ``prompts``, ``model`` and ``tinystories``; ``model_name``: the weights' hub id. A ``model``
+        channel (a hub cache, or a plain model folder) turns the hub off for the rest of the process, so it must
+        come before the first import of the HF libraries, which read the setting once."""
         channels = {name: self.channel(name) for name in ("prompts", "model", "tinystories")}
         model_channel = channels["model"]
         if model_channel is not None:
-            os.environ.update(hub_cache_env(model_channel, model_name))
+            plain = (model_channel / "config.json").is_file()
+            os.environ.update(hub_env(model_channel) if plain else hub_cache_env(model_channel, model_name))
             logger.info("channel model: loading %s from %s with the hub off", model_name, model_channel)
             if channels["tinystories"] is None:
                 raise ConfigError(
