@@ -23,6 +23,7 @@ from container_src.model_shapes import SHAPES
 
 ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
+PROMPT_FORMATS = ("auto", "chat", "plain")
 
 
 def _need(cfg: object, ok: bool, key: str, why: str) -> None:
@@ -68,7 +69,20 @@ class TrainConfig(RunConfig):
     """Everything `train` needs. Field names follow SAE-Lens where SAE-Lens has one."""
 
     model_name: str = "roneneldan/TinyStories-33M"
-    """HF model id, loaded with TransformerLens's `from_pretrained` (from channel `model` when present)."""
+    """TransformerLens architecture to load (a name on its list); its own weights unless `model_weights` is set."""
+    model_weights: str = ""
+    """Hugging Face id of the weights to load into `model_name`'s architecture; empty for `model_name`'s own.
+
+    A `model` channel holding a plain model folder (config.json, safetensors, tokenizer) supplies the weights
+    itself; a hub-cache channel must hold this id. Their config.json is checked against the architecture first."""
+    prompt_format: str = "auto"
+    """How prompts are rendered: `chat` (the tokenizer's chat template), `plain`, or `auto` (chat where it has one).
+
+    Chat renders the question as the user turn and the response as the assistant turn; viz renders the same way."""
+    chat_thought: bool = False
+    """Render each prompt's `thought` column inside `reasoning_markers` before the response (chat format only)."""
+    reasoning_markers: str = "<think>,</think>"
+    """The model's reasoning markers, opening and closing, comma-separated."""
     hook_name: str = "blocks.2.mlp.hook_post"
     """TransformerLens hook to train on. Its width (d_in) is read from the model, never configured."""
     architecture: str = "topk"
@@ -164,6 +178,7 @@ class TrainConfig(RunConfig):
         def need(ok: bool, key: str, why: str) -> None:
             _need(self, ok, key, why)
 
+        need(self.prompt_format in PROMPT_FORMATS, "prompt_format", f"must be one of {', '.join(PROMPT_FORMATS)}")
         need(self.architecture in ARCHITECTURES, "architecture", f"must be one of {', '.join(ARCHITECTURES)}")
         need(self.expansion_factor >= 1, "expansion_factor", "must be at least 1")
         need(self.d_sae is None or self.d_sae >= 1, "d_sae", "must be at least 1")
@@ -257,6 +272,8 @@ class VizConfig(RunConfig):
     """Top-activating prompt snippets listed per feature in features.csv and features.json."""
     model_name: str | None = None
     """Model to load; the one named in the SAE's metadata when empty."""
+    model_weights: str | None = None
+    """Weights to load into `model_name`'s architecture; those in the SAE's metadata when empty (`model_weights`)."""
     prompt_set: str = "heldout"
     """Which prompts viz reads: `heldout` (those train held out), `train` (those it trained on) or `all`.
 

@@ -104,16 +104,32 @@ def pick_runtime(
     return Runtime(device=device, device_name=name, autocast=autocast, compile_sae=compile_sae)
 
 
-def load_model(model_name: str, device: str, channel: Path | None = None, fused: bool = False) -> HookedTransformer:
+def load_model(
+    model_name: str,
+    device: str,
+    channel: Path | None = None,
+    fused: bool = False,
+    source: str | None = None,
+    tokenizer: object = None,
+) -> HookedTransformer:
     """The model through SAE-Lens's own loader (TransformerLens ``from_pretrained_no_processing``), with the fused
-    kernels of container_src/fused.py when ``fused``.
+    kernels of container_src/fused.py when ``fused``. ``source`` (from :func:`container_src.weights.weights_source`,
+    already checked against ``model_name``): other weights of that architecture, loaded from their own folder with
+    ``tokenizer``.
 
     The same call serves the hub and a hub-cache channel; the caller sets the HF environment before import.
     """
     from sae_lens.load_model import load_model as sae_lens_load_model
 
+    from container_src.weights import load_hooked
+
     try:
-        model = sae_lens_load_model("HookedTransformer", model_name, device=device)
+        if source is not None:
+            model = load_hooked(source, tokenizer, device)
+        else:
+            model = sae_lens_load_model("HookedTransformer", model_name, device=device)
+    except ConfigError:
+        raise
     except Exception as exc:  # missing files, corrupt weights, no network: each a problem with the input
         reason = f"{type(exc).__name__}: {exc}"
         if channel is not None:

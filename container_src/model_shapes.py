@@ -30,3 +30,40 @@ SHAPES = {
         hidden_size=768, num_layers=4, num_heads=16, max_position_embeddings=2048, vocab_size=50257
     ),
 }
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes of a published model, as its config.json gives them: what `weights` checks a run's weights
+    against, and what `sizing` estimates the memory of, with no network and no weights at hand."""
+
+    model_type: str
+    layers: int
+    d_model: int
+    d_mlp: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    dtype_bytes: int
+    """Bytes per weight in the published dtype (bf16: 2, fp32: 4)."""
+
+
+ARCHITECTURES = {
+    # the published config.json of each (Hugging Face hub)
+    "Qwen/Qwen3-8B": Architecture("qwen3", 36, 4096, 12288, 32, 8, 151936, 2),
+    "Qwen/Qwen3-0.6B": Architecture("qwen3", 28, 1024, 3072, 16, 8, 151936, 2),
+    "roneneldan/TinyStories-33M": Architecture("gpt_neo", 4, 768, 3072, 16, 16, 50257, 4),
+}
+
+FAMILIES = {
+    # TransformerLens name prefix -> the model_type of every model under it, for an architecture not in the table
+    "Qwen/Qwen3-": "qwen3",
+    "Qwen/Qwen2.5-": "qwen2",
+    "Qwen/Qwen2-": "qwen2",
+    "roneneldan/TinyStories-": "gpt_neo",
+    "EleutherAI/gpt-neo-": "gpt_neo",
+    "EleutherAI/pythia-": "gpt_neox",
+    "meta-llama/": "llama",
+    "gpt2": "gpt2",
+    "google/gemma-2-": "gemma2",
+}

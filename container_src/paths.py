@@ -106,13 +106,15 @@ class ContainerPaths:
         return path
 
     def model_inputs(self, model_name: str) -> dict[str, Path | None]:
-        """Channels ``prompts``, ``model`` and ``control``. A ``model`` channel turns the hub off for the rest
-        of the process, so it must come before the first import of the HF libraries, which read the setting once."""
+        """Channels ``prompts``, ``model`` and ``control``; ``model_name``: the weights' hub id. A ``model``
+        channel (a hub cache, or a plain model folder) turns the hub off for the rest of the process, so it must
+        come before the first import of the HF libraries, which read the setting once."""
         channels = {name: self.channel(name) for name in ("prompts", "model")}
         channels["control"] = self.control_channel()
         model_channel = channels["model"]
         if model_channel is not None:
-            os.environ.update(hub_cache_env(model_channel, model_name))
+            plain = (model_channel / "config.json").is_file()
+            os.environ.update(hub_env(model_channel) if plain else hub_cache_env(model_channel, model_name))
             logger.info("channel model: loading %s from %s with the hub off", model_name, model_channel)
             if channels["control"] is None:
                 raise ConfigError(

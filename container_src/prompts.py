@@ -8,6 +8,7 @@ import json
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HELDOUT_FILE = "heldout_prompts.json"  # beside the SAE in model/: which prompts train never saw
-SPAN_COLUMNS = ("question_start", "question_end", "response_start", "response_end")
-"""Character offsets into ``text``, end exclusive; -1 where a part is unknown (a text-only export)."""
+SPAN_COLUMNS = ("question_start", "question_end", "response_start", "response_end", "thought_start", "thought_end")
+"""Character offsets into ``text``, end exclusive; -1 where a part is unknown (a text-only export) or absent (the
+thought, outside chat rendering with ``chat_thought``)."""
 
 
 def _text_and_spans(row: dict[str, Any], has_text: bool) -> dict[str, Any]:
@@ -42,9 +44,10 @@ def _text_and_spans(row: dict[str, Any], has_text: bool) -> dict[str, Any]:
     return {"text": text, **spans}
 
 
-def load_prompts(channel: Path) -> Dataset:
+def load_prompts(channel: Path, render: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Dataset:
     """The prompts channel with a ``text`` column (its own, else question, blank line, response), the span columns
-    of ``SPAN_COLUMNS``, and every other column as exported (id, category, censored, subject, …).
+    of ``SPAN_COLUMNS``, and every other column as exported (id, category, censored, subject, …). ``render`` (a
+    :class:`container_src.chat.Renderer`) makes the text and spans of rows with a question and a response instead.
 
     Work stays in memory: a channel is input, and datasets would otherwise write cache files into it.
     """
@@ -60,8 +63,11 @@ def load_prompts(channel: Path) -> Dataset:
             f"found {', '.join(sorted(columns)) or 'no columns'}"
         )
     clashing = [c for c in SPAN_COLUMNS if c in columns]
+    if render is not None and not {"question", "response"} <= columns:
+        logger.warning("channel prompts: no question and response columns, so the text is used as written")
+        render = None
     ds = ds.map(
-        lambda row: _text_and_spans(row, "text" in columns),
+        lambda row: render(row) if render is not None else _text_and_spans(row, "text" in columns),
         remove_columns=clashing,
         keep_in_memory=True,
     )

@@ -11,13 +11,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-PART_SPANS = {"question": ("question_start", "question_end"), "response": ("response_start", "response_end")}
+PART_SPANS = {
+    "question": ("question_start", "question_end"),
+    "response": ("response_start", "response_end"),
+    "thought": ("thought_start", "thought_end"),
+}
 
 
 @dataclass(frozen=True)
 class PromptRows:
     """``tokens`` [n, context]; ``docs`` the row's prompt index on its prompt's tokens, -1 on BOS and padding;
-    ``parts`` per part (prompt, question, response) which positions belong to it."""
+    ``parts`` per part (prompt, question, response, thought) which positions belong to it."""
 
     tokens: torch.Tensor
     docs: torch.Tensor
@@ -44,7 +48,7 @@ def prompt_rows(
 
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     rows_tokens: list[list[int]] = []
-    rows_parts: dict[str, list[list[bool]]] = {"prompt": [], "question": [], "response": []}
+    rows_parts: dict[str, list[list[bool]]] = {"prompt": [], **{part: [] for part in PART_SPANS}}
     taken = 0
     for start in range(0, len(texts), 256):
         if taken >= max_tokens:

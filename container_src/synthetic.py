@@ -48,7 +48,7 @@ def make_stories(n: int, seed: int = 0) -> list[str]:
     return stories
 
 
-def _train_tokenizer(corpus: list[str], vocab_size: int):
+def train_tokenizer(corpus: list[str], vocab_size: int):
     """A byte-level BPE tokenizer wrapped for transformers; GPT-2 style, with <|endoftext|> as bos/eos/pad."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -92,7 +92,7 @@ def write_model_cache(
     import torch
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    tokenizer = _train_tokenizer(corpus or make_stories(400, seed), _TOKENIZER_VOCAB)
+    tokenizer = train_tokenizer(corpus or make_stories(400, seed), _TOKENIZER_VOCAB)
     torch.manual_seed(seed)
     special_id = tokenizer.get_vocab()["<|endoftext|>"]
     config = GPTNeoConfig(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from container_src import checkpoints, data, evaluate, model, plots, records
+from container_src import chat, checkpoints, data, evaluate, model, plots, records, weights
 from container_src.config import ConfigError, Resolved, TrainConfig
 from container_src.interrupt import StopRequest
 from container_src.paths import ContainerPaths, wandb_key
@@ -47,6 +47,8 @@ class Inputs:
     channels: dict[str, Path | None]
     runtime: model.Runtime
     wandb_mode: str
+    weights: weights.Weights
+    rendering: chat.Rendering
 
 
 @dataclass
@@ -93,9 +95,11 @@ def _wandb_environment(cfg: TrainConfig, wandb_dir: Path) -> str:
 
 def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
     """Everything that can fail cheaply: channels, datasets, hardware, W&B. Nothing heavy is loaded yet."""
-    channels = paths.model_inputs(cfg.model_name)
+    channels = paths.model_inputs(cfg.model_weights or cfg.model_name)
     # the host first: a GPU the image cannot use ends the run before any data is read
     runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type())
+    lm_weights = weights.prepare(cfg.model_name, cfg.model_weights, channels["model"], cfg.prompt_format != "plain")
+    rendering = chat.choose(cfg.prompt_format, cfg.chat_thought, cfg.reasoning_markers, lm_weights.tokenizer)
     stories_channel, prompts_channel = channels["control"], channels["prompts"]
     if cfg.prompt_ratio > 0 and prompts_channel is None:
         raise ConfigError(
@@ -104,7 +108,8 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
             "Export the prompt collection and pass it as channel `prompts`, or set prompt_ratio=0 to train on "
             "the control text alone."
         )
-    prompts = load_prompts(prompts_channel) if prompts_channel and cfg.prompt_ratio > 0 else None
+    renderer = chat.Renderer(rendering, lm_weights.tokenizer) if rendering.format == "chat" else None
+    prompts = load_prompts(prompts_channel, renderer) if prompts_channel and cfg.prompt_ratio > 0 else None
     if prompts_channel and cfg.prompt_ratio == 0:
         logger.warning("prompt_ratio=0: the prompts channel is ignored")
     split = _split_prompts(cfg, prompts)
@@ -125,6 +130,8 @@ def prepare_inputs(cfg: TrainConfig, paths: ContainerPaths) -> Inputs:
         channels=channels,
         runtime=runtime,
         wandb_mode=_wandb_environment(cfg, paths.output_dir / "data" / "wandb"),
+        weights=lm_weights,
+        rendering=rendering,
     )
 
 
@@ -168,7 +175,14 @@ def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
     """Load the model, derive the SAE's size, and find the run's id and its newest whole checkpoint."""
     runtime = inputs.runtime
     logger.info("loading %s on %s (%s)", cfg.model_name, runtime.device_name, runtime.precision)
-    lm = model.load_model(cfg.model_name, runtime.device, inputs.channels["model"], cfg.fused_lm)
+    lm = model.load_model(
+        cfg.model_name,
+        runtime.device,
+        inputs.channels["model"],
+        cfg.fused_lm,
+        inputs.weights.source,
+        inputs.weights.tokenizer,
+    )
     d_in = model.hook_width(lm, cfg.hook_name)
     d_sae = cfg.sae_width(d_in)
     model.check_context(lm, cfg.context_size)
@@ -205,6 +219,9 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
         cfg, run.d_in, run.d_sae, inputs.runtime, _wandb_id(run.run_dir, run.resume), run.run_dir, staging, run.resume
     )
     sae_runner = runner.make_runner(cfg, runner_cfg, inputs.runtime, run.lm, inputs.stream, run.metric_log)
+    # beside SAE-Lens's model_name (the architecture) in cfg.json: whose weights, and how prompts were rendered
+    sae_runner.sae.cfg.metadata.model_weights = inputs.weights.name
+    sae_runner.sae.cfg.metadata.prompt_rendering = inputs.rendering.record()
     # Evaluations (W&B's during training, ours at the end) read a stream of their own, of held-out stories, so
     # they never take rows from training: what trains is then the same with or without prefetching, and with or
     # without W&B. Its prompts are the training prompts: the held-out ones are evaluated by themselves at the end.
@@ -286,6 +303,9 @@ def _write_records(
         "prompts_trained_on": len(inputs.split.train_rows) if inputs.split else 0,
         "prompts_held_out": len(inputs.split.heldout_rows) if inputs.split else 0,
         "channels": {name: str(path) if path else None for name, path in inputs.channels.items()},
+        "model_weights": inputs.weights.name,
+        "weights_source": inputs.weights.source or inputs.weights.name,
+        "prompt_rendering": inputs.rendering.record(),
     }
     flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     records.emit_metrics({"final": 1, **flat, **evaluate.metric_fields(metrics["evaluation_by_source"])})

@@ -24,7 +24,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from container_src import contrast_stats, contrasts, dashboards, data, model, prompt_set, records, sae_input
+from container_src import (
+    chat,
+    contrast_stats,
+    contrasts,
+    dashboards,
+    data,
+    model,
+    prompt_set,
+    records,
+    sae_input,
+    weights,
+)
 from container_src.config import ConfigError, Resolved, VizConfig
 from container_src.corpus import Corpus, pack_corpus
 from container_src.feature_batches import Batches, autocast
@@ -57,6 +68,7 @@ class Inputs:
     stories: IterableDataset
     stories_identity: str
     runtime: model.Runtime
+    weights: weights.Weights
 
     @property
     def hook_name(self) -> str:
@@ -98,13 +110,18 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
             f"features={cfg.features!r}: {out_of_range} out of range; this SAE has {d_sae} (0-{d_sae - 1})"
         )
     model_name = cfg.model_name or meta["model_name"]
-    channels = paths.model_inputs(model_name)
+    model_weights = cfg.model_weights if cfg.model_weights is not None else str(meta.get("model_weights") or "")
+    channels = paths.model_inputs(model_weights or model_name)
+    # rendered as train rendered them, so the features read the text they were trained on
+    rendering = chat.Rendering.from_record(meta.get("prompt_rendering"))
+    lm_weights = weights.prepare(model_name, model_weights, channels["model"], rendering.format == "chat")
     if channels["prompts"] is None:
         raise ConfigError(
             f"viz compares the prompts with the control text, and there is no prompts channel ({paths.base}/input/data/"
             "prompts is missing or empty). Pass the exported prompts as channel `prompts`."
         )
-    every_prompt = load_prompts(channels["prompts"])
+    renderer = chat.Renderer(rendering, lm_weights.tokenizer) if rendering.format == "chat" else None
+    every_prompt = load_prompts(channels["prompts"], renderer)
     user = contrasts.parse(cfg.contrasts)
     contrasts.check_against(user, contrasts.column_values(every_prompt))
     prompts, chosen = prompt_set.select(every_prompt, cfg.prompt_set, sae_dir)
@@ -127,6 +144,7 @@ def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs
         stories,
         stories_identity,
         runtime,
+        lm_weights,
     )
 
 
@@ -136,7 +154,13 @@ def load_models(cfg: VizConfig, inputs: Inputs) -> Models:
     logger.info(
         "loading %s on %s (%s) for SAE %s", inputs.model_name, runtime.device_name, runtime.precision, inputs.sae_dir
     )
-    lm = model.load_model(inputs.model_name, runtime.device, inputs.model_channel)
+    lm = model.load_model(
+        inputs.model_name,
+        runtime.device,
+        inputs.model_channel,
+        source=inputs.weights.source,
+        tokenizer=inputs.weights.tokenizer,
+    )
     model.check_hook(lm, hook_name)
     width = model.hook_width(lm, hook_name)
     if width != sae_cfg["d_in"]:
@@ -292,6 +316,8 @@ def summarize(
         "sae": {
             "source": str(inputs.source),
             "model_name": inputs.model_name,
+            "model_weights": inputs.weights.name,
+            "prompt_rendering": chat.Rendering.from_record(inputs.sae_cfg["metadata"].get("prompt_rendering")).record(),
             "hook_name": inputs.hook_name,
             "d_in": inputs.sae_cfg["d_in"],
             "d_sae": inputs.sae_cfg["d_sae"],

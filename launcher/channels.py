@@ -56,7 +56,10 @@ def check_local_dir(name: str, folder: Path) -> Path:
 def model_files(folder: Path, model_names: set[str] | None) -> list[Path]:
     """What a job reads of a hub-cache ``--model`` folder: ``refs/`` and ``snapshots/`` of each model named (of every
     model when a run names none). Not ``blobs/``: the snapshots' files are links to it, uploaded as the files they
-    point at, so both would send every file twice. Nor the other models a user's own cache holds."""
+    point at, so both would send every file twice. Nor the other models a user's own cache holds. A plain model
+    folder (config.json at its top) is sent whole."""
+    if (folder / "config.json").is_file():
+        return sorted(p for p in folder.rglob("*") if p.is_file())
     hub = folder / "hub" if (folder / "hub").is_dir() else folder
     entries = (
         [hub / hub_cache_entry(name) for name in sorted(model_names)]

@@ -146,12 +146,15 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def _check_model_cache(folder: Path, configs: list[Any]) -> set[str] | None:
-    """A local --model folder must hold each run's model in the hub-cache layout, which the job would check only
-    once it had started. Returns the models the runs name, or None when one names none (viz then takes the SAE's
-    model, known only in the job)."""
+    """A local --model folder must be a plain model folder (config.json at its top: every file is sent), or hold
+    each run's weights (``model_weights``, else ``model_name``) in the hub-cache layout, which the job would check
+    only once it had started. Returns the hub-cache entries the runs name, or None for a plain folder and when one
+    names none (viz then takes the SAE's model, known only in the job)."""
+    if (folder / "config.json").is_file():
+        return None
     names: set[str] = set()
     for cfg in configs:
-        model_name = getattr(cfg, "model_name", None)
+        model_name = getattr(cfg, "model_weights", None) or getattr(cfg, "model_name", None)
         if not model_name:
             return None
         try:

@@ -94,7 +94,7 @@ def test_spans_inside_a_templated_text_and_unknown_without_parts(tmp_path: Path)
     # the response is searched for after the question, not inside it
     assert first["text"][first["question_start"] : first["question_end"]] == "Why? It is so."
     assert (first["response_start"], first["response_end"]) == (32, 41)
-    assert [second[c] for c in SPAN_COLUMNS] == [-1, -1, -1, -1]
+    assert [second[c] for c in SPAN_COLUMNS] == [-1] * len(SPAN_COLUMNS)
 
 
 def _prompts(categories: dict[str, int]) -> Dataset:
