@@ -86,8 +86,9 @@ def run_module(module: str, max_children: int) -> dict[str, object]:
         counts[status] = counts.get(status, 0) + 1
     survivors = {name: diff(work, name) for name, status in sorted(statuses.items()) if status == "survived"}
     logger.info("%s: %s in %.0f s", module, counts, time.monotonic() - started)
-    if not statuses:
-        logger.error("%s: mutmut recorded no mutant; see %s", module, work / "mutmut-run.log")
+    for failure in ("failed to collect stats", "Failed to run clean test"):
+        if failure in done.stdout:  # the tests fail on the unmutated code: every mutant stays "not checked"
+            logger.error("%s: mutmut says %r; see %s", module, failure, work / "mutmut-run.log")
     return {"module": module, "counts": counts, "survivors": survivors, "seconds": round(time.monotonic() - started)}
 
 
