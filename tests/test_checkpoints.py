@@ -126,20 +126,9 @@ def test_a_kill_while_the_step_log_is_cut_back_loses_nothing(tmp_path: Path, mon
 # docs/train.md: "Keys that only change speed, logging or checkpoint count (...) keep the run id"; run_name is the
 # id's readable start (checked above), not part of its hash.
 _KEEP_THE_RUN_ID = {
-    "device",
-    "compile_sae",
-    "fused_lm",
-    "lean_step",
-    "data_worker",
-    "prefetch_llm_batches",
-    "n_checkpoints",
-    "log_every",
-    "eval_batches",
-    "tinystories_eval_split",
-    "log_to_wandb",
-    "wandb_project",
-    "wandb_entity",
-    "run_name",
+    *("device", "compile_sae", "fused_lm", "lean_step", "data_worker", "prefetch_llm_batches"),  # speed
+    *("n_checkpoints", "log_every", "eval_batches", "tinystories_eval_split"),  # checkpoint count, logging
+    *("log_to_wandb", "wandb_project", "wandb_entity", "run_name"),  # the W&B keys; the readable start
 }
 
 
