@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke bench relock clean lint-docker pin-base bench-export docs
+.PHONY: install lint test smoke bench relock clean lint-docker pin-base bench-export docs mutate
 
 install: $(VENV)/.installed
 
@@ -66,8 +66,14 @@ bench: install
 docs: install
 	$(PY) -m container_src.config_doc > docs/configuration.md
 
+# Mutation testing, a developer's tool (not CI): mutmut over the modules in pyproject.toml's [tool.mutate.tests], one
+# at a time, each mutant against the tests that reach it; `make mutate MODULES=container_src/config.py` for one.
+# Report: build/mutate/report.md (how to read it: docs/development.md#mutation-testing).
+mutate: install
+	nice -n $(or $(NICE),5) $(PY) -m tests.mutate $(MODULES) --max-children $(or $(JOBS),2)
+
 relock:
 	bash docker/relock.sh
 
 clean:
-	rm -rf $(SMOKE) .pytest_cache .ruff_cache
+	rm -rf $(SMOKE) .pytest_cache .ruff_cache build/mutate mutants

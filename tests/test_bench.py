@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from container_src.__main__ import EXIT_CONFIG, EXIT_OK, main
+from container_src.__main__ import main
 from tests.conftest import ROOT, container_cmd, run_container
 
 SPEED_FIELDS = (
@@ -54,7 +54,7 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         "--profile=figures/profile.txt",
         timeout=240,
     )
-    assert result.returncode == EXIT_OK, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert json.loads((base / "model" / "bench.json").read_text()) == figures
 
@@ -124,7 +124,7 @@ def test_bad_bench_keys_fail_before_any_work(
 ) -> None:
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     monkeypatch.setattr("tempfile.TemporaryDirectory", _no_work)
-    assert main(["bench", *flags]) == EXIT_CONFIG
+    assert main(["bench", *flags]) == 2
     failure = (tmp_path / "output" / "failure").read_text()
     for text in expected:
         assert text in failure
@@ -166,7 +166,7 @@ def test_too_few_steps_report_the_rest_and_fail(tmp_path: Path) -> None:
     base, out = tmp_path / "opt_ml", tmp_path / "bench.json"
     flags = ["--preset=smoke", "--model_shape=tiny", "--steps=1", "--warmup_steps=1", "--lm_batches=1"]
     result = run_container(base, "bench", *flags, f"--json={out}", timeout=240)
-    assert result.returncode == EXIT_CONFIG, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["ours"] is None and figures["bare"] is None and set(figures["untimed"]) == {"ours", "bare"}
     assert figures["ratio_ours_to_bare"] is None and figures["projection"] is None
@@ -179,7 +179,7 @@ def test_too_few_steps_report_the_rest_and_fail(tmp_path: Path) -> None:
 def test_a_context_longer_than_the_model_is_named(tmp_path: Path) -> None:
     base = tmp_path / "opt_ml"
     result = run_container(base, "bench", "--preset=smoke", "--model_shape=tiny", "--context_size=4096", timeout=240)
-    assert result.returncode == EXIT_CONFIG, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "context_size=4096: the model's context is only" in (base / "output" / "failure").read_text()
 
 

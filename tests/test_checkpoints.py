@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +121,47 @@ def test_a_kill_while_the_step_log_is_cut_back_loses_nothing(tmp_path: Path, mon
     monkeypatch.undo()
     log.truncate_after(3)
     assert [r["step"] for r in log.read()] == [1, 2, 3]
+
+
+# docs/train.md: "Keys that only change speed, logging or checkpoint count (...) keep the run id"; run_name is the
+# id's readable start (checked above), not part of its hash.
+_KEEP_THE_RUN_ID = {
+    *("device", "compile_sae", "fused_lm", "lean_step", "data_worker", "prefetch_llm_batches"),  # speed
+    *("n_checkpoints", "log_every", "eval_batches", "tinystories_eval_split"),  # checkpoint count, logging
+    *("log_to_wandb", "wandb_project", "wandb_entity", "run_name"),  # the W&B keys; the readable start
+}
+
+
+def _changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "-other"
+    return "set" if value is None else [*value, "other"]
+
+
+def test_train_md_every_key_that_shapes_the_result_makes_a_new_run_and_the_others_keep_the_run_id() -> None:
+    """docs/train.md: "Change a key that shapes the result, or the prompts, and it is a new run. Keys that only change
+    speed, logging or checkpoint count ... keep the run id". Every key of TrainConfig, one at a time."""
+    base = TrainConfig()
+    reference = run_id(base, "data").split("-")[-1]  # the hash; run_name changes only the readable start
+    kept, changed = set(), set()
+    for field in dataclasses.fields(TrainConfig):
+        other = copy.copy(base)
+        object.__setattr__(other, field.name, _changed(getattr(base, field.name)))
+        (kept if run_id(other, "data").split("-")[-1] == reference else changed).add(field.name)
+    assert kept == _KEEP_THE_RUN_ID
+    assert changed == {f.name for f in dataclasses.fields(TrainConfig)} - _KEEP_THE_RUN_ID
+    assert len(changed) > 20  # every training key is among them, each checked by itself
+
+
+def test_train_md_resumes_from_the_newest_whole_one_by_tokens_not_by_name(tmp_path: Path) -> None:
+    """docs/train.md: "finds its own checkpoints and resumes from the newest whole one": newest by tokens (10240 after
+    7680, though "7680" sorts after "10240" as text), and a stray file named like a checkpoint is no checkpoint."""
+    _checkpoint(tmp_path, "7680")
+    newest = _checkpoint(tmp_path, "10240")
+    (tmp_path / "20480").write_text("a file, not a checkpoint folder")
+    found = latest_checkpoint(tmp_path)
+    assert found is not None and found[0] == newest and found[1]["tokens"] == 10240

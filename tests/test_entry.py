@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,8 +17,11 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
+import container_src.__main__
 import container_src.model
-from container_src.__main__ import EXIT_CONFIG, main
+from container_src.__main__ import main
+from container_src.config import ConfigError, TrainConfig
+from container_src.interrupt import Interrupted
 from tests.conftest import ROOT, TINY_RUN, run_container, write_hyperparameters
 
 
@@ -111,7 +115,7 @@ def test_bad_input_fails_before_the_model_loads(
     model_loads: list[str] = []
     monkeypatch.setattr(container_src.model, "load_model", lambda name, device: model_loads.append(name))
 
-    assert main(["train"]) == EXIT_CONFIG
+    assert main(["train"]) == 2
     failure = (opt_ml / "output" / "failure").read_text()
     for text in expected:
         assert text in failure
@@ -137,7 +141,7 @@ def test_problems_only_the_model_reveals(
 ) -> None:
     write_hyperparameters(opt_ml, {**TINY_RUN, **overrides})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train"]) == EXIT_CONFIG
+    assert main(["train"]) == 2
     failure = (opt_ml / "output" / "failure").read_text()
     for text in expected:
         assert text in failure
@@ -155,7 +159,7 @@ def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) ->
     weights.write_bytes(b"not safetensors")
     write_hyperparameters(opt_ml, TINY_RUN)
     result = run_container(opt_ml, "train")
-    assert result.returncode == EXIT_CONFIG, result.stdout[-2000:]
+    assert result.returncode == 2, result.stdout[-2000:]
     failure = (opt_ml / "output" / "failure").read_text()
     assert "channel model: could not load 'roneneldan/TinyStories-33M'" in failure and "model.safetensors" in failure
     assert not (opt_ml / "model").exists()
@@ -188,7 +192,7 @@ def test_model_is_kept_until_the_mode_is_known_to_be_train(
     if hyperparameters is None:
         _hyperparameters_not_json(opt_ml)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train", *argv]) == EXIT_CONFIG
+    assert main(["train", *argv]) == 2
     assert expected in (opt_ml / "output" / "failure").read_text()
     assert earlier_sae.read_text() == "{}" and not (opt_ml / "model.previous").exists()
     if expected.startswith("mode="):  # locally, a mode other than the one typed is pointed out
@@ -201,14 +205,14 @@ def test_a_stale_failure_file_is_cleared(opt_ml: Path, monkeypatch: pytest.Monke
     failure.write_text("an old reason")
     write_hyperparameters(opt_ml, {"k": "x"})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train"]) == EXIT_CONFIG
+    assert main(["train"]) == 2
     assert "an old reason" not in failure.read_text()
 
 
 def test_failure_reason_fits_sagemaker(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_hyperparameters(opt_ml, {"x" * 3000: "1"})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train"]) == EXIT_CONFIG
+    assert main(["train"]) == 2
     reason = (opt_ml / "output" / "failure").read_text()
     assert len(reason) <= 1025 and "\n" not in reason.rstrip("\n")
 
@@ -262,7 +266,7 @@ def test_train_shim_runs_the_entry_point(opt_ml: Path) -> None:
     result = subprocess.run(
         [str(ROOT / "docker" / "train")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
-    assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
     assert "k='eight'" in (opt_ml / "output" / "failure").read_text()
 
 
@@ -275,7 +279,7 @@ def test_other_modes_keys_are_left_to_them_only_in_a_local_tree(
     if in_job:
         (opt_ml / "input" / "config" / "resourceconfig.json").write_text('{"current_instance_type": "ml.g5.xlarge"}')
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
-    assert main(["train"]) == EXIT_CONFIG
+    assert main(["train"]) == 2
     failure = (opt_ml / "output" / "failure").read_text()
     if in_job:
         assert "configuration key 'k' (from the hyperparameters) belongs to train and bench, not VizConfig" in failure
@@ -292,3 +296,38 @@ def test_an_empty_prompts_folder_is_no_prompts_for_a_stories_only_run(opt_ml: Pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "channel prompts: " in result.stdout and "is empty, so there are no prompts" in result.stdout
     assert (opt_ml / "model" / "cfg.json").is_file()
+
+
+def _mode_that(outcome: BaseException | None) -> Callable[[object, object], None]:
+    def run(_resolved: object, _paths: object) -> None:
+        if outcome is not None:
+            raise outcome
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "failure_says"),
+    [
+        (None, 0, None),
+        (ConfigError("k=0: must be positive"), 2, "k=0: must be positive"),
+        (RuntimeError("disk full"), 1, "disk full"),
+        (Interrupted("stopped by SIGTERM before training started", signal.SIGTERM), 143, "stopped by SIGTERM"),
+        (Interrupted("stopped by SIGINT before training started", signal.SIGINT), 130, "stopped by SIGINT"),
+    ],
+    ids=["success", "configuration", "anything else", "SIGTERM", "SIGINT"],
+)
+def test_readme_exit_status_0_success_2_configuration_1_anything_else_143_sigterm_130_sigint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: BaseException | None, status: int, failure_says: str
+) -> None:
+    """README, the container contract: "exit status | 0, 2, 1 | 0 success; 2 a problem with the configuration or the
+    inputs ...; 1 anything else" and "every mode then stops with 143 (SIGTERM) or 130 (SIGINT), and the failure file
+    says so". The numbers themselves, not the module's constants, so a changed constant fails here."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    monkeypatch.setitem(container_src.__main__.MODES, "train", (TrainConfig, _mode_that(outcome)))
+    assert main(["train", "--log_to_wandb", "false"]) == status
+    failure = tmp_path / "output" / "failure"
+    if failure_says is None:
+        assert not failure.exists()
+    else:
+        assert failure_says in failure.read_text()

@@ -22,6 +22,7 @@ import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -347,11 +348,49 @@ def _refused(
     """Submit ``argv``, check that it is refused (status 2, ``message`` logged, no result, nothing built or pushed)
     and return the AWS actions moto received meanwhile."""
     code, out = _run(capsys, *argv)
-    assert code == submit.EXIT_INPUT
+    assert code == 2  # docs/launcher.md, Refusals: "Each of these stops the launcher with status 2"
     assert message in caplog.text
     assert out == ""
     assert _docker_calls(aws) == []
-    return [r["headers"].get("X-Amz-Target") or f"{r['method']} {r['url']}" for r in _recorded(aws["endpoint"])]
+    recorded = _recorded(aws["endpoint"])
+    # "... before any push, upload or job": no S3, ECR, SageMaker or Secrets Manager write at all, not only no job
+    assert [_action(r) for r in recorded if _writes(r)] == []
+    return [_action(r) for r in recorded]
+
+
+_WRITE_VERBS = ("Create", "Put", "Delete", "Update", "Start", "Stop", "Upload", "Complete", "Initiate", "Tag", "Add")
+
+
+def _action(request: dict[str, Any]) -> str:
+    return request["headers"].get("X-Amz-Target") or f"{request['method']} {request['url']}"
+
+
+def _writes(request: dict[str, Any]) -> bool:
+    """Whether a request moto recorded changes something: a JSON-protocol action (SageMaker, ECR, Secrets Manager)
+    or a query-protocol one (STS, IAM) named by a writing verb, or an S3 PUT, POST or DELETE."""
+    target = request["headers"].get("X-Amz-Target")
+    if target:
+        return target.split(".")[-1].startswith(_WRITE_VERBS)
+    query = urllib.parse.parse_qs(request["body"]) if request["body"].startswith("Action=") else {}
+    if query:
+        return query["Action"][0].startswith(_WRITE_VERBS)
+    return request["method"] in ("PUT", "POST", "DELETE")
+
+
+def test_write_detection_sees_every_kind_of_write(
+    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal tests' check of "no write before a refusal" must see writes: a real submit's bucket, uploads,
+    push and job are all found among moto's recorded requests, and reads are not taken for writes."""
+    code, _ = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--prompts", str(export))
+    assert code == 0, caplog.text
+    recorded = _recorded(aws["endpoint"])
+    written = [_action(r) for r in recorded if _writes(r)]
+    assert f"PUT {aws['endpoint']}/{aws['bucket']}" in [w.split("?")[0].rstrip("/") for w in written]
+    assert any(w.startswith("PUT") and "manifest.json" in w for w in written)
+    assert "SageMaker.CreateTrainingJob" in written
+    reads = [_action(r) for r in recorded if not _writes(r)]
+    assert reads and all(not a.startswith(("PUT", "DELETE")) for a in reads)
 
 
 class _Terminal(io.StringIO):
@@ -896,6 +935,8 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     # a manifest alone under the prefix is not an export
     manifest = (export / "manifest.json").read_bytes()
     s3.put_object(Bucket=aws["bucket"], Key="prompts/lonely/manifest.json", Body=manifest)
+    _recorder(aws["endpoint"], "reset-recording")  # the put above is this test's, not the launcher's
+    _recorder(aws["endpoint"], "start-recording")
     lonely = f"s3://{aws['bucket']}/prompts/lonely"
     message = f"--prompts: {lonely}/ holds a manifest.json but no dataset"
     _refused(aws, capsys, caplog, [*base, "--prompts", lonely], message)

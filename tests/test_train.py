@@ -190,6 +190,52 @@ def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.Mon
     assert eval_seed == train_seed + 1
 
 
+def test_final_evaluation_reads_only_held_out_stories_by_their_tokens(
+    opt_ml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, channel tinystories: "train also needs its `validation` split there" (the evaluation's stories are
+    held out). Proved by the data read: every training story carries a character ("~") that no validation story or
+    prompt has, and each validation story one ("^") that no training story has. The tokens that every final
+    evaluation (the mixed stream and each source) fetched hold "^" and never "~"."""
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoTokenizer
+
+    import container_src.evaluate
+    from container_src.synthetic import make_stories
+
+    stories = opt_ml / "input" / "data" / "tinystories"
+    stories.unlink()
+    DatasetDict(
+        train=Dataset.from_dict({"text": [f"{s} ~ ~ ~" for s in make_stories(400)]}),
+        validation=Dataset.from_dict({"text": [f"{s} ^ ^ ^" for s in make_stories(100, seed=9)]}),
+    ).save_to_disk(str(stories))
+    tokenizer = AutoTokenizer.from_pretrained("roneneldan/TinyStories-33M")
+    (trained_mark,) = tokenizer.encode("~")
+    (held_out_mark,) = tokenizer.encode("^")
+
+    real, read_by_evaluation = container_src.evaluate.evaluate, []
+
+    def recording(sae: Any, model: Any, store: Any, n_batches: int) -> dict[str, Any]:
+        fetch = store.get_batch_tokens
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            tokens = fetch(*args, **kwargs)
+            read_by_evaluation.append(set(tokens.flatten().tolist()))
+            return tokens
+
+        store.get_batch_tokens = noted
+        return real(sae, model, store, n_batches)
+
+    monkeypatch.setattr(container_src.evaluate, "evaluate", recording)
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
+    assert _run_in_process(opt_ml, monkeypatch) == 0
+    assert len(read_by_evaluation) >= 4  # the mixed stream, stories, training prompts, held-out prompts
+    seen = set().union(*read_by_evaluation)
+    assert held_out_mark in seen and trained_mark not in seen
+    metrics = json.loads((opt_ml / "model" / "metrics.json").read_text())
+    assert metrics["evaluation_by_source"]["stories"]["held_out"] is True
+
+
 def test_failure_after_training_leaves_no_sae(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import container_src.evaluate
 
