@@ -193,7 +193,7 @@ def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.Mon
 def test_final_evaluation_reads_only_held_out_stories_by_their_tokens(
     opt_ml: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """README, channel tinystories: "train also needs its `validation` split there" (the evaluation's stories are
+    """README, channel control: "train also needs its `validation` split there" (the evaluation's stories are
     held out). Proved by the data read: every training story carries a character ("~") that no validation story or
     prompt has, and each validation story one ("^") that no training story has. The tokens that every final
     evaluation (the mixed stream and each source) fetched hold "^" and never "~"."""
@@ -203,7 +203,7 @@ def test_final_evaluation_reads_only_held_out_stories_by_their_tokens(
     import container_src.evaluate
     from container_src.synthetic import make_stories
 
-    stories = opt_ml / "input" / "data" / "tinystories"
+    stories = opt_ml / "input" / "data" / "control"
     stories.unlink()
     DatasetDict(
         train=Dataset.from_dict({"text": [f"{s} ~ ~ ~" for s in make_stories(400)]}),
