@@ -22,6 +22,8 @@ from container_src.config_sources import read_json_object as read_json_object
 from container_src.model_shapes import SHAPES
 
 ARCHITECTURES = ("topk", "batchtopk")
+LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")  # SAE-Lens 6.54's get_lr_scheduler
+EVALUATIONS_PER_RUN = 100
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -82,17 +84,35 @@ class TrainConfig(RunConfig):
     """Share of the training steps spent warming the learning rate up from zero."""
     lr_decay_fraction: float = 0.2
     """Share of the training steps, at the end, over which the learning rate decays to zero."""
+    lr_scheduler_name: str = "constant"
+    """Learning-rate schedule between warm-up and decay (SAE-Lens's choices).
+
+    `constant`, `cosineannealing` (to `lr_end`) or `cosineannealingwarmrestarts`."""
+    lr_end: float | None = None
+    """Learning rate the cosine schedules anneal to, where the final decay starts; when empty, lr / 10 (SAE-Lens).
+
+    The constant schedule ignores it. With `lr_decay_fraction` above 0 a cosine schedule needs it above 0."""
+    apply_b_dec_to_input: bool = False
+    """Subtract the decoder bias from the SAE's input before encoding (SAE-Lens's option); the seed keeps it off."""
+    exclude_special_tokens: bool = True
+    """Leave the special tokens (BOS, EOS, padding) out of training and evaluation; false keeps them.
+
+    The tokenizer's structural special tokens, as SAE-Lens finds them: BOS opens every packed row and separates
+    the documents in it, often with outsized activations. `viz` statistics always leave BOS and padding out."""
     training_tokens: int = 204_800_000
     """Tokens to train on: 50,000 steps of 4096 in the seed plan."""
     train_batch_size_tokens: int = 4096
     """Tokens per optimiser step."""
     context_size: int = 512
     """Tokens per sequence fed to the model. Must not exceed the model's context."""
-    n_batches_in_buffer: int = 16
-    """Size of SAE-Lens's shuffling buffer, in sequences of `context_size` tokens (despite the name).
+    n_batches_in_buffer: int = 512
+    """Size of SAE-Lens's shuffling buffer, in sequences of `context_size` tokens (despite the name): 262,144 tokens.
 
     SAE-Lens 6.54 sizes it ``n_batches_in_buffer × context_size`` tokens: at each refill it is shuffled, training
-    batches are served from it and half of it is kept for the next refill."""
+    batches are served from it and half of it is kept for the next refill. The seed's 16 counted batches of 32
+    sequences (older SAE-Lens), so 512 sequences here is the seed's buffer. Fewer than 64 sequences gets a warning:
+    each batch would then be drawn from a few documents' consecutive tokens, not a shuffled sample. Its size in
+    tokens and bytes is logged at the start and written to resolved_config.json."""
     store_batch_size_prompts: int = 16
     """Sequences per model forward pass when filling the buffer."""
     n_checkpoints: int = 5
@@ -129,7 +149,12 @@ class TrainConfig(RunConfig):
     feature_sampling_window: int = 2000
     """Steps between resets of the firing-frequency statistics."""
     log_every: int = 50
-    """Steps between metric lines, W&B points and the curves' points."""
+    """Steps between metric lines, W&B points and the curves' points (W&B's log frequency)."""
+    eval_every_n_wandb_logs: int | None = None
+    """Metric lines between evaluations during training; when empty, about 100 evaluations over the run.
+
+    Each evaluation (CE-loss score, feature sparsity) runs with or without W&B; SAE-Lens's own default is every 100
+    metric lines, about 10 evaluations over the seed's run."""
     eval_batches: int = 10
     """Batches of `store_batch_size_prompts` sequences used for the final evaluation."""
     tinystories_eval_split: str = "validation"
@@ -174,6 +199,7 @@ class TrainConfig(RunConfig):
             "lr_decay_fraction",
             f"warm-up ({self.lr_warm_up_fraction}) and decay together exceed the whole run",
         )
+        self._check_schedule()
         need(self.train_batch_size_tokens >= 1, "train_batch_size_tokens", "must be at least 1")
         need(
             self.training_tokens >= self.train_batch_size_tokens,
@@ -205,11 +231,39 @@ class TrainConfig(RunConfig):
         need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
         need(self.log_every >= 1, "log_every", "must be at least 1")
+        need(
+            self.eval_every_n_wandb_logs is None or self.eval_every_n_wandb_logs >= 1,
+            "eval_every_n_wandb_logs",
+            "must be at least 1, or empty for about 100 evaluations over the run",
+        )
         need(self.eval_batches >= 1, "eval_batches", "must be at least 1")
         need(bool(self.tinystories_eval_split), "tinystories_eval_split", "must name a split, such as validation")
         need(
             self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
         )
+
+    def _check_schedule(self) -> None:
+        def need(ok: bool, key: str, why: str) -> None:
+            _need(self, ok, key, why)
+
+        need(self.lr_scheduler_name in LR_SCHEDULERS, "lr_scheduler_name", f"must be one of {', '.join(LR_SCHEDULERS)}")
+        end = self.lr_end
+        need(
+            end is None or (math.isfinite(end) and 0 <= end <= self.lr), "lr_end", f"must be between 0 and lr={self.lr}"
+        )
+        need(
+            end != 0 or self.lr_decay_fraction == 0 or self.lr_scheduler_name == "constant",
+            "lr_end",
+            "must be above 0 when lr_decay_fraction is above 0: the final decay starts from lr_end (or set "
+            "lr_decay_fraction=0)",
+        )
+
+    @property
+    def evaluation_every(self) -> int:
+        """Metric lines between evaluations: ``eval_every_n_wandb_logs``, or about 100 evaluations over the run."""
+        if self.eval_every_n_wandb_logs is not None:
+            return self.eval_every_n_wandb_logs
+        return max(1, round(self.training_steps / (self.log_every * EVALUATIONS_PER_RUN)))
 
     @property
     def training_steps(self) -> int:
