@@ -176,6 +176,10 @@ def test_batchtopk_trains(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None
     sae = SAE.load_from_disk(str(opt_ml / "model"))
     # SAE-Lens saves a trained BatchTopK SAE as JumpReLU, with the learned threshold
     assert sae.cfg.architecture() == "jumprelu" and sae.cfg.d_in == 256
+    # without W&B (TINY_RUN turns it off) the evaluations still run, and every graph is drawn
+    assert sorted(p.stem for p in (opt_ml / "model" / "plots").glob("*.png")) == sorted(ALL_PLOTS)
+    log = [json.loads(line) for line in (opt_ml / "model" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "ce_loss_score" in r] == [4, 8, 12, 16]
 
 
 def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
