@@ -104,7 +104,8 @@ def _embedding_batches(tmp_path: Path, tiny_assets: dict[str, Path], exclude: bo
         batches = torch.cat([store.next_batch() for _ in range(n)])
     finally:
         store.close()
-    return batches, lm.W_E[lm.tokenizer.bos_token_id].detach()
+    bos_id: Any = lm.tokenizer.bos_token_id  # type: ignore[union-attr]
+    return batches, lm.W_E[int(bos_id)].detach()
 
 
 def test_no_bos_position_reaches_a_training_batch(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
