@@ -29,6 +29,11 @@ def buffer_bytes(cfg: Any, d_in: int, dtype: str = "float32") -> int:
     return buffer_tokens(cfg) * d_in * _DTYPE_BYTES[dtype]
 
 
+def refill_steps(cfg: Any) -> int:
+    """Training steps one refill feeds: SAE-Lens keeps half of the buffer for the next refill and serves the rest."""
+    return max(1, buffer_tokens(cfg) // 2 // int(cfg.train_batch_size_tokens))
+
+
 def contexts_per_batch(cfg: Any) -> int:
     """Sequences a training batch can be drawn from: the buffer's, at most one per token of the batch."""
     return min(int(cfg.n_batches_in_buffer), int(cfg.train_batch_size_tokens))

@@ -362,9 +362,10 @@ class BenchConfig(TrainConfig):
     """
 
     steps: int | None = None
-    """Training steps per pipeline after the warm-up; when empty, 200 on a GPU and 8 on CPU.
+    """Training steps per pipeline after the warm-up; when empty, 200 on a GPU and 8 on CPU, or two buffer refills.
 
-    The timed window is whole buffer refills among them."""
+    The timed window is whole buffer refills among them: when empty, at least two refills' steps (64 with the seed's
+    buffer of 512 sequences and batches of 4096 tokens)."""
     warmup_steps: int | None = None
     """Untimed steps before the timed ones (buffer fill, compilation, allocator); when empty, 20 on GPU, 2 on CPU."""
     lm_batches: int = 5

@@ -23,7 +23,7 @@ CURVES = {
 }
 # in the records of the steps with an evaluation, every eval_every_n_wandb_logs metric lines
 EVAL_CURVES = {
-    "ce_loss_score": ("ce_loss_score", "CE-loss score (evaluation stream, held-out stories)", False),
+    "ce_loss_score": ("ce_loss_score", "CE-loss score (evaluation stream: held-out stories, training prompts)", False),
     "mean_log10_feature_sparsity": (
         "mean_log10_feature_sparsity",
         "mean log10 feature sparsity (sparsity window)",
@@ -56,7 +56,7 @@ def _curve(records: Sequence[dict[str, Any]], key: str, label: str, log_scale: b
     ax.set_ylabel(label, fontsize=8)
     if log_scale and min(values) > 0:
         ax.set_yscale("log")
-    ax.set_title(title or label, fontsize=9)
+    ax.set_title(f"{label}\n{title}" if title else label, fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -73,7 +73,8 @@ def _histogram(records: Sequence[dict[str, Any]], title: str, path: Path) -> Pat
     ax.set_xlabel("log10 firing frequency (share of training tokens; never fired at -10)")
     ax.set_ylabel("latents")
     window = last.get("sparsity_window_tokens")
-    ax.set_title(f"{title + ' · ' if title else ''}step {last['step']}, window of {window} tokens", fontsize=9)
+    heading = f"feature sparsity at step {last['step']} (window of {window} training tokens)"
+    ax.set_title(f"{heading}\n{title}" if title else heading, fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
