@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from container_src import schedule
+
 # looks_like_secret and read_json_object are re-exported: the launcher imports them from here.
 from container_src.config_sources import ConfigError, check_types, merge
 from container_src.config_sources import looks_like_secret as looks_like_secret
@@ -22,8 +24,6 @@ from container_src.config_sources import read_json_object as read_json_object
 from container_src.model_shapes import SHAPES
 
 ARCHITECTURES = ("topk", "batchtopk")
-LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")  # SAE-Lens 6.54's get_lr_scheduler
-EVALUATIONS_PER_RUN = 100
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -108,11 +108,8 @@ class TrainConfig(RunConfig):
     n_batches_in_buffer: int = 512
     """Size of SAE-Lens's shuffling buffer, in sequences of `context_size` tokens (despite the name): 262,144 tokens.
 
-    SAE-Lens 6.54 sizes it ``n_batches_in_buffer × context_size`` tokens: at each refill it is shuffled, training
-    batches are served from it and half of it is kept for the next refill. The seed's 16 counted batches of 32
-    sequences (older SAE-Lens), so 512 sequences here is the seed's buffer. Fewer than 64 sequences gets a warning:
-    each batch would then be drawn from a few documents' consecutive tokens, not a shuffled sample. Its size in
-    tokens and bytes is logged at the start and written to resolved_config.json."""
+    SAE-Lens 6.54 holds ``n_batches_in_buffer × context_size`` tokens, shuffles them at each refill and keeps half.
+    The seed's 16 counted batches of 32 sequences (older SAE-Lens): 512 here. Under 64 a warning says why."""
     store_batch_size_prompts: int = 16
     """Sequences per model forward pass when filling the buffer."""
     n_checkpoints: int = 5
@@ -199,7 +196,7 @@ class TrainConfig(RunConfig):
             "lr_decay_fraction",
             f"warm-up ({self.lr_warm_up_fraction}) and decay together exceed the whole run",
         )
-        self._check_schedule()
+        schedule.check(self)
         need(self.train_batch_size_tokens >= 1, "train_batch_size_tokens", "must be at least 1")
         need(
             self.training_tokens >= self.train_batch_size_tokens,
@@ -231,39 +228,16 @@ class TrainConfig(RunConfig):
         need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
         need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
         need(self.log_every >= 1, "log_every", "must be at least 1")
-        need(
-            self.eval_every_n_wandb_logs is None or self.eval_every_n_wandb_logs >= 1,
-            "eval_every_n_wandb_logs",
-            "must be at least 1, or empty for about 100 evaluations over the run",
-        )
         need(self.eval_batches >= 1, "eval_batches", "must be at least 1")
         need(bool(self.tinystories_eval_split), "tinystories_eval_split", "must name a split, such as validation")
         need(
             self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
         )
 
-    def _check_schedule(self) -> None:
-        def need(ok: bool, key: str, why: str) -> None:
-            _need(self, ok, key, why)
-
-        need(self.lr_scheduler_name in LR_SCHEDULERS, "lr_scheduler_name", f"must be one of {', '.join(LR_SCHEDULERS)}")
-        end = self.lr_end
-        need(
-            end is None or (math.isfinite(end) and 0 <= end <= self.lr), "lr_end", f"must be between 0 and lr={self.lr}"
-        )
-        need(
-            end != 0 or self.lr_decay_fraction == 0 or self.lr_scheduler_name == "constant",
-            "lr_end",
-            "must be above 0 when lr_decay_fraction is above 0: the final decay starts from lr_end (or set "
-            "lr_decay_fraction=0)",
-        )
-
     @property
     def evaluation_every(self) -> int:
         """Metric lines between evaluations: ``eval_every_n_wandb_logs``, or about 100 evaluations over the run."""
-        if self.eval_every_n_wandb_logs is not None:
-            return self.eval_every_n_wandb_logs
-        return max(1, round(self.training_steps / (self.log_every * EVALUATIONS_PER_RUN)))
+        return schedule.evaluation_every(self)
 
     @property
     def training_steps(self) -> int:
