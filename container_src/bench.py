@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from container_src import bench_pipelines, bench_report, model, records
+from container_src import bench_pipelines, bench_report, buffer, model, records
 from container_src.config import BenchConfig, ConfigError, Resolved
 from container_src.paths import ContainerPaths, hub_env
 from container_src.timing import NoWholeCycleError, PeakMemory, Speed
@@ -108,8 +108,9 @@ def _plan(cfg: BenchConfig, paths: ContainerPaths, root: Path) -> Plan:
     _check_fresh_process(hub)
     runtime = model.pick_runtime(cfg.device, cfg.precision, cfg.compile_sae, paths.instance_type())
     kind = "cuda" if runtime.device.startswith("cuda") else "cpu"
-    steps = cfg.steps or DEFAULT_STEPS[kind][0]
     warmup = cfg.warmup_steps or DEFAULT_STEPS[kind][1]
+    # the timed window is whole refill cycles: by default at least one after the warm-up, however large the buffer
+    steps = cfg.steps or max(DEFAULT_STEPS[kind][0], 2 * buffer.refill_steps(cfg))
     # Enough stories that no pipeline runs out (a story is about 90 tokens here), within reason.
     stories_needed = min(max(2000, (warmup + steps) * cfg.train_batch_size_tokens // 60), 200_000)
     logger.info("bench: writing a random %s-shaped model and %d stories", cfg.model_shape, stories_needed)

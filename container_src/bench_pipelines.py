@@ -27,6 +27,8 @@ def train_config(cfg: BenchConfig, total_steps: int) -> TrainConfig:
         "n_checkpoints": 0,
         "log_to_wandb": False,
         "eval_batches": 1,
+        # no evaluation during the timed steps: like the final evaluation, it is not training throughput
+        "eval_every_n_wandb_logs": total_steps + 1,
     }
     return TrainConfig(**values)
 
@@ -76,9 +78,9 @@ def run_bare(
     if defaults["n_batches_in_buffer"].default * cfg.context_size < batch_tokens:
         # SAE-Lens refuses a buffer smaller than a batch: the least it accepts at this context size
         set_here["n_batches_in_buffer"] = -(-batch_tokens // cfg.context_size)
-    runner_cfg = LanguageModelSAERunnerConfig(
-        sae=training_sae_config(cfg, d_in, d_sae, device), logger=LoggingConfig(log_to_wandb=False), **set_here
-    )
+    sae_cfg = training_sae_config(cfg, d_in, d_sae, device)
+    sae_cfg.apply_b_dec_to_input = type(sae_cfg).__dataclass_fields__["apply_b_dec_to_input"].default  # SAE-Lens's
+    runner_cfg = LanguageModelSAERunnerConfig(sae=sae_cfg, logger=LoggingConfig(log_to_wandb=False), **set_here)
     clock, memory = StepClock(device), PeakMemory(device)
     with memory.measuring():
         runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=stories)

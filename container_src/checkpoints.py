@@ -24,6 +24,7 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 # still resumes the same run.
 _NOT_IN_RUN_ID = {
     "log_every",
+    "eval_every_n_wandb_logs",
     "eval_batches",
     "control_eval_split",
     "log_to_wandb",

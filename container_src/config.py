@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from container_src import schedule
+
 # looks_like_secret and read_json_object are re-exported: the launcher imports them from here.
 from container_src.config_sources import ConfigError, check_types, merge
 from container_src.config_sources import looks_like_secret as looks_like_secret
@@ -99,17 +101,32 @@ class TrainConfig(RunConfig):
     """Share of the training steps spent warming the learning rate up from zero."""
     lr_decay_fraction: float = 0.2
     """Share of the training steps, at the end, over which the learning rate decays to zero."""
+    lr_scheduler_name: str = "constant"
+    """Learning-rate schedule between warm-up and decay (SAE-Lens's choices).
+
+    `constant`, `cosineannealing` (to `lr_end`) or `cosineannealingwarmrestarts`."""
+    lr_end: float | None = None
+    """Learning rate the cosine schedules anneal to, where the final decay starts; when empty, lr / 10 (SAE-Lens).
+
+    The constant schedule ignores it. With `lr_decay_fraction` above 0 a cosine schedule needs it above 0."""
+    apply_b_dec_to_input: bool = False
+    """Subtract the decoder bias from the SAE's input before encoding (SAE-Lens's option); the seed keeps it off."""
+    exclude_special_tokens: bool = True
+    """Leave the special tokens (BOS, EOS, padding) out of training and evaluation; false keeps them.
+
+    The tokenizer's structural special tokens, as SAE-Lens finds them: BOS opens every packed row and separates
+    the documents in it, often with outsized activations. `viz` statistics always leave BOS and padding out."""
     training_tokens: int = 204_800_000
     """Tokens to train on: 50,000 steps of 4096 in the seed plan."""
     train_batch_size_tokens: int = 4096
     """Tokens per optimiser step."""
     context_size: int = 512
     """Tokens per sequence fed to the model. Must not exceed the model's context."""
-    n_batches_in_buffer: int = 16
-    """Size of SAE-Lens's shuffling buffer, in sequences of `context_size` tokens (despite the name).
+    n_batches_in_buffer: int = 512
+    """Size of SAE-Lens's shuffling buffer, in sequences of `context_size` tokens (despite the name): 262,144 tokens.
 
-    SAE-Lens 6.54 sizes it ``n_batches_in_buffer × context_size`` tokens: at each refill it is shuffled, training
-    batches are served from it and half of it is kept for the next refill."""
+    SAE-Lens 6.54 holds ``n_batches_in_buffer × context_size`` tokens, shuffles them at each refill and keeps half.
+    The seed's 16 counted batches of 32 sequences (older SAE-Lens): 512 here. Under 64 a warning says why."""
     store_batch_size_prompts: int = 16
     """Sequences per model forward pass when filling the buffer."""
     n_checkpoints: int = 5
@@ -146,7 +163,12 @@ class TrainConfig(RunConfig):
     feature_sampling_window: int = 2000
     """Steps between resets of the firing-frequency statistics."""
     log_every: int = 50
-    """Steps between metric lines, W&B points and the curves' points."""
+    """Steps between metric lines, W&B points and the curves' points (W&B's log frequency)."""
+    eval_every_n_wandb_logs: int | None = None
+    """Metric lines between evaluations during training; when empty, about 100 evaluations over the run.
+
+    Each evaluation (CE-loss score, feature sparsity) runs with or without W&B; SAE-Lens's own default is every 100
+    metric lines, about 10 evaluations over the seed's run."""
     eval_batches: int = 10
     """Batches of `store_batch_size_prompts` sequences used for the final evaluation."""
     control_eval_split: str = "validation"
@@ -192,6 +214,7 @@ class TrainConfig(RunConfig):
             "lr_decay_fraction",
             f"warm-up ({self.lr_warm_up_fraction}) and decay together exceed the whole run",
         )
+        schedule.check(self)
         need(self.train_batch_size_tokens >= 1, "train_batch_size_tokens", "must be at least 1")
         need(
             self.training_tokens >= self.train_batch_size_tokens,
@@ -228,6 +251,11 @@ class TrainConfig(RunConfig):
         need(
             self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
         )
+
+    @property
+    def evaluation_every(self) -> int:
+        """Metric lines between evaluations: ``eval_every_n_wandb_logs``, or about 100 evaluations over the run."""
+        return schedule.evaluation_every(self)
 
     @property
     def training_steps(self) -> int:
@@ -328,9 +356,10 @@ class BenchConfig(TrainConfig):
     """
 
     steps: int | None = None
-    """Training steps per pipeline after the warm-up; when empty, 200 on a GPU and 8 on CPU.
+    """Training steps per pipeline after the warm-up; when empty, 200 on a GPU and 8 on CPU, or two buffer refills.
 
-    The timed window is whole buffer refills among them."""
+    The timed window is whole buffer refills among them: when empty, at least two refills' steps (64 with the seed's
+    buffer of 512 sequences and batches of 4096 tokens)."""
     warmup_steps: int | None = None
     """Untimed steps before the timed ones (buffer fill, compilation, allocator); when empty, 20 on GPU, 2 on CPU."""
     lm_batches: int = 5

@@ -36,7 +36,8 @@ def evaluate(
     store: ActivationsStore,
     n_batches: int,
 ) -> dict[str, Any]:
-    """Reconstruction, sparsity and downstream-loss metrics on ``n_batches`` fresh batches of the training stream."""
+    """Reconstruction, sparsity and downstream-loss metrics on ``n_batches`` fresh batches of the training stream,
+    leaving out the special tokens where the store does (``exclude_special_tokens``)."""
     from sae_lens.evals import EvalConfig, run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
@@ -58,7 +59,7 @@ def evaluate(
         # the trainer folds any activation scaling into the weights when it finishes
         activation_scaler=ActivationScaler(),
         eval_config=eval_config,
-        exclude_special_tokens=False,
+        exclude_special_tokens=excluded_tokens(store),
     )
     flat = {key: value for group in grouped.values() for key, value in group.items()}
     return {
@@ -77,6 +78,12 @@ def evaluate(
         "eval_tokens": flat["total_tokens_eval_sparsity_variance"],
         "ce_loss_eval_tokens": flat["total_tokens_eval_reconstruction"],
     }
+
+
+def excluded_tokens(store: ActivationsStore) -> list[int] | bool:
+    """The token ids the store leaves out of training (``exclude_special_tokens``), for the evals to leave out too."""
+    ids = store.exclude_special_tokens
+    return False if ids is None else [int(i) for i in ids.tolist()]
 
 
 SOURCE_METRICS = ("explained_variance", "l0", "ce_loss_score")

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 # SAE-Lens log-dict keys -> our short names, in the order they are printed.
 STEP_METRICS = {
     "losses/overall_loss": "loss",
+    "losses/mse_loss": "mse_loss",
+    "losses/auxiliary_reconstruction_loss": "aux_loss",
     "metrics/explained_variance": "explained_variance",
     "metrics/l0": "l0",
     "sparsity/dead_features": "dead_features",
@@ -105,9 +107,13 @@ class MetricLog:
                 continue  # a line cut short by a kill; the rest of the log is still good
         return records
 
-    def record_step(self, step: int, tokens: int, log_dict: Mapping[str, Any]) -> dict[str, Any]:
+    def record_step(
+        self, step: int, tokens: int, log_dict: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Append the step's record (``extra``: an evaluation's figures) and put its numbers on a metric line."""
         record: dict[str, Any] = {"step": step, "tokens": tokens}
         record.update({short: float(log_dict[key]) for key, short in STEP_METRICS.items() if key in log_dict})
+        record.update(extra or {})
         self.append(record)
-        emit_metrics(record)
+        emit_metrics({key: value for key, value in record.items() if isinstance(value, int | float)})
         return record

@@ -22,7 +22,7 @@ from sae_lens import (
     TopKTrainingSAEConfig,
 )
 
-from container_src import checkpoints, data, records, sae_step
+from container_src import checkpoints, data, records, sae_step, training_evals
 from container_src.config import TrainConfig
 from container_src.interrupt import Interrupted, StopRequest
 from container_src.model import Runtime
@@ -40,7 +40,14 @@ def steps_done(trainer: Any) -> int:
 def training_sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
     """SAE-Lens's config for the SAE itself: architecture and size; fp32 weights (autocast does the bf16 work)."""
     sae_cls = TopKTrainingSAEConfig if cfg.architecture == "topk" else BatchTopKTrainingSAEConfig
-    return sae_cls(d_in=d_in, d_sae=d_sae, k=cfg.k, dtype="float32", device=device)
+    return sae_cls(
+        d_in=d_in,
+        d_sae=d_sae,
+        k=cfg.k,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        dtype="float32",
+        device=device,
+    )
 
 
 def sae_lens_config(
@@ -67,7 +74,8 @@ def sae_lens_config(
         store_batch_size_prompts=cfg.store_batch_size_prompts,
         n_batches_in_buffer=cfg.n_batches_in_buffer,
         lr=cfg.lr,
-        lr_scheduler_name="constant",
+        lr_scheduler_name=cfg.lr_scheduler_name,
+        lr_end=cfg.lr_end,
         lr_warm_up_steps=cfg.lr_warm_up_steps,
         lr_decay_steps=cfg.lr_decay_steps,
         dead_feature_window=cfg.dead_feature_window,
@@ -87,6 +95,7 @@ def sae_lens_config(
         output_path=str(output),
         resume_from_checkpoint=str(resume) if resume else None,
         n_eval_batches=cfg.eval_batches,
+        exclude_special_tokens=cfg.exclude_special_tokens,
         logger=LoggingConfig(
             log_to_wandb=cfg.log_to_wandb,
             # weights stay out of W&B: hundreds of MB per checkpoint, and an upload can outlast SIGTERM's 120 s
@@ -96,6 +105,7 @@ def sae_lens_config(
             wandb_id=wandb_id,
             run_name=run_dir.name,
             wandb_log_frequency=cfg.log_every,
+            eval_every_n_wandb_logs=cfg.evaluation_every,
         ),
         verbose=False,
     )
@@ -145,13 +155,17 @@ class Runner(LanguageModelSAETrainingRunner):
 
     def _instrument(self, trainer: Any) -> None:
         step, save, total = trainer.step, trainer.save_checkpoint, trainer.cfg.total_training_samples
+        eval_every = self.log_every * trainer.cfg.logger.eval_every_n_wandb_logs
+        # the evaluations run here, with W&B or without it, so SAE-Lens's own (W&B only) must not run them again
+        trainer._run_and_log_evals = lambda: None
 
         def logged_step(batch: Any) -> Any:
             output = step(batch)
             done = trainer.n_training_steps + 1
             if done % self.log_every == 0 or trainer.n_training_samples >= total:
                 log_dict = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
-                self.metric_log.record_step(done, trainer.n_training_samples, log_dict)
+                evaluation = self._evaluate(trainer) if done % eval_every == 0 else {}
+                self.metric_log.record_step(done, trainer.n_training_samples, log_dict, evaluation)
             # Stop between steps, after this one is counted: stopping before it would land after the trainer's
             # sparsity-window reset, and the resumed run would reset an empty window again (0/0).
             if StopRequest.requested:
@@ -163,6 +177,16 @@ class Runner(LanguageModelSAETrainingRunner):
             save(checkpoint_name, *args, **kwargs)
 
         trainer.step, trainer.save_checkpoint = logged_step, marked_save
+
+    def _evaluate(self, trainer: Any) -> dict[str, Any]:
+        """SAE-Lens's evaluation (to W&B when it logs there) and the sparsity window, for this step's record."""
+        figures, grouped = training_evals.evaluation_record(trainer)
+        if trainer.cfg.logger.log_to_wandb:
+            import wandb
+
+            histograms = {key: wandb.Histogram(value) for key, value in trainer.sae.log_histograms().items()}
+            wandb.log(grouped | histograms, step=trainer.n_training_steps)
+        return figures
 
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:
         # SAE-Lens calls this last, after the trainer has written weights and state: the marker closes it.

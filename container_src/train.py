@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from container_src import chat, checkpoints, data, evaluate, model, plots, records, weights
+from container_src import buffer, chat, checkpoints, data, evaluate, model, plots, records, weights
 from container_src.config import ConfigError, Resolved, TrainConfig
 from container_src.interrupt import StopRequest
 from container_src.paths import ContainerPaths, wandb_key
@@ -205,6 +205,7 @@ def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
     if others:
         logger.warning("checkpoints of other configurations or data are ignored: %s", ", ".join(others))
     logger.info("run %s: d_in=%d (read at %s), d_sae=%d, %d steps", rid, d_in, cfg.hook_name, d_sae, cfg.training_steps)
+    buffer.describe(cfg, d_in)
     return Run(lm, d_in, d_sae, prompt_token_share, rid, run_dir, metric_log, resume)
 
 
@@ -293,6 +294,9 @@ def _write_records(
         "training_steps": cfg.training_steps,
         "lr_warm_up_steps": cfg.lr_warm_up_steps,
         "lr_decay_steps": cfg.lr_decay_steps,
+        "evaluations_every_steps": cfg.log_every * cfg.evaluation_every,
+        "buffer_tokens": buffer.buffer_tokens(cfg),
+        "buffer_bytes": buffer.buffer_bytes(cfg, run.d_in),
         "device": runtime.device,
         "device_name": runtime.device_name,
         "precision": runtime.precision,

@@ -127,7 +127,7 @@ def test_a_kill_while_the_step_log_is_cut_back_loses_nothing(tmp_path: Path, mon
 # id's readable start (checked above), not part of its hash.
 _KEEP_THE_RUN_ID = {
     *("device", "compile_sae", "fused_lm", "lean_step", "data_worker", "prefetch_llm_batches"),  # speed
-    *("n_checkpoints", "log_every", "eval_batches", "control_eval_split"),  # checkpoint count, logging
+    *("n_checkpoints", "log_every", "eval_every_n_wandb_logs", "eval_batches", "control_eval_split"),  # logging
     *("log_to_wandb", "wandb_project", "wandb_entity", "run_name"),  # the W&B keys; the readable start
 }
 

@@ -80,9 +80,14 @@ def test_defaults_are_the_corrected_seed_plan() -> None:
     assert cfg.sae_width(3072) == 24576  # d_in of hook_post is 4 × 768
     assert (cfg.k, cfg.lr, cfg.training_steps, cfg.train_batch_size_tokens) == (64, 1e-4, 50_000, 4096)
     assert (cfg.lr_warm_up_steps, cfg.lr_decay_steps) == (2_500, 10_000)
-    assert (cfg.context_size, cfg.n_batches_in_buffer, cfg.n_checkpoints, cfg.seed) == (512, 16, 5, 42)
+    assert (cfg.context_size, cfg.n_batches_in_buffer, cfg.n_checkpoints, cfg.seed) == (512, 512, 5, 42)
     assert cfg.wandb_project == "sae_tinystories" and cfg.architecture == "topk"
-    assert list_presets() == ["smoke"]  # a preset equal to the defaults would only be a second name for them
+    # the seed's buffer: 16 store batches of 32 sequences of 512 tokens under the older SAE-Lens
+    assert cfg.n_batches_in_buffer * cfg.context_size == 16 * 32 * 512 == 262_144
+    assert (cfg.lr_scheduler_name, cfg.apply_b_dec_to_input, cfg.exclude_special_tokens) == ("constant", False, True)
+    assert (cfg.log_every, cfg.evaluation_every) == (50, 10)  # 1,000 metric lines, an evaluation every 10: 100
+    # a preset equal to the defaults would only be a second name for them
+    assert list_presets() == ["smoke", "tinystories-33m-mlp-out-published"]
 
 
 def test_d_sae_overrides_expansion() -> None:
@@ -111,6 +116,10 @@ def test_d_sae_overrides_expansion() -> None:
         ({"precision": "fp16"}, ["precision", "auto, fp32, bf16"]),
         ({"device": "tpu"}, ["device"]),
         ({"preset": "huge"}, ["preset='huge'", "Available: smoke"]),
+        ({"lr_scheduler_name": "cosine"}, ["lr_scheduler_name='cosine'", "constant, cosineannealing"]),
+        ({"lr_end": "0.01"}, ["lr_end=0.01", "between 0 and lr=0.0001"]),
+        ({"lr_scheduler_name": "cosineannealing", "lr_end": "0"}, ["lr_end=0.0", "lr_decay_fraction"]),
+        ({"eval_every_n_wandb_logs": "0"}, ["eval_every_n_wandb_logs=0", "about 100 evaluations"]),
         ({"wandb_api_key": "abc"}, ["wandb_api_key", "WANDB_SECRET_ID"]),
     ],
 )
@@ -219,3 +228,37 @@ def test_a_shared_tree_leaves_other_modes_keys_to_them(caplog: pytest.LogCapture
         resolve({"features": "1,x"}, schema=VizConfig)
     with pytest.raises(ConfigError, match="seed="):
         resolve({"seed": "-1"}, schema=VizConfig)
+
+
+def test_the_published_run_preset_is_that_run() -> None:
+    """The published TinyStories-33M run: 17,090 steps of 4,096 tokens, cosine lr 3e-4, W&B every 50 steps and an
+    evaluation every 10 logs."""
+    cfg = resolve({"preset": "tinystories-33m-mlp-out-published"}).config
+    assert (cfg.model_name, cfg.hook_name, cfg.architecture) == (
+        "roneneldan/TinyStories-33M",
+        "blocks.2.hook_mlp_out",
+        "topk",
+    )
+    assert (cfg.sae_width(768), cfg.k, cfg.training_steps, cfg.train_batch_size_tokens) == (12288, 96, 17090, 4096)
+    assert (cfg.lr, cfg.lr_scheduler_name, cfg.lr_warm_up_steps, cfg.lr_decay_steps) == (
+        3e-4,
+        "cosineannealing",
+        854,
+        3418,
+    )
+    assert (cfg.apply_b_dec_to_input, cfg.precision, cfg.seed, cfg.context_size) == (False, "bf16", 42, 512)
+    assert (cfg.log_every, cfg.evaluation_every) == (50, 10)
+    assert cfg.n_batches_in_buffer * cfg.context_size == 262_144  # its 16 store batches of 32 sequences
+
+
+def test_evaluation_cadence_defaults_to_about_100_evaluations() -> None:
+    # (steps, log_every) -> evaluations over the run; a run of fewer than 100 metric lines evaluates at each
+    for (steps, log_every), evaluations in {
+        (50_000, 50): 100,
+        (17_090, 50): 113,
+        (2_000, 10): 100,
+        (64, 4): 16,
+    }.items():
+        cfg = TrainConfig(training_tokens=steps * 4096, log_every=log_every)
+        assert steps // (log_every * cfg.evaluation_every) == evaluations, (steps, log_every)
+    assert TrainConfig(eval_every_n_wandb_logs=3).evaluation_every == 3

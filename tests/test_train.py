@@ -15,6 +15,7 @@ import pytest
 
 from container_src.__main__ import main
 from container_src.checkpoints import write_marker
+from container_src.plots import ALL_PLOTS
 from tests.conftest import ROOT, TINY_RUN, container_cmd, make_opt_ml, run_container, write_hyperparameters
 
 pytestmark = pytest.mark.slow
@@ -87,8 +88,16 @@ def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, s
     assert resolved["sources"]["context_size"] == "preset:smoke"
     assert resolved["derived"]["d_in"] == 256 and resolved["derived"]["wandb_mode"] == "offline"
 
-    pngs = sorted(p.name for p in (model_dir / "plots").glob("*.png"))
-    assert pngs == ["dead_features.png", "explained_variance.png", "l0.png", "learning_rate.png", "loss.png"]
+    pngs = sorted(p.stem for p in (model_dir / "plots").glob("*.png"))
+    assert pngs == sorted(ALL_PLOTS) and len(pngs) == 10
+    # 64 steps, a metric line every 4: fewer than 100 lines, so an evaluation at each, W&B or not
+    log = [json.loads(line) for line in (model_dir / "training_log.jsonl").read_text().splitlines()]
+    evaluated = [r for r in log if "ce_loss_score" in r]
+    assert [r["step"] for r in evaluated] == list(range(4, 65, 4))
+    for record in evaluated:
+        assert sum(record["feature_sparsity_histogram"]["latents"]) == 4 * width  # every latent, once
+        assert -10 <= record["mean_log10_feature_sparsity"] <= 0
+    assert all(r["mse_loss"] > 0 and r["aux_loss"] >= 0 for r in log)
     for png in (model_dir / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
 
@@ -167,6 +176,10 @@ def test_batchtopk_trains(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None
     sae = SAE.load_from_disk(str(opt_ml / "model"))
     # SAE-Lens saves a trained BatchTopK SAE as JumpReLU, with the learned threshold
     assert sae.cfg.architecture() == "jumprelu" and sae.cfg.d_in == 256
+    # without W&B (TINY_RUN turns it off) the evaluations still run, and every graph is drawn
+    assert sorted(p.stem for p in (opt_ml / "model" / "plots").glob("*.png")) == sorted(ALL_PLOTS)
+    log = [json.loads(line) for line in (opt_ml / "model" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "ce_loss_score" in r] == [4, 8, 12, 16]
 
 
 def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
