@@ -135,7 +135,7 @@ def run_sparsify(
     with memory.measuring():
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_name)
         data = _sparsify_rows(cfg, stories, tokenizer, (warmup + steps) * sequences)
-        lm = AutoModel.from_pretrained(cfg.model_name, torch_dtype=dtype).to(runtime.device)
+        lm = AutoModel.from_pretrained(cfg.model_name, dtype=dtype).to(runtime.device)
         try:  # sparsify sets TF32 matmuls for the whole process; the pipelines after it must not inherit that
             with contextlib.redirect_stdout(printed), replaced(Trainer, get_current_k=marked_get_k):
                 Trainer(sparsify_cfg, data, lm).fit()
