@@ -46,7 +46,7 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         "bench",
         "--preset=smoke",
         "--model_shape=tiny",
-        "--steps=3",
+        "--steps=5",  # with prefetching a refill can come a step late: 5 hold two in every pipeline
         "--warmup_steps=1",
         "--lm_batches=1",
         "--training_tokens=204800",
@@ -64,8 +64,8 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
         speed = figures[pipeline]
         assert set(SPEED_FIELDS) <= set(speed)
         assert all(speed[key] > 0 for key in SPEED_FIELDS), speed
-        # timed: whole refills of the activation buffer among the 3 steps after the warm-up
-        assert 1 <= speed["steps"] <= 3 and speed["tokens"] == speed["steps"] * speed["batch_tokens"]
+        # timed: whole refills of the activation buffer among the 5 steps after the warm-up
+        assert 1 <= speed["steps"] <= 5 and speed["tokens"] == speed["steps"] * speed["batch_tokens"]
         assert speed["peak_memory_bytes"] >= speed["memory_at_start_bytes"]
     assert figures["ours"]["batch_tokens"] == 256 and figures["bare"]["batch_tokens"] == 4096  # SAE-Lens's default
     _check_peers(figures, result.stdout)
@@ -86,8 +86,8 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert all(lm[key] > 0 for key in ("tokens_per_s", "forward_to_hook_tokens_per_s", "full_forward_tokens_per_s"))
     for key, lean in (("sae_alone", True), ("sae_lens_step_alone", False)):  # our step, and SAE-Lens's own
         sae_alone = figures[key]
-        assert sae_alone["steps"] == 3 and sae_alone["seconds"] > 0 and sae_alone["peak_memory_bytes"] > 0
-        assert sae_alone["tokens_per_s"] == pytest.approx(3 * 256 / sae_alone["seconds"], rel=1e-2)
+        assert sae_alone["steps"] == 5 and sae_alone["seconds"] > 0 and sae_alone["peak_memory_bytes"] > 0
+        assert sae_alone["tokens_per_s"] == pytest.approx(5 * 256 / sae_alone["seconds"], rel=1e-2)
         assert sae_alone["lean_step"] is lean
     projection = figures["projection"]
     assert projection["instance_type"] == "ml.g5.xlarge" and projection["usd_per_hour"] > 0
@@ -96,14 +96,14 @@ def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert "tokens/s" in result.stdout and "ratio ours / bare" in result.stdout and "SAE step alone" in result.stdout
     assert "bare SAE-Lens defaults (fp32)" in result.stdout
     assert f"projection at ours' speed on {figures['device_name']}: 204,800 tokens" in result.stdout
-    # ours once more under the profiler: the 3 steps after the warm-up, one SAE update (fused Adam) each
+    # ours once more under the profiler: the 5 steps after the warm-up, one SAE update (fused Adam) each
     table = profile.read_text()
     assert table.startswith(
-        "ours (train), 3 steps after 1 warm-up steps on cpu, sorted by self_cpu_time_total; CPU "
+        "ours (train), 5 steps after 1 warm-up steps on cpu, sorted by self_cpu_time_total; CPU "
         "operators of all threads"
     )
     adam = next(line for line in table.splitlines() if "aten::_fused_adam" in line)
-    assert adam.split()[-1] == "3", adam  # the last column counts the calls
+    assert adam.split()[-1] == "5", adam  # the last column counts the calls
     # The bench trained in a temporary tree of its own: nothing of a run is left in the caller's.
     assert sorted(p.name for p in (base / "model").iterdir()) == ["bench.json", "figures"]
     assert not (base / "checkpoints").exists()
@@ -114,7 +114,7 @@ def _check_peers(figures: dict[str, Any], stdout: str) -> None:
     for pipeline in ("tuned", "sparsify"):
         speed = figures[pipeline]
         assert set(SPEED_FIELDS) <= set(speed) and all(speed[key] > 0 for key in SPEED_FIELDS), speed
-        assert speed["batch_tokens"] == 256 and 1 <= speed["steps"] <= 3
+        assert speed["batch_tokens"] == 256 and 1 <= speed["steps"] <= 5
         assert speed["tokens"] == speed["steps"] * 256
         assert figures[f"ratio_ours_to_{pipeline}"] == pytest.approx(
             figures["ours"]["tokens_per_s"] / speed["tokens_per_s"], rel=1e-2
