@@ -71,7 +71,7 @@ for name in ("bench.json", "bench-multi.json"):
         if f.get(key):
             s = f[key]
             print(f"  {key:9} {s['tokens_per_s']:>12,.0f} tokens/s  {s['steps']} timed steps  "
-                  f"peak GPU {s['peak_memory_bytes'] / 2**30:.2f} GiB")
+                  f"peak memory ({f['peak_memory_kind']}) {s['peak_memory_bytes'] / 2**30:.2f} GiB")
     for key in ("bare", "tuned", "sparsify"):
         if f.get(f"ratio_ours_to_{key}") is not None:
             print(f"  ours / {key}: {f[f'ratio_ours_to_{key}']}")
