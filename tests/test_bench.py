@@ -238,7 +238,7 @@ def test_too_few_steps_report_the_rest_and_fail(tmp_path: Path) -> None:
     base, out = tmp_path / "opt_ml", tmp_path / "bench.json"
     flags = ["--preset=smoke", "--model_shape=tiny", "--steps=1", "--warmup_steps=1", "--lm_batches=1"]
     # the peers beside bare, each off by its key
-    result = run_container(base, "bench", *flags, "--tuned=false", "--sparsify=false", f"--json={out}", timeout=240)
+    result = run_container(base, "bench", *flags, "--tuned=false", "--sparsify=false", f"--json={out}", timeout=480)
     assert result.returncode == EXIT_CONFIG, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["ours"] is None and figures["bare"] is None and set(figures["untimed"]) == {"ours", "bare"}
