@@ -6,7 +6,7 @@
 #
 #   bash docker/gpu-bench.sh OUT_DIR [PYTHON]      # from the repository root, with the image's packages installed
 #
-# BENCH_FLAGS: more bench flags for every step (a quick check on CPU: "--model_shape tiny --preset smoke --steps 3
+# BENCH_FLAGS: more bench flags for every step (a quick check on CPU: "--model_shape tiny --preset smoke --steps 5
 # --warmup_steps 1"). MULTI_SAE_FLAGS: the flags that turn on the multi-SAE path; the optional step 2 runs only with
 # them. Each step has a time limit of its own, so one that hangs leaves the others' files; the script's status is the
 # worst step's.
@@ -14,8 +14,10 @@ set -uo pipefail
 
 out=${1:?usage: bash docker/gpu-bench.sh OUT_DIR [PYTHON]}
 py=${2:-python}
-mkdir -p "$out" || exit 2
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$(dirname "$0")/.." || exit 2
+# bench's failure file (if any) goes under OUT_DIR too, not into /opt/ml
+export SAGEMAKER_BASE_DIR=${SAGEMAKER_BASE_DIR:-$out/opt_ml}
 status=0
 
 step() {  # step NAME SECONDS COMMAND...: the command's output in OUT_DIR/NAME.log, its status noted
