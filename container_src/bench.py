@@ -17,11 +17,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from container_src import bench_pipelines, bench_report, buffer, model, records
+from container_src import bench_peers, bench_pipelines, bench_report, buffer, model, records
 from container_src.config import BenchConfig, ConfigError, Resolved
 from container_src.paths import ContainerPaths, hub_env
 from container_src.timing import NoWholeCycleError, PeakMemory, Speed
@@ -33,6 +35,7 @@ TIMED_WINDOW = (
     "whole activation-buffer refill cycles after the warm-up steps: each timed step's data (model forward, buffer) "
     "and SAE update; model loading, warm-up, the steps after the last refill, final evaluation and saving excluded"
 )
+PIPELINES = ("ours", "bare", "tuned", "sparsify")
 # When steps / warmup_steps are empty: enough steps for a stable figure, without hours on a CPU.
 DEFAULT_STEPS = {"cuda": (200, 20), "cpu": (8, 2)}
 
@@ -50,14 +53,19 @@ class Plan:
 
 @dataclass
 class Repeats:
-    """ours and bare over the repeats: every timed run, bare's settings, and what held no whole refill cycle."""
+    """The pipelines over the repeats: every timed run, the peers' settings, and what held no whole refill cycle."""
 
     ours: list[Speed] = field(default_factory=list)
     bare: list[Speed] = field(default_factory=list)
-    bare_settings: dict[str, Any] | None = None
-    bare_precision: dict[str, Any] | None = None
+    tuned: list[Speed] = field(default_factory=list)
+    sparsify: list[Speed] = field(default_factory=list)
+    settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """What each peer reports of its settings, by pipeline name (bare: those not SAE-Lens's default, precision)."""
     untimed: dict[str, str] = field(default_factory=dict)
     """A pipeline whose steps held no whole refill cycle, and why: the others still report."""
+
+    def best(self, name: str) -> Speed | None:
+        return max(getattr(self, name), key=lambda run: run.tokens_per_s, default=None)
 
 
 def _write_assets(root: Path, cfg: BenchConfig, stories_needed: int) -> ContainerPaths:
@@ -129,27 +137,33 @@ def _model_alone(cfg: BenchConfig, plan: Plan) -> tuple[Inputs, tuple[int, int],
     return inputs, sae_size, bench_pipelines.lm_speed(cfg, lm, inputs.stream, plan.runtime, sae_size, plan.root)
 
 
+def _timed(runs: Repeats, name: str, run: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Run one pipeline (its speed first, then the settings it reports): the speed kept under ``name`` and the rest
+    returned; where its steps held no whole refill cycle, the reason kept and nothing returned."""
+    try:
+        speed, *rest = run()
+    except NoWholeCycleError as exc:
+        runs.untimed[name] = str(exc)
+        return ()
+    getattr(runs, name).append(speed)
+    return tuple(rest)
+
+
 def _repeat_pipelines(cfg: BenchConfig, plan: Plan, stories: Any, sae_size: tuple[int, int]) -> Repeats:
-    """ours and (with ``bare``) bare SAE-Lens, ``repeats`` times each, taking turns."""
+    """ours and (each with its key) bare SAE-Lens, tuned SAE-Lens and sparsify, ``repeats`` times each, in turns."""
     runs = Repeats()
-    warmup, steps, device = plan.warmup, plan.steps, plan.runtime.device
+    warmup, steps, runtime = plan.warmup, plan.steps, plan.runtime
     for attempt in range(1, cfg.repeats + 1):
         logger.info("bench %d/%d: ours (train), %d warm-up + %d steps", attempt, cfg.repeats, warmup, steps)
-        try:
-            runs.ours.append(bench_pipelines.run_ours(cfg, plan.tree, warmup, steps, device))
-        except NoWholeCycleError as exc:
-            runs.untimed["ours"] = str(exc)
+        _timed(runs, "ours", lambda: (bench_pipelines.run_ours(cfg, plan.tree, warmup, steps, runtime.device),))
         for leftover in (plan.tree.checkpoints_dir, plan.tree.model_dir):  # or the next run would resume, not train
             shutil.rmtree(leftover, ignore_errors=True)
-        if cfg.bare:
-            logger.info("bench %d/%d: bare SAE-Lens with its defaults", attempt, cfg.repeats)
-            try:
-                speed, runs.bare_settings, runs.bare_precision = bench_pipelines.run_bare(
-                    cfg, stories, sae_size, plan.root / f"bare-{attempt}", warmup, steps, device
-                )
-                runs.bare.append(speed)
-            except NoWholeCycleError as exc:
-                runs.untimed["bare"] = str(exc)
+        for name, (what, run) in bench_peers.PEERS.items():
+            if getattr(cfg, name):
+                logger.info("bench %d/%d: %s", attempt, cfg.repeats, what)
+                folder = plan.root / f"{name}-{attempt}"
+                if out := _timed(runs, name, partial(run, cfg, stories, sae_size, folder, warmup, steps, runtime)):
+                    runs.settings[name] = out
     return runs
 
 
@@ -160,6 +174,16 @@ def _sae_alone(cfg: BenchConfig, plan: Plan, sae_size: tuple[int, int]) -> tuple
     if not cfg.lean_step:
         return ours, ours
     return ours, bench_pipelines.sae_speed(cfg, sae_size, plan.runtime, plan.root, plan.warmup, plan.steps, lean=False)
+
+
+def _ratios(name: str, ours: Speed | None, peer: Speed | None) -> dict[str, float | None]:
+    """ours / ``name`` in tokens/s, by wall time and by CPU time (steadier on a shared machine)."""
+    if not (ours and peer):
+        return {f"ratio_ours_to_{name}": None, f"ratio_ours_to_{name}_cpu_time": None}
+    return {
+        f"ratio_ours_to_{name}": round(ours.tokens_per_s / peer.tokens_per_s, 3),
+        f"ratio_ours_to_{name}_cpu_time": round((ours.tokens / ours.cpu_seconds) / (peer.tokens / peer.cpu_seconds), 3),
+    }
 
 
 def _figures(
@@ -175,8 +199,7 @@ def _figures(
     import torch
 
     cfg, runtime = resolved.config, plan.runtime
-    ours = max(runs.ours, key=lambda run: run.tokens_per_s) if runs.ours else None
-    bare = max(runs.bare, key=lambda run: run.tokens_per_s) if runs.bare else None
+    ours, bare, tuned, sparsify = (runs.best(name) for name in PIPELINES)
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": runtime.device,
@@ -200,16 +223,16 @@ def _figures(
         "ours": ours.to_json() if ours else None,
         "bare": bare.to_json() if bare else None,
         "untimed": runs.untimed,
-        "bare_settings_not_default": runs.bare_settings,
-        "bare_precision": runs.bare_precision,
-        "ratio_ours_to_bare": round(ours.tokens_per_s / bare.tokens_per_s, 3) if ours and bare else None,
-        "ratio_ours_to_bare_cpu_time": (
-            round((ours.tokens / ours.cpu_seconds) / (bare.tokens / bare.cpu_seconds), 3) if ours and bare else None
-        ),
-        "all_runs_tokens_per_s": {
-            "ours": [round(r.tokens_per_s, 1) for r in runs.ours],
-            "bare": [round(r.tokens_per_s, 1) for r in runs.bare],
-        },
+        "bare_settings_not_default": runs.settings.get("bare", (None, None))[0],
+        "bare_precision": runs.settings.get("bare", (None, None))[1],
+        **_ratios("bare", ours, bare),
+        "tuned": tuned.to_json() if tuned else None,
+        "tuned_settings_not_default": runs.settings.get("tuned", (None,))[0],
+        **_ratios("tuned", ours, tuned),
+        "sparsify": sparsify.to_json() if sparsify else None,
+        "sparsify_settings": runs.settings.get("sparsify", (None,))[0],
+        **_ratios("sparsify", ours, sparsify),
+        "all_runs_tokens_per_s": {name: [round(r.tokens_per_s, 1) for r in getattr(runs, name)] for name in PIPELINES},
         **alone,
         "projection": (
             bench_report.projection(cfg, instance_type, ours.tokens_per_s, runtime.device_name) if ours else None
@@ -233,6 +256,8 @@ def run_bench(resolved: Resolved[BenchConfig], paths: ContainerPaths) -> dict[st
     """Measure, print and write the figures; returns them."""
     cfg = resolved.config
     instance_type = bench_report.priced_instance(cfg, paths)
+    if cfg.sparsify:
+        bench_peers.check_sparsify(cfg)
     json_path, profile_path = _output_path("json", cfg.json, paths), _output_path("profile", cfg.profile, paths)
 
     with tempfile.TemporaryDirectory(prefix="sae-bench-") as tmp:

@@ -49,13 +49,21 @@ def run_ours(cfg: BenchConfig, tree: ContainerPaths, warmup: int, steps: int, de
 
 
 def run_bare(
-    cfg: BenchConfig, stories: Any, sae_size: tuple[int, int], root: Path, warmup: int, steps: int, device: str
+    cfg: BenchConfig,
+    stories: Any,
+    sae_size: tuple[int, int],
+    root: Path,
+    warmup: int,
+    steps: int,
+    device: str,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Speed, dict[str, Any], dict[str, Any]]:
     """SAE-Lens with its own defaults, loading the model itself; returns its speed, the settings that are not
     SAE-Lens's defaults, and its precision settings (SAE-Lens's defaults).
 
     Set here is only what SAE-Lens cannot default: the SAE, the model, hook, device and dataset (the stories alone,
     as text), and ``context_size``: SAE-Lens's own 128 would give a buffer smaller than its batch, which it refuses.
+    ``settings``: SAE-Lens keys set as well (the tuned pipeline's, container_src/bench_peers.py).
     """
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
@@ -63,7 +71,9 @@ def run_bare(
 
     d_in, d_sae = sae_size
     defaults = LanguageModelSAERunnerConfig.__dataclass_fields__
-    batch_tokens = defaults["train_batch_size_tokens"].default
+    settings = settings or {}
+    batch_tokens = settings.get("train_batch_size_tokens", defaults["train_batch_size_tokens"].default)
+    buffer = settings.get("n_batches_in_buffer", defaults["n_batches_in_buffer"].default)
     set_here: dict[str, Any] = {
         "model_name": cfg.model_name,
         "hook_name": cfg.hook_name,
@@ -74,8 +84,9 @@ def run_bare(
         "device": device,
         "checkpoint_path": str(root / "bare" / "checkpoints"),
         "output_path": str(root / "bare" / "output"),
+        **settings,
     }
-    if defaults["n_batches_in_buffer"].default * cfg.context_size < batch_tokens:
+    if buffer * cfg.context_size < batch_tokens:
         # SAE-Lens refuses a buffer smaller than a batch: the least it accepts at this context size
         set_here["n_batches_in_buffer"] = -(-batch_tokens // cfg.context_size)
     sae_cfg = training_sae_config(cfg, d_in, d_sae, device)
@@ -89,7 +100,7 @@ def run_bare(
         del runner
     speed = clock.speed(warmup, batch_tokens, memory)
     not_default = {k: v for k, v in set_here.items() if k not in ("checkpoint_path", "output_path")}
-    # SAE-Lens's defaults, named because ours differs in them (bf16 autocast and compile on a GPU)
+    # bare's are SAE-Lens's defaults, named because ours differs in them (bf16 autocast and compile on a GPU)
     precision = {k: getattr(runner_cfg, k) for k in ("dtype", "autocast", "autocast_lm", "compile_sae", "compile_llm")}
     return speed, not_default | {"log_to_wandb": False}, precision
 

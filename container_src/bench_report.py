@@ -77,8 +77,14 @@ def format_table(f: dict[str, Any]) -> str:
     bare_name = "bare SAE-Lens defaults"
     if f["bare_precision"]:
         bare_name += " (fp32)" if f["bare_precision"]["dtype"] == "float32" else f" ({f['bare_precision']['dtype']})"
-    for name, key in (("ours (train)", "ours"), (bare_name, "bare")):
-        if f[key]:
+    rows = (
+        ("ours (train)", "ours"),
+        (bare_name, "bare"),
+        ("SAE-Lens best settings", "tuned"),
+        ("sparsify", "sparsify"),
+    )
+    for name, key in rows:
+        if f.get(key):
             s = f[key]
             lines.append(
                 f"  {name:30}{s['tokens_per_s']:>12,.0f}{s['batch_tokens']:>8}{s['steps']:>7}{s['seconds']:>10.2f}"
@@ -87,10 +93,12 @@ def format_table(f: dict[str, Any]) -> str:
             )
         elif key in f["untimed"]:
             lines.append(f"  {name:30}not timed: {f['untimed'][key]}")
-    if f["ratio_ours_to_bare"] is not None:
-        lines.append(
-            f"  ratio ours / bare: {f['ratio_ours_to_bare']:.3f} (by CPU time: {f['ratio_ours_to_bare_cpu_time']:.3f})"
-        )
+    for key, name in (("bare", "bare"), ("tuned", "SAE-Lens best settings"), ("sparsify", "sparsify")):
+        if f.get(f"ratio_ours_to_{key}") is not None:
+            lines.append(
+                f"  ratio ours / {name}: {f[f'ratio_ours_to_{key}']:.3f} "
+                f"(by CPU time: {f[f'ratio_ours_to_{key}_cpu_time']:.3f})"
+            )
     lm = f["lm"]
     lines.append(
         f"  model alone: {lm['tokens_per_s']:,.0f} tokens/s from text to the hook; forward pass alone "

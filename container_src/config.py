@@ -368,6 +368,12 @@ class BenchConfig(TrainConfig):
     """Shape of the random stand-in model: `tinystories-33m` (the real model's shape, so its speed) or `tiny`."""
     bare: bool = True
     """Also run bare SAE-Lens with its own default configuration on the same SAE size, and report the ratio."""
+    tuned: bool = True
+    """Also run SAE-Lens's runner with its best settings here (ours' batch and buffer, bf16 autocast and compile).
+
+    Autocast where the device has bf16, the SAE compiled where train compiles it; reports ours / tuned."""
+    sparsify: bool = True
+    """Also train a TopK SAE of the same size, k and batch with EleutherAI's sparsify, and report ours / sparsify."""
     repeats: int = 1
     """Run each pipeline this many times, alternating, and report the fastest of each (steadier on a busy machine)."""
     instance_type: str = ""
