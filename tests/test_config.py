@@ -82,7 +82,8 @@ def test_defaults_are_the_corrected_seed_plan() -> None:
     assert (cfg.lr_warm_up_steps, cfg.lr_decay_steps) == (2_500, 10_000)
     assert (cfg.context_size, cfg.n_batches_in_buffer, cfg.n_checkpoints, cfg.seed) == (512, 16, 5, 42)
     assert cfg.wandb_project == "sae_tinystories" and cfg.architecture == "topk"
-    assert list_presets() == ["smoke"]  # a preset equal to the defaults would only be a second name for them
+    # a preset equal to the defaults would only be a second name for them
+    assert list_presets() == ["qwen3-0.6b", "qwen3-8b-distill", "smoke"]
 
 
 def test_d_sae_overrides_expansion() -> None:
@@ -110,7 +111,7 @@ def test_d_sae_overrides_expansion() -> None:
         ({"training_token": "4096"}, ["training_token", "Did you mean training_tokens"]),
         ({"precision": "fp16"}, ["precision", "auto, fp32, bf16"]),
         ({"device": "tpu"}, ["device"]),
-        ({"preset": "huge"}, ["preset='huge'", "Available: smoke"]),
+        ({"preset": "huge"}, ["preset='huge'", "Available: qwen3-0.6b, qwen3-8b-distill, smoke"]),
         ({"wandb_api_key": "abc"}, ["wandb_api_key", "WANDB_SECRET_ID"]),
     ],
 )
