@@ -1,6 +1,6 @@
 """What the GPUs can do: the one place that knows which devices and SageMaker instance types have an NVIDIA GPU, native
-bf16 and a GPU the image's CUDA 13.0 supports. The container asks by compute capability, the launcher (which never
-imports torch) by instance type."""
+bf16, a GPU the image's CUDA 13.0 supports, and how much GPU memory. The container asks by compute capability, the
+launcher (which never imports torch) by instance type."""
 
 from __future__ import annotations
 
