@@ -67,6 +67,20 @@ def read_architecture(folder: Path) -> Architecture:
     return architecture_from_config(json.loads((folder / "config.json").read_text()))
 
 
+def config_folder(weights: str) -> Path | None:
+    """The folder holding the config.json of ``weights`` (a folder, or a hub id: from the hub cache the run reads,
+    else the hub); None when it cannot be read. Only config.json is fetched."""
+    if Path(weights).is_dir():
+        return Path(weights) if (Path(weights) / "config.json").is_file() else None
+    from transformers.utils.hub import cached_file
+
+    try:
+        found = cached_file(weights, "config.json")
+    except Exception:  # offline and not cached, or no such repository: the table of published configs instead
+        return None
+    return Path(found).parent if found else None
+
+
 def known_architecture(model_name: str, folder: Path | None = None) -> Architecture | None:
     """The sizes of the run's model: a plain weights folder's config.json, else the table of published configs;
     None when neither has them."""

@@ -180,8 +180,7 @@ def check_memory(cfg: TrainConfig, inputs: Inputs) -> dict[str, float] | None:
     if not runtime.device.startswith("cuda"):
         logger.info("GPU memory: not estimated on %s", runtime.device)
         return None
-    source = inputs.weights.source
-    est = sizing.estimate_for(cfg, Path(source) if source and Path(source).is_dir() else None)
+    est = sizing.estimate_for(cfg, sizing.config_folder(inputs.weights.source or cfg.model_name))
     if est is None:
         return None
     import torch

@@ -118,6 +118,30 @@ def test_a_gpu_too_small_is_refused_before_the_model_loads(monkeypatch: pytest.M
     assert check_memory(cfg, cpu) is None  # type: ignore[arg-type]
 
 
+def test_weights_outside_the_table_are_sized_from_their_config_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An architecture outside the table, its weights a hub-cache entry: the container sizes the run from the
+    cached config.json (no GPU here: the device's properties are the one stub)."""
+    import torch
+
+    from container_src.synthetic_qwen import write_qwen_cache
+    from container_src.train import check_memory
+
+    write_qwen_cache(HF_HOME, "someone/sized-qwen3")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: SimpleNamespace(total_memory=sizing.GIB))
+    cfg = TrainConfig(
+        model_name="Qwen/Qwen3-1.7B", model_weights="someone/sized-qwen3", hook_name="blocks.1.mlp.hook_post"
+    )
+    assert sizing.estimate_for(cfg) is None  # the table alone knows nothing of it
+    inputs = SimpleNamespace(
+        runtime=SimpleNamespace(device="cuda", device_name="a GPU of 1 GiB"),
+        weights=SimpleNamespace(source="someone/sized-qwen3"),
+    )
+    with pytest.raises(ConfigError, match=r"has 1\.0 GiB of GPU memory and the run needs about") as refused:
+        check_memory(cfg, inputs)  # type: ignore[arg-type]
+    assert "192×1536" in str(refused.value)  # d_in from the cached config.json's intermediate_size, × 8
+    assert sizing.config_folder("someone/not-cached") is None
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_forward_pass_stops_at_the_hooks_layer(tiny_assets: dict[str, Path], tmp_path: Path, fused: bool) -> None:
     """Filling the activation buffer (SAE-Lens's get_activations, which our store inherits) runs the blocks up to
