@@ -46,13 +46,17 @@ class Architecture:
     vocab: int
     dtype_bytes: int
     """Bytes per weight in the published dtype (bf16: 2, fp32: 4)."""
+    head_dim: int = 0
+    """Width of one attention head; 0: d_model / heads."""
+    learned_positions: int = 0
+    """Positions with a learned embedding (GPT-Neo, GPT-2: the context length); 0 for rotary positions."""
 
 
 ARCHITECTURES = {
     # the published config.json of each (Hugging Face hub)
-    "Qwen/Qwen3-8B": Architecture("qwen3", 36, 4096, 12288, 32, 8, 151936, 2),
-    "Qwen/Qwen3-0.6B": Architecture("qwen3", 28, 1024, 3072, 16, 8, 151936, 2),
-    "roneneldan/TinyStories-33M": Architecture("gpt_neo", 4, 768, 3072, 16, 16, 50257, 4),
+    "Qwen/Qwen3-8B": Architecture("qwen3", 36, 4096, 12288, 32, 8, 151936, 2, 128),
+    "Qwen/Qwen3-0.6B": Architecture("qwen3", 28, 1024, 3072, 16, 8, 151936, 2, 128),
+    "roneneldan/TinyStories-33M": Architecture("gpt_neo", 4, 768, 3072, 16, 16, 50257, 4, learned_positions=2048),
 }
 
 FAMILIES = {

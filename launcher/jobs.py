@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from container_src import sizing
 from container_src.config import SCHEMAS, ConfigError, looks_like_secret, read_json_object, resolve
 from container_src.evaluate import SOURCE_METRICS, SOURCE_NAMES
-from container_src.hardware import gpu_without_cuda13, has_gpu, instance_has_bf16
+from container_src.hardware import gpu_memory, gpu_without_cuda13, has_gpu, instance_has_bf16
 from launcher.errors import LauncherError
 from launcher.settings import Settings
 
+logger = logging.getLogger(__name__)
 MODES = tuple(SCHEMAS)  # the container's own table: a mode it lacks is refused here, before any AWS call
 DEFAULT_INSTANCE = "ml.g5.xlarge"  # A10G: bf16, 24 GB
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
@@ -174,6 +176,23 @@ def check_instance(mode: str, instance_type: str, cfg: Any) -> list[str]:
             f"{DEFAULT_INSTANCE} (A10G) or ml.g6.xlarge (L4) train in bf16"
         )
     return warnings
+
+
+def check_memory(instance_type: str, cfg: Any, folder: Path | None = None) -> None:
+    """Refuse an instance type whose GPU cannot hold a `train` run's estimated memory, naming those that can
+    (the container checks the same on the device). ``folder``: a local plain model folder, whose config.json gives
+    the model's sizes; otherwise the table of published configs. An unknown size is left to the job, with a
+    warning."""
+    memory = gpu_memory(instance_type)
+    est = sizing.estimate_for(cfg, folder)
+    if memory is None or est is None:
+        if memory is None and has_gpu(instance_type):
+            logger.warning("%s: its GPU memory is not in the table; the job checks the estimate itself", instance_type)
+        return
+    gpu, gib = memory
+    logger.info("GPU memory estimate for %s: %s", cfg.model_name, "; ".join(est.lines()))
+    if why := sizing.shortfall(est, int(gib * sizing.GIB), f"--instance-type {instance_type} ({gpu})"):
+        raise LauncherError(why)
 
 
 def job_names(mode: str, runs: list[dict[str, str]], now: float | None = None) -> list[str]:

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from container_src import weights
 from container_src.config import ConfigError
 from container_src.data import channel_files, check_eval_split
+from container_src.model_shapes import ARCHITECTURES
 from container_src.paths import hub_cache_env
+from container_src.sizing import read_architecture
 from launcher import jobs
 from launcher.channels import check_local_dir, check_sae_uri, model_files, s3_channel
 from launcher.errors import LauncherError
@@ -137,6 +140,10 @@ def prepare(args: argparse.Namespace) -> Plan:
     max_wait = jobs.check_timing(args.spot, args.max_run, args.max_wait)
     _check_flags(args, runs)
     sources, model_names = _sources(args, configs)
+    if args.mode == "train":
+        folder = Path(args.model) if args.model and _plain_folder(args.model) else None
+        for cfg in configs:
+            jobs.check_memory(args.instance_type, cfg, folder)
     if args.network_isolation and args.mode != "bench" and not (args.model and args.control):
         raise LauncherError("--network-isolation: the job cannot reach the hub, so give --model and --control")
     names = jobs.job_names(args.mode, runs)
@@ -151,6 +158,8 @@ def _check_model_cache(folder: Path, configs: list[Any]) -> set[str] | None:
     only once it had started. Returns the hub-cache entries the runs name, or None for a plain folder and when one
     names none (viz then takes the SAE's model, known only in the job)."""
     if (folder / "config.json").is_file():
+        for cfg in configs:
+            check_plain_folder(folder, getattr(cfg, "model_name", None))
         return None
     names: set[str] = set()
     for cfg in configs:
@@ -163,3 +172,32 @@ def _check_model_cache(folder: Path, configs: list[Any]) -> set[str] | None:
             raise LauncherError(f"--model {folder}: {exc}") from None
         names.add(model_name)
     return names
+
+
+def _plain_folder(model: str) -> bool:
+    return not model.startswith("s3://") and (Path(model) / "config.json").is_file()
+
+
+def check_plain_folder(folder: Path, model_name: str | None) -> None:
+    """Refuse a plain model folder whose config.json is not ``model_name``'s architecture, naming what differs, as
+    the job would once started; an architecture not in the table of published configs is left to the job."""
+    expected = ARCHITECTURES.get(model_name or "")
+    if expected is None:
+        if model_name:
+            logger.info(
+                "--model %s: checked against %s in the job (its sizes are not in the table)", folder, model_name
+            )
+        return
+    try:
+        found = read_architecture(folder)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LauncherError(
+            f"--model {folder}: config.json is not a model's config ({type(exc).__name__}: {exc})"
+        ) from None
+    keys = weights.SHAPE_KEYS
+    diff = weights.differences({k: getattr(expected, k) for k in keys}, {k: getattr(found, k) for k in keys})
+    if diff:
+        raise LauncherError(
+            f"--model {folder}: its config.json is not the architecture model_name={model_name!r}: {', '.join(diff)}. "
+            "Name the architecture the weights are as model_name, or give weights of this one."
+        )

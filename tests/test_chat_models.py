@@ -150,3 +150,30 @@ def test_train_and_viz_on_a_chat_model_from_a_plain_folder(
     summary = json.loads((base / "model" / "dashboards" / "summary.json").read_text())
     assert (summary["sae"]["model_name"], summary["sae"]["model_weights"]) == (ARCH, WEIGHTS)
     assert summary["sae"]["prompt_rendering"]["format"] == "chat"
+
+
+@pytest.mark.slow
+def test_train_and_viz_on_a_chat_model_from_a_hub_cache(
+    qwen_cache: Path, tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same model as a hub-cache entry for WEIGHTS in channel `model` (network isolation's layout): train, then
+    viz from the SAE's metadata, both reading the weights from the cache."""
+    base = _tree(tmp_path / "opt_ml", HF_HOME, tiny_assets["stories"])
+    run = {**TINY_RUN, "training_tokens": "4096", "model_name": ARCH, "model_weights": WEIGHTS, "hook_name": HOOK}
+    write_hyperparameters(base, run)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    assert main(["train"]) == 0
+    meta = json.loads((base / "model" / "cfg.json").read_text())["metadata"]
+    assert (meta["model_name"], meta["model_weights"], meta["hook_name"]) == (ARCH, WEIGHTS, HOOK)
+    assert meta["prompt_rendering"]["format"] == "chat"
+    resolved = json.loads((base / "model" / "resolved_config.json").read_text())
+    assert resolved["derived"]["weights_source"] == WEIGHTS and resolved["derived"]["d_in"] == 192
+    assert resolved["derived"]["channels"]["model"] == str(base / "input" / "data" / "model")
+
+    (base / "input" / "config" / "hyperparameters.json").unlink()
+    assert main(["viz", *VIZ_SMALL]) == 0
+    summary = json.loads((base / "model" / "dashboards" / "summary.json").read_text())
+    assert (summary["sae"]["model_name"], summary["sae"]["model_weights"]) == (ARCH, WEIGHTS)
+    assert summary["sae"]["prompt_rendering"]["format"] == "chat"
+    features = json.loads((base / "model" / "dashboards" / "features.json").read_text())
+    assert len(features) == 192 * 4  # every feature of the SAE (d_sae = expansion_factor 4 × d_in 192) is ranked

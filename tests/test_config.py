@@ -87,7 +87,7 @@ def test_defaults_are_the_corrected_seed_plan() -> None:
     assert (cfg.lr_scheduler_name, cfg.apply_b_dec_to_input, cfg.exclude_special_tokens) == ("constant", False, True)
     assert (cfg.log_every, cfg.evaluation_every) == (50, 10)  # 1,000 metric lines, an evaluation every 10: 100
     # a preset equal to the defaults would only be a second name for them
-    assert list_presets() == ["smoke", "tinystories-33m-mlp-out-published"]
+    assert list_presets() == ["qwen3-0.6b", "qwen3-8b-distill", "smoke", "tinystories-33m-mlp-out-published"]
 
 
 def test_d_sae_overrides_expansion() -> None:
@@ -115,7 +115,7 @@ def test_d_sae_overrides_expansion() -> None:
         ({"training_token": "4096"}, ["training_token", "Did you mean training_tokens"]),
         ({"precision": "fp16"}, ["precision", "auto, fp32, bf16"]),
         ({"device": "tpu"}, ["device"]),
-        ({"preset": "huge"}, ["preset='huge'", "Available: smoke"]),
+        ({"preset": "huge"}, ["preset='huge'", "Available: qwen3-0.6b, qwen3-8b-distill, smoke, tinystories-33m"]),
         ({"lr_scheduler_name": "cosine"}, ["lr_scheduler_name='cosine'", "constant, cosineannealing"]),
         ({"lr_end": "0.01"}, ["lr_end=0.01", "between 0 and lr=0.0001"]),
         ({"lr_scheduler_name": "cosineannealing", "lr_end": "0"}, ["lr_end=0.0", "lr_decay_fraction"]),

@@ -1191,3 +1191,45 @@ def test_settings_file_and_environment(tmp_path: Path) -> None:
         Settings.load(file, env={})
     with pytest.raises(LauncherError, match="not an IAM role ARN"):
         Settings(region="r", role_arn="my-role", bucket="b-1").require("role_arn")
+
+
+def test_an_instance_too_small_for_the_estimate_is_refused_naming_those_that_fit(
+    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subject model's preset needs about 64 GiB (container_src/sizing.py): an L40S's 44 GiB is refused before
+    any AWS call, an A100 80 GB is accepted."""
+    argv = ["--mode", "train", "--set", "preset=qwen3-8b-distill", "--prompts", str(export)]
+    message = "--instance-type ml.g6e.xlarge (L40S) has 44.4 GiB of GPU memory and the run needs about 64.1 GiB"
+    assert _refused(aws, capsys, caplog, [*argv, "--instance-type", "ml.g6e.xlarge"], message) == []
+    assert "instance types that hold it: ml.p4de.24xlarge, ml.p5.48xlarge, ml.p5e.48xlarge" in caplog.text
+    caplog.clear()
+    code, out = _run(capsys, *argv, "--instance-type", "ml.p4de.24xlarge", "--dry-run")
+    assert code == 0, caplog.text
+    assert json.loads(out[: out.rindex("}") + 1])["ResourceConfig"]["InstanceType"] == "ml.p4de.24xlarge"
+    assert "GPU memory estimate for Qwen/Qwen3-8B" in caplog.text
+
+
+def test_a_plain_model_folder_is_checked_against_the_architecture_before_any_aws_call(
+    aws: dict[str, Any],
+    export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tiny random Qwen3 as a plain folder: refused for Qwen/Qwen3-8B (its config.json says what differs), and
+    accepted for an architecture whose sizes the launcher leaves to the job, its memory estimated from the folder."""
+    from container_src.synthetic_qwen import write_qwen_folder
+
+    folder = write_qwen_folder(tmp_path / "qwen")
+    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--model", str(folder)]
+    argv += ["--set", "hook_name=blocks.1.mlp.hook_post"]
+    refused = [*argv, "--set", "model_name=Qwen/Qwen3-8B"]
+    assert _refused(aws, capsys, caplog, refused, "is not the architecture model_name='Qwen/Qwen3-8B'") == []
+    for difference in ("layers 2 (expected 36)", "d_mlp 192 (expected 12288)", "kv_heads 2 (expected 8)"):
+        assert difference in caplog.text
+    caplog.clear()
+    code, out = _run(capsys, *argv, "--set", "model_name=Qwen/Qwen3-1.7B", "--dry-run")
+    assert code == 0, caplog.text
+    request = json.loads(out[: out.rindex("}") + 1])
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["prompts", "model"]
+    assert "model weights: 0.0 GiB (all 2 layers in fp32" in caplog.text  # sized from the folder's config.json
