@@ -63,7 +63,7 @@ class Run:
     resume: Path | None
 
 
-def _wandb_id(run_dir: Path, resuming: object) -> str:
+def wandb_run_id(run_dir: Path, resuming: object) -> str:
     """The W&B run id: kept beside the checkpoints and reused only when resuming them, so training the same
     configuration afresh (checkpoints cleared) starts a new W&B run rather than writing into the old one's steps."""
     id_file = run_dir / "wandb_id"
@@ -199,8 +199,9 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     from container_src import runner
     from container_src.store import packed_store
 
+    wandb_id = wandb_run_id(run.run_dir, run.resume)
     runner_cfg = runner.sae_lens_config(
-        cfg, run.d_in, run.d_sae, inputs.runtime, _wandb_id(run.run_dir, run.resume), run.run_dir, staging, run.resume
+        cfg, run.d_in, run.d_sae, inputs.runtime, wandb_id, run.run_dir, staging, run.resume
     )
     sae_runner = runner.make_runner(cfg, runner_cfg, inputs.runtime, run.lm, inputs.stream, run.metric_log)
     # Evaluations (W&B's during training, ours at the end) read a stream of their own, of held-out stories, so
@@ -224,7 +225,7 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     return sae_runner.trainer, eval_store, runner_cfg
 
 
-def _evaluate(
+def evaluate_run(
     cfg: TrainConfig, inputs: Inputs, run: Run, fitted: tuple[Any, Any, Any], staging: Path, started: float
 ) -> dict[str, Any]:
     """The metrics of model/metrics.json: SAE-Lens's evaluation of the saved SAE, on the mixed evaluation stream and
@@ -262,7 +263,7 @@ def _evaluate(
     }
 
 
-def _write_records(
+def write_records(
     resolved: Resolved[TrainConfig], inputs: Inputs, run: Run, metrics: dict[str, Any], staging: Path
 ) -> None:
     """The final metric line, and the records beside the SAE: metrics, resolved config, step log, plots."""
@@ -295,7 +296,7 @@ def _write_records(
     plots.plot_curves(run.metric_log.read(), staging / "plots", title=f"{run.rid} · {cfg.hook_name}")
 
 
-def _publish(staging: Path, model_dir: Path) -> None:
+def publish(staging: Path, model_dir: Path) -> None:
     """Move the assembled SAE into model/: weights and records first, cfg.json (what makes it loadable) last; a
     folder (plots/) replaces an earlier one whole. Signals are held back meanwhile, so model/ is never left
     half-published; one that arrives meanwhile is handled after, when the run is done."""
@@ -316,6 +317,10 @@ def _publish(staging: Path, model_dir: Path) -> None:
 def run_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> dict[str, Any]:
     """Train, evaluate and publish; returns the metrics written to model/metrics.json."""
     cfg = resolved.config
+    if cfg.saes:  # several SAEs on one forward pass: container_src/multi.py
+        from container_src.multi import run_multi_train
+
+        return run_multi_train(resolved, paths)
     started = time.monotonic()
     StopRequest.install()
     inputs = prepare_inputs(cfg, paths)
@@ -324,9 +329,9 @@ def run_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> dict[st
     shutil.rmtree(staging, ignore_errors=True)
     try:
         fitted = _fit(cfg, inputs, run, staging)
-        metrics = _evaluate(cfg, inputs, run, fitted, staging, started)
-        _write_records(resolved, inputs, run, metrics, staging)
-        _publish(staging, paths.model_dir)
+        metrics = evaluate_run(cfg, inputs, run, fitted, staging, started)
+        write_records(resolved, inputs, run, metrics, staging)
+        publish(staging, paths.model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

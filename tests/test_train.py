@@ -319,7 +319,7 @@ def test_signal_handling_by_phase() -> None:
 def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
     replaced whole, not merged."""
-    from container_src.train import _publish
+    from container_src.train import publish
 
     staging, model_dir = tmp_path / "model" / ".staging", tmp_path / "model"
     (staging / "plots").mkdir(parents=True)
@@ -336,7 +336,7 @@ def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monk
         return replace(self, target)
 
     monkeypatch.setattr(Path, "replace", noted)
-    _publish(staging, model_dir)
+    publish(staging, model_dir)
     assert moved[-1] == "cfg.json" and sorted(moved) == ["cfg.json", "metrics.json", "sae_weights.safetensors"]
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "cfg.json",
