@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from container_src.__main__ import main
-from tests.conftest import TINY_RUN, make_opt_ml, write_hyperparameters
+from tests.conftest import TINY_RUN, make_opt_ml, run_container, stop_train_at, write_hyperparameters
 
 pytestmark = pytest.mark.slow
 
 # Two SAEs of the smoke preset's width (d_sae = 4 × 256) and k 8 and 4, and one half as wide.
+METRIC_LINE = re.compile(r"\[metric\] step=(\d+) tokens=(\d+) ")
 SAES = '[{"name": "k8"}, {"name": "k4", "k": 4}, {"name": "narrow", "expansion_factor": 2}]'
 
 
@@ -87,3 +89,67 @@ def test_an_sae_of_another_width_matches_its_single_run_approximately(trained: d
     # not ce_loss_score: on the random tiny model zero-ablating the hook barely moves the loss, so the score's
     # denominator is near zero and it swings with any change; the loss with the SAE spliced in is steady
     assert abs(m["ce_loss_with_sae"] - s["ce_loss_with_sae"]) < 0.01
+
+
+def test_sigterm_saves_every_sae_and_a_rerun_resumes_them(opt_ml: Path) -> None:
+    saes = '[{"name": "k8"}, {"name": "k4", "k": 4}]'
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536", "saes": saes})  # 256 steps
+    status, output = stop_train_at(opt_ml, 40)
+    assert status == 143, output[-3000:]
+    assert "checkpoint saved" in (opt_ml / "output" / "failure").read_text()
+    assert not (opt_ml / "model" / "k8").exists()
+    (run_dir,) = (opt_ml / "checkpoints").iterdir()
+    assert run_dir.name.startswith("multi2-")
+    interrupted = max((p for p in run_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    stopped_at = json.loads((interrupted / "checkpoint_complete.json").read_text())
+    assert 40 <= stopped_at["step"] < 256 and stopped_at["tokens"] == 256 * stopped_at["step"]
+    assert (interrupted / "activations_store_state.safetensors").is_file()
+    for name in ("k8", "k4"):
+        for file in ("sae_weights.safetensors", "trainer_state.pt", "checkpoint_complete.json"):
+            assert (interrupted / name / file).is_file(), f"{name}/{file}"
+
+    result = run_container(opt_ml, "train")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert f"resuming from {interrupted}" in result.stdout
+    resumed_steps = [int(m.group(1)) for m in METRIC_LINE.finditer(result.stdout)]
+    assert resumed_steps[0] > stopped_at["step"], "the rerun started over instead of resuming"
+    for name in ("k8", "k4"):
+        metrics = json.loads((opt_ml / "model" / name / "metrics.json").read_text())
+        assert metrics["tokens_trained"] == 65536 and metrics["resumed_from_tokens"] == stopped_at["tokens"]
+        log = (opt_ml / "model" / name / "training_log.jsonl").read_text().splitlines()
+        logged = [json.loads(line)["step"] for line in log]
+        assert logged == sorted(set(logged)) and logged[-1] == 256
+
+
+def test_a_checkpoint_with_one_torn_sae_is_skipped(tmp_path: Path) -> None:
+    from container_src.checkpoints import write_marker
+    from container_src.multi import latest_checkpoint
+
+    for tokens in ("256", "512"):
+        for name in ("a", "b"):
+            (tmp_path / tokens / name).mkdir(parents=True)
+            (tmp_path / tokens / name / "sae_weights.safetensors").write_bytes(b"w" * 64)
+            write_marker(tmp_path / tokens / name, int(tokens) // 256, int(tokens))
+        write_marker(tmp_path / tokens, int(tokens) // 256, int(tokens))
+    (tmp_path / "512" / "b" / "sae_weights.safetensors").write_bytes(b"x" * 64)  # torn after its marker
+    found = latest_checkpoint(tmp_path, ["a", "b"])
+    assert found is not None and found[0] == tmp_path / "256"
+    assert latest_checkpoint(tmp_path, ["a", "b", "c"]) is None  # an SAE the checkpoint lacks
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"saes": '[{"k": 4, "lr": 0.01}]'}, "saes[0]: lr cannot differ between the SAEs of one job"),
+        ({"saes": "[{k: 4}]"}, "saes: not valid JSON"),
+        ({"saes": '[{"k": 4096}]'}, "must not exceed d_sae"),
+        ({"saes": '[{"name": "a"}, {"name": "a", "k": 4}]'}, "two SAEs are named a"),
+        ({"saes": '[{"k": 4}]', "compile_sae": "true"}, "compile_sae=true: SAE-Lens's multi-SAE trainer"),
+    ],
+)
+def test_a_bad_sae_list_is_refused_before_anything_loads(opt_ml: Path, extra: dict[str, str], message: str) -> None:
+    write_hyperparameters(opt_ml, {**TINY_RUN, **extra})
+    result = run_container(opt_ml, "train", timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert message in (opt_ml / "output" / "failure").read_text()
+    assert "loading roneneldan/TinyStories-33M" not in result.stdout + result.stderr
