@@ -153,3 +153,27 @@ def test_a_bad_sae_list_is_refused_before_anything_loads(opt_ml: Path, extra: di
     assert result.returncode == 2, result.stdout[-2000:]
     assert message in (opt_ml / "output" / "failure").read_text()
     assert "loading roneneldan/TinyStories-33M" not in result.stdout + result.stderr
+
+
+def test_viz_renders_each_sae_and_compares_them(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    base = trained["multi"]
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    small = ("--device", "cpu", "--prompt_tokens", "3000", "--story_tokens", "3000", "--n_features", "3")
+    assert main(["viz", *small, "--ablate_top", "2", "--min_prompts", "2"]) == 0
+    out = base / "model" / "dashboards"
+    comparison = json.loads((out / "comparison.json").read_text())
+    rows = {r["name"]: r for r in comparison["saes"]}
+    assert set(rows) == {"k8", "k4", "narrow"} and rows["narrow"]["d_sae"] == 512
+    evs = [r["explained_variance"] for r in comparison["saes"]]
+    assert evs == sorted(evs, reverse=True)  # ranked
+    page = (out / "comparison.html").read_text()
+    for name, r in rows.items():
+        metrics = json.loads((base / "model" / name / "metrics.json").read_text())
+        assert r["l0"] == metrics["l0"] and r["dead_feature_fraction"] == metrics["dead_feature_fraction"]
+        assert (out / name / "index.html").is_file() and f'href="{name}/index.html"' in page
+        features = json.loads((out / name / "features.json").read_text())
+        assert "prompts_vs_stories" in r["features_passing"]
+        for contrast, n in r["features_passing"].items():
+            scores = [f["contrasts"][contrast]["score"] for f in features if f["contrasts"][contrast]]
+            assert n == len([s for s in scores if s is not None and s > 0]) and n <= len(features)
+    assert sum(rows["k8"]["features_passing"].values()) > 0  # the prompts differ from the stories
