@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from container_src.config_sources import ConfigError
+from container_src.config_sources import ConfigError, convert
 
 PER_SAE_KEYS = ("name", "architecture", "k", "expansion_factor", "d_sae", "hook_name")
 """What may differ between the SAEs of one job; the rest (learning rate, tokens, batch, data) is shared, because
@@ -66,6 +66,10 @@ def members(cfg: Any) -> list[Member]:
         return []
     out: list[Member] = []
     for i, entry in enumerate(_entries(cfg.saes)):
+        try:  # "32" (a launcher's sweep value) as well as 32
+            entry = {k: v if k == "name" else convert(k, v, type(cfg)) for k, v in entry.items()}
+        except ConfigError as exc:
+            raise ConfigError(f"saes[{i}]: {exc}") from None
         name = str(entry.pop("name", None) or default_name(entry, cfg))
         if not _NAME.match(name):
             raise ConfigError(f"saes[{i}]: name={name!r} must be letters, digits, '.', '_' or '-' (up to 64)")

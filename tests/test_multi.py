@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from container_src.__main__ import main
+from container_src.sae_set import members
+from tests import test_launcher
 from tests.conftest import TINY_RUN, make_opt_ml, run_container, stop_train_at, write_hyperparameters
 
 pytestmark = pytest.mark.slow
@@ -177,3 +180,54 @@ def test_viz_renders_each_sae_and_compares_them(trained: dict[str, Path], monkey
             scores = [f["contrasts"][contrast]["score"] for f in features if f["contrasts"][contrast]]
             assert n == len([s for s in scores if s is not None and s > 0]) and n <= len(features)
     assert sum(rows["k8"]["features_passing"].values()) > 0  # the prompts differ from the stories
+
+
+# The launcher tests' moto-backed AWS (own bucket and repository) and docker stub, and the sample prompt export.
+aws = test_launcher.aws
+export = test_launcher.export
+
+
+def test_sweep_together_starts_one_job_that_lists_every_sae(
+    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import boto3
+
+    from container_src.config import resolve
+    from launcher import submit
+
+    argv = ["--mode", "train", "--set", "preset=smoke", "--sweep", "k=4,8", "--sweep", "expansion_factor=2,4"]
+    assert submit.main([*argv, "--sweep-together", "--prompts", str(export)]) == 0, caplog.text
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("sae-")]
+    assert len(names) == 1
+    hyperparameters = boto3.client("sagemaker").describe_training_job(TrainingJobName=names[0])["HyperParameters"]
+    assert json.loads(hyperparameters["saes"]) == [
+        {"k": k, "expansion_factor": x} for k in ("4", "8") for x in ("2", "4")
+    ]
+    # as the container reads the job's hyperparameters: four SAEs
+    group = members(resolve(hyperparameters).config)
+    assert [(m.name, m.config.k, m.config.expansion_factor) for m in group] == [
+        ("topk-k4-x2", 4, 2), ("topk-k4-x4", 4, 4), ("topk-k8-x2", 8, 2), ("topk-k8-x4", 8, 4)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sweep", "lr=1e-4,3e-4", "--sweep-together"], "--sweep-together: lr cannot differ between the SAEs"),
+        (["--sweep-together"], "--sweep-together needs a --sweep"),
+        (["--sweep", "k=4,8", "--sweep-together", "--set", "saes=[]"], "drop --set saes"),
+    ],
+)
+def test_sweep_together_refuses_what_one_job_cannot_train(
+    argv: list[str],
+    message: str,
+    aws: dict[str, Any],
+    export: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from launcher import submit
+
+    code = submit.main(["--mode", "train", "--set", "preset=smoke", *argv, "--prompts", str(export)])
+    assert code == submit.EXIT_INPUT and message in caplog.text
+    assert capsys.readouterr().out == ""  # no job started
