@@ -8,7 +8,7 @@ and prompts), W&B and periodic checkpoints off. The figure is the training throu
 model tokens per second between the end of the last warm-up step and the end of the last step (every SAE's step
 done), from the metric lines' timestamps; model loading, buffer warm-up and the final evaluation are excluded. A
 multi-SAE job trains N SAEs per model token, so its SAE-tokens per second are N × that; N separate runs' are the N
-SAE-tokens over the N runs' summed times.
+SAE-tokens over the N runs' summed times. A first, untimed run warms the process.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def measure(root: Path, shape: str, steps: int, warmup: int, counts: list[int]) 
         "eval_batches": "1",
         "training_tokens": str((steps + warmup) * TrainConfig.train_batch_size_tokens),
     }
+    # untimed: the process's one-time costs (imports, the worker's start-up, the allocator) would otherwise land
+    # in the first timed run's steps, whichever it is
+    timed_run(root, {**base, "k": str(K_VALUES[0])}, warmup)
     separate = [timed_run(root, {**base, "k": str(k)}, warmup) for k in K_VALUES[: max(counts)]]
     rows = []
     for n in counts:
