@@ -145,7 +145,7 @@ def test_a_checkpoint_with_one_torn_sae_is_skipped(tmp_path: Path) -> None:
     [
         ({"saes": '[{"k": 4, "lr": 0.01}]'}, "saes[0]: lr cannot differ between the SAEs of one job"),
         ({"saes": "[{k: 4}]"}, "saes: not valid JSON"),
-        ({"saes": '[{"k": 4096}]'}, "must not exceed d_sae"),
+        ({"saes": '[{"k": 32, "d_sae": 16}]'}, "saes[0] (topk-k32-d16): k=32: must not exceed d_sae=16"),
         ({"saes": '[{"name": "a"}, {"name": "a", "k": 4}]'}, "two SAEs are named a"),
         ({"saes": '[{"k": 4}]', "compile_sae": "true"}, "compile_sae=true: SAE-Lens's multi-SAE trainer"),
     ],
