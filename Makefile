@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE := data/smoke
 
-.PHONY: install lint test smoke bench relock clean lint-docker pin-base bench-export docs mutate
+.PHONY: install lint test smoke bench bench-multi relock clean lint-docker pin-base bench-export docs mutate
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,9 @@ smoke: install
 	@echo "open $(SMOKE)/model/dashboards/index.html for the features ranked by how specific they are to the prompts"
 
 # Prompt export speed: a generated 100k-row embedded Chroma store, exported as a user would; prints rows/s.
+bench-multi: install
+	mkdir -p $(BENCH) && $(PY) -m container_src.bench_multi --json $(BENCH)/cpu-tiny-multi.json
+
 bench-export: install
 	$(PY) launcher/bench_export.py --rows $(or $(ROWS),100000)
 

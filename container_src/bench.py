@@ -68,7 +68,7 @@ class Repeats:
         return max(getattr(self, name), key=lambda run: run.tokens_per_s, default=None)
 
 
-def _write_assets(root: Path, cfg: BenchConfig, stories_needed: int) -> ContainerPaths:
+def write_assets(root: Path, cfg: BenchConfig, stories_needed: int) -> ContainerPaths:
     """A temporary SageMaker tree with channels model (random weights of ``model_shape``), control, prompts."""
     from container_src.synthetic import make_stories, write_model_cache, write_story_dataset
 
@@ -122,7 +122,7 @@ def _plan(cfg: BenchConfig, paths: ContainerPaths, root: Path) -> Plan:
     # Enough stories that no pipeline runs out (a story is about 90 tokens here), within reason.
     stories_needed = min(max(2000, (warmup + steps) * cfg.train_batch_size_tokens // 60), 200_000)
     logger.info("bench: writing a random %s-shaped model and %d stories", cfg.model_shape, stories_needed)
-    return Plan(root, _write_assets(root, cfg, stories_needed), runtime, warmup, steps)
+    return Plan(root, write_assets(root, cfg, stories_needed), runtime, warmup, steps)
 
 
 def _model_alone(cfg: BenchConfig, plan: Plan) -> tuple[Inputs, tuple[int, int], dict[str, Any]]:

@@ -186,6 +186,12 @@ class TrainConfig(RunConfig):
     """W&B entity (team or user); the key's default when empty."""
     run_name: str | None = None
     """Run name for W&B and the checkpoints; derived from the config when empty."""
+    saes: str = ""
+    """SAEs to train together on one forward pass of the model, as a JSON list of objects; empty trains one SAE.
+
+    Each object sets any of `name`, `architecture`, `k`, `expansion_factor`, `d_sae` and `hook_name`; every other
+    key is shared. Example: `[{"k": 32}, {"k": 64, "expansion_factor": 16, "name": "wide"}]`. Each SAE is written to
+    model/NAME/ as a single run writes model/. `compile_sae` cannot be on; see docs/train.md."""
     heldout_prompt_fraction: float = 0.1
     """Share of each category's prompts held out from training, for viz and the final evaluation; 0 trains on all.
 
@@ -251,6 +257,10 @@ class TrainConfig(RunConfig):
         need(
             self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
         )
+        if self.saes:
+            from container_src.sae_set import check_multi
+
+            check_multi(self)
 
     @property
     def evaluation_every(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -113,6 +114,50 @@ def sae_lens_config(
     return runner_cfg
 
 
+def log_steps(
+    trainer: Any,
+    metric_log: records.MetricLog,
+    log_every: int,
+    stop: bool,
+    evaluate: Callable[[Any], dict[str, Any]] | None = None,
+    eval_every: int = 0,
+) -> None:
+    """Wrap ``trainer.step`` (an SAE-Lens ``SAETrainer``'s): a line in ``metric_log`` every ``log_every`` steps and
+    at the last, with ``evaluate``'s figures every ``eval_every`` steps, and, if ``stop``, a stop after the step when
+    a signal has asked for one."""
+    step, total = trainer.step, trainer.cfg.total_training_samples
+
+    def logged_step(batch: Any) -> Any:
+        output = step(batch)
+        done = trainer.n_training_steps + 1
+        if done % log_every == 0 or trainer.n_training_samples >= total:
+            log_dict = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+            evaluation = evaluate(trainer) if evaluate and eval_every and done % eval_every == 0 else {}
+            metric_log.record_step(done, trainer.n_training_samples, log_dict, evaluation)
+        # Stop between steps, after this one is counted: stopping before it would land after the trainer's
+        # sparsity-window reset, and the resumed run would reset an empty window again (0/0).
+        if stop and StopRequest.requested:
+            raise Interrupted(StopRequest.requested.name, StopRequest.requested)
+        return output
+
+    trainer.step = logged_step
+
+
+def save_on_stop(exc: BaseException, trainer: Any, checkpoint_dir: Any) -> Interrupted:
+    """After a stop (``exc``) during training: save a full checkpoint with ``trainer`` (whose step count is set)
+    and return the ``Interrupted`` that ends the run, naming where it went."""
+    for signum in StopRequest.SIGNALS:  # a second signal must not cut the save short
+        signal.signal(signum, signal.SIG_IGN)
+    stopped_by = StopRequest.requested or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+    logger.warning("interrupted at step %d; saving a full checkpoint", trainer.n_training_steps)
+    trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+    return Interrupted(
+        f"stopped by {stopped_by.name} at step {trainer.n_training_steps}; checkpoint saved in "
+        f"{checkpoint_dir}/{trainer.n_training_samples}. Run again to resume.",
+        stopped_by,
+    )
+
+
 class Runner(LanguageModelSAETrainingRunner):
     """SAE-Lens's runner with full checkpoints on interrupt, checkpoint markers, our metric log and our SAE step."""
 
@@ -139,44 +184,21 @@ class Runner(LanguageModelSAETrainingRunner):
         try:
             return trainer.fit()
         except (KeyboardInterrupt, Interrupted) as exc:
-            for signum in StopRequest.SIGNALS:  # a second signal must not cut the save short
-                signal.signal(signum, signal.SIG_IGN)
-            stopped_by = StopRequest.requested or (
-                signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-            )
             trainer.n_training_steps = steps_done(trainer)
-            logger.warning("interrupted at step %d; saving a full checkpoint", trainer.n_training_steps)
-            trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
-            raise Interrupted(
-                f"stopped by {stopped_by.name} at step {trainer.n_training_steps}; checkpoint saved in "
-                f"{self.cfg.checkpoint_path}/{trainer.n_training_samples}. Run again to resume.",
-                stopped_by,
-            ) from None
+            raise save_on_stop(exc, trainer, self.cfg.checkpoint_path) from None
 
     def _instrument(self, trainer: Any) -> None:
-        step, save, total = trainer.step, trainer.save_checkpoint, trainer.cfg.total_training_samples
         eval_every = self.log_every * trainer.cfg.logger.eval_every_n_wandb_logs
         # the evaluations run here, with W&B or without it, so SAE-Lens's own (W&B only) must not run them again
         trainer._run_and_log_evals = lambda: None
-
-        def logged_step(batch: Any) -> Any:
-            output = step(batch)
-            done = trainer.n_training_steps + 1
-            if done % self.log_every == 0 or trainer.n_training_samples >= total:
-                log_dict = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
-                evaluation = self._evaluate(trainer) if done % eval_every == 0 else {}
-                self.metric_log.record_step(done, trainer.n_training_samples, log_dict, evaluation)
-            # Stop between steps, after this one is counted: stopping before it would land after the trainer's
-            # sparsity-window reset, and the resumed run would reset an empty window again (0/0).
-            if StopRequest.requested:
-                raise Interrupted(StopRequest.requested.name, StopRequest.requested)
-            return output
+        log_steps(trainer, self.metric_log, self.log_every, stop=True, evaluate=self._evaluate, eval_every=eval_every)
+        save = trainer.save_checkpoint
 
         def marked_save(checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
             checkpoints.clear_marker(Path(trainer.cfg.checkpoint_path) / checkpoint_name)
             save(checkpoint_name, *args, **kwargs)
 
-        trainer.step, trainer.save_checkpoint = logged_step, marked_save
+        trainer.save_checkpoint = marked_save
 
     def _evaluate(self, trainer: Any) -> dict[str, Any]:
         """SAE-Lens's evaluation (to W&B when it logs there) and the sparsity window, for this step's record."""

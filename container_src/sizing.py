@@ -161,15 +161,35 @@ def estimate(cfg: Any, arch: Architecture, d_in: int) -> Estimate:
             f"{lm_tokens} tokens per pass: the larger of one block's activations and the evaluation's logits",
         ),
     }
+    return _with_margin(parts)
+
+
+def _with_margin(parts: dict[str, tuple[int, str]]) -> Estimate:
     rest = sum(size for size, _ in parts.values())
     margin = int(MARGIN_GIB * GIB + MARGIN_SHARE * rest)
     parts["margin"] = (margin, f"{MARGIN_GIB} GiB for the CUDA context and {MARGIN_SHARE:.0%} of the rest")
     return Estimate(parts)
 
 
+def _together(estimates: list[tuple[str, Estimate]]) -> Estimate:
+    """Several SAEs on one model pass (a multi-SAE job; ``estimates``: each SAE's hook and single-run estimate):
+    one model and forward pass, every SAE and its step, one buffer per hook."""
+    first = estimates[0][1].parts
+    per_hook = {hook: est.parts["activation buffer"][0] for hook, est in reversed(estimates)}
+    parts = {
+        "model weights": first["model weights"],
+        "SAE": (sum(e.parts["SAE"][0] for _, e in estimates), f"{len(estimates)} SAEs, each as a single run's"),
+        "SAE step": (sum(e.parts["SAE step"][0] for _, e in estimates), "each SAE's step, as a single run's"),
+        "activation buffer": (sum(per_hook.values()), f"one buffer per hook ({len(per_hook)}), as a single run's"),
+        "forward pass": first["forward pass"],
+    }
+    return _with_margin(parts)
+
+
 def estimate_for(cfg: Any, folder: Path | None = None) -> Estimate | None:
-    """The estimate for a `train` config, its model's sizes from ``folder``'s config.json or the table; None (with a
-    warning) for an architecture or a hook whose sizes are not known without loading the model."""
+    """The estimate for a `train` config (every SAE of a multi-SAE job), its model's sizes from ``folder``'s
+    config.json or the table; None (with a warning) for an architecture or a hook whose sizes are not known without
+    loading the model."""
     arch = known_architecture(cfg.model_name, folder)
     if arch is None:
         logger.warning(
@@ -177,11 +197,16 @@ def estimate_for(cfg: Any, folder: Path | None = None) -> Estimate | None:
             cfg.model_name,
         )
         return None
-    d_in = hook_width(arch, cfg.hook_name)
-    if d_in is None:
-        logger.warning("GPU memory not estimated: the width of hook %s is known only from the model", cfg.hook_name)
-        return None
-    return estimate(cfg, arch, d_in)
+    from container_src.sae_set import members
+
+    estimates = []
+    for one in [m.config for m in members(cfg)] or [cfg]:  # a multi-SAE job's SAEs, or the run's one
+        d_in = hook_width(arch, one.hook_name)
+        if d_in is None:
+            logger.warning("GPU memory not estimated: the width of hook %s is known only from the model", one.hook_name)
+            return None
+        estimates.append((one.hook_name, estimate(one, arch, d_in)))
+    return estimates[0][1] if len(estimates) == 1 else _together(estimates)
 
 
 def fitting_instances(needed: int) -> list[str]:

@@ -67,7 +67,7 @@ class Run:
     resume: Path | None
 
 
-def _wandb_id(run_dir: Path, resuming: object) -> str:
+def wandb_run_id(run_dir: Path, resuming: object) -> str:
     """The W&B run id: kept beside the checkpoints and reused only when resuming them, so training the same
     configuration afresh (checkpoints cleared) starts a new W&B run rather than writing into the old one's steps."""
     id_file = run_dir / "wandb_id"
@@ -197,11 +197,18 @@ def check_memory(cfg: TrainConfig, inputs: Inputs) -> dict[str, float] | None:
     return est.record()
 
 
-def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
-    """Load the model, derive the SAE's size, and find the run's id and its newest whole checkpoint."""
+def record_provenance(sae: Any, inputs: Inputs) -> None:
+    """Beside SAE-Lens's model_name (the architecture) in the SAE's cfg.json: whose weights, and how the prompts
+    were rendered."""
+    sae.cfg.metadata.model_weights = inputs.weights.name
+    sae.cfg.metadata.prompt_rendering = inputs.rendering.record()
+
+
+def load_lm(cfg: TrainConfig, inputs: Inputs) -> Any:
+    """The model, its weights from ``inputs.weights``, on the run's device."""
     runtime = inputs.runtime
     logger.info("loading %s on %s (%s)", cfg.model_name, runtime.device_name, runtime.precision)
-    lm = model.load_model(
+    return model.load_model(
         cfg.model_name,
         runtime.device,
         inputs.channels["model"],
@@ -209,6 +216,11 @@ def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
         inputs.weights.source,
         inputs.weights.tokenizer,
     )
+
+
+def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
+    """Load the model, derive the SAE's size, and find the run's id and its newest whole checkpoint."""
+    lm = load_lm(cfg, inputs)
     d_in = model.hook_width(lm, cfg.hook_name)
     d_sae = cfg.sae_width(d_in)
     model.check_context(lm, cfg.context_size)
@@ -225,7 +237,7 @@ def _open_run(cfg: TrainConfig, inputs: Inputs, paths: ContainerPaths) -> Run:
     metric_log.truncate_after(latest[1]["step"] if latest else 0)
     if latest:
         logger.info("resuming from %s (step %d, %d tokens)", resume, latest[1]["step"], latest[1]["tokens"])
-        if change := checkpoints.precision_change(latest[0], runtime.autocast):
+        if change := checkpoints.precision_change(latest[0], inputs.runtime.autocast):
             logger.warning("resuming on other hardware: %s", change)
     others = sorted(p.name for p in paths.checkpoints_dir.glob("*/") if p.is_dir() and p.name != rid)
     if others:
@@ -242,13 +254,12 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     from container_src import runner
     from container_src.store import packed_store
 
+    wandb_id = wandb_run_id(run.run_dir, run.resume)
     runner_cfg = runner.sae_lens_config(
-        cfg, run.d_in, run.d_sae, inputs.runtime, _wandb_id(run.run_dir, run.resume), run.run_dir, staging, run.resume
+        cfg, run.d_in, run.d_sae, inputs.runtime, wandb_id, run.run_dir, staging, run.resume
     )
     sae_runner = runner.make_runner(cfg, runner_cfg, inputs.runtime, run.lm, inputs.stream, run.metric_log)
-    # beside SAE-Lens's model_name (the architecture) in cfg.json: whose weights, and how prompts were rendered
-    sae_runner.sae.cfg.metadata.model_weights = inputs.weights.name
-    sae_runner.sae.cfg.metadata.prompt_rendering = inputs.rendering.record()
+    record_provenance(sae_runner.sae, inputs)
     # Evaluations (W&B's during training, ours at the end) read a stream of their own, of held-out stories, so
     # they never take rows from training: what trains is then the same with or without prefetching, and with or
     # without W&B. Its prompts are the training prompts: the held-out ones are evaluated by themselves at the end.
@@ -270,7 +281,7 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     return sae_runner.trainer, eval_store, runner_cfg
 
 
-def _evaluate(
+def evaluate_run(
     cfg: TrainConfig, inputs: Inputs, run: Run, fitted: tuple[Any, Any, Any], staging: Path, started: float
 ) -> dict[str, Any]:
     """The metrics of model/metrics.json: SAE-Lens's evaluation of the saved SAE, on the mixed evaluation stream and
@@ -308,7 +319,7 @@ def _evaluate(
     }
 
 
-def _write_records(
+def write_records(
     resolved: Resolved[TrainConfig], inputs: Inputs, run: Run, metrics: dict[str, Any], staging: Path
 ) -> None:
     """The final metric line, and the records beside the SAE: metrics, resolved config, step log, plots."""
@@ -348,7 +359,7 @@ def _write_records(
     plots.plot_curves(run.metric_log.read(), staging / "plots", title=f"{run.rid} · {cfg.hook_name}")
 
 
-def _publish(staging: Path, model_dir: Path) -> None:
+def publish(staging: Path, model_dir: Path) -> None:
     """Move the assembled SAE into model/: weights and records first, cfg.json (what makes it loadable) last; a
     folder (plots/) replaces an earlier one whole. Signals are held back meanwhile, so model/ is never left
     half-published; one that arrives meanwhile is handled after, when the run is done."""
@@ -369,6 +380,10 @@ def _publish(staging: Path, model_dir: Path) -> None:
 def run_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> dict[str, Any]:
     """Train, evaluate and publish; returns the metrics written to model/metrics.json."""
     cfg = resolved.config
+    if cfg.saes:  # several SAEs on one forward pass: container_src/multi.py
+        from container_src.multi import run_multi_train
+
+        return run_multi_train(resolved, paths)
     started = time.monotonic()
     StopRequest.install()
     inputs = prepare_inputs(cfg, paths)
@@ -378,9 +393,9 @@ def run_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> dict[st
     shutil.rmtree(staging, ignore_errors=True)
     try:
         fitted = _fit(cfg, inputs, run, staging)
-        metrics = _evaluate(cfg, inputs, run, fitted, staging, started)
-        _write_records(resolved, inputs, run, metrics, staging)
-        _publish(staging, paths.model_dir)
+        metrics = evaluate_run(cfg, inputs, run, fitted, staging, started)
+        write_records(resolved, inputs, run, metrics, staging)
+        publish(staging, paths.model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ from container_src import (
     prompt_set,
     records,
     sae_input,
+    viz_compare,
     weights,
 )
 from container_src.config import ConfigError, Resolved, VizConfig
@@ -89,7 +90,7 @@ def sae_source(paths: ContainerPaths) -> Path:
     channel = paths.channel("sae")
     if channel is not None:
         return channel
-    if (paths.model_dir / "cfg.json").is_file():
+    if (paths.model_dir / "cfg.json").is_file() or (paths.model_dir / viz_compare.MULTI).is_file():
         logger.info("no channel sae: using the SAE that train left in %s", paths.model_dir)
         return paths.model_dir
     raise ConfigError(
@@ -98,9 +99,10 @@ def sae_source(paths: ContainerPaths) -> Path:
     )
 
 
-def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path) -> Inputs:
-    """Every check that loads no model: the SAE's files and metadata, the feature ids, the channels and datasets."""
-    source = sae_source(paths)
+def check_inputs(cfg: VizConfig, paths: ContainerPaths, scratch: Path, source: Path | None = None) -> Inputs:
+    """Every check that loads no model: the SAE's files and metadata, the feature ids, the channels and datasets.
+    The SAE is ``source`` (one SAE of a multi-SAE job), else `sae_source`'s."""
+    source = source or sae_source(paths)
     sae_dir = sae_input.unpack(source, scratch)
     sae_cfg = sae_input.read_cfg(sae_dir)
     meta, d_sae = sae_cfg["metadata"], sae_cfg["d_sae"]
@@ -345,12 +347,31 @@ def summarize(
 
 
 def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, Any]:
-    """Rank, render and publish to model/dashboards; returns the summary written beside them. Every cheap check
-    runs before the model and the SAE load."""
-    cfg = resolved.config
+    """Rank, render and publish to model/dashboards; returns the summary written beside them. A multi-SAE job's
+    SAEs each get theirs in model/dashboards/<name>/, and a table comparing them (container_src/viz_compare.py)."""
+    cfg, out = resolved.config, paths.model_dir / "dashboards"
+    with tempfile.TemporaryDirectory(prefix="viz-multi-") as scratch:
+        root = viz_compare.multi_root(sae_source(paths), Path(scratch))
+        if root is None:
+            return viz_sae(cfg, paths, None, out)
+        staging = paths.model_dir / ".dashboards-multi-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            comparison = viz_compare.compare(root, staging, lambda sae, to: viz_sae(cfg, paths, sae, to))
+            records.replace_dir(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    logger.info("%d SAEs compared in %s", len(comparison["saes"]), out / "comparison.html")
+    return comparison
+
+
+def viz_sae(cfg: VizConfig, paths: ContainerPaths, source: Path | None, out: Path) -> dict[str, Any]:
+    """Rank and render the SAE in ``source`` (`sae_source`'s when None) into ``out``; returns its summary. Every
+    cheap check runs before the model and the SAE load."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="viz-sae-") as scratch:
-        inputs = check_inputs(cfg, paths, Path(scratch))
+        inputs = check_inputs(cfg, paths, Path(scratch), source)
         models = load_models(cfg, inputs)
     tokenizer = models.lm.tokenizer
     assert tokenizer is not None
@@ -365,7 +386,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
     attach_ablations(rows, ablations)
     ablated_s = time.monotonic() - ablated_at
 
-    staging = paths.model_dir / ".dashboards-staging"
+    staging = out.parent / f".{out.name}-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:  # a failed run leaves no half-written folder in model/
@@ -380,7 +401,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         dashboards.write_index(rows, rankings, set(chosen), summary, staging / "index.html")
         summary["seconds"]["total"] = round(time.monotonic() - started, 2)
         records.write_json(staging / "summary.json", summary)
-        records.replace_dir(staging, paths.model_dir / "dashboards")
+        records.replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -390,7 +411,7 @@ def run_viz(resolved: Resolved[VizConfig], paths: ContainerPaths) -> dict[str, A
         len(rows),
         summary["dead_features"],
         len(chosen),
-        paths.model_dir / "dashboards",
+        out,
         ", ".join(str(f) for f in next(iter(rankings.values()), [])[:5]),
     )
     return summary

@@ -21,6 +21,7 @@ from container_src import sizing
 from container_src.config import SCHEMAS, ConfigError, looks_like_secret, read_json_object, resolve
 from container_src.evaluate import SOURCE_METRICS, SOURCE_NAMES
 from container_src.hardware import gpu_memory, gpu_without_cuda13, has_gpu, instance_has_bf16
+from container_src.sae_set import PER_SAE_KEYS
 from launcher.errors import LauncherError
 from launcher.settings import Settings
 
@@ -79,6 +80,24 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
             raise LauncherError(f"--sweep {item!r}: a value is repeated")
         sweep[key] = values
     return sweep
+
+
+def sweep_together(mode: str, sweep: dict[str, list[str]], sets: dict[str, str]) -> str:
+    """``--sweep-together``: the sweep's combinations as one train job's `saes` list (one SAE each), trained on one
+    forward pass of the model instead of one job per combination."""
+    if mode != "train":
+        raise LauncherError(f"--sweep-together trains several SAEs in one train job; it cannot be used with {mode}")
+    if not sweep:
+        raise LauncherError("--sweep-together needs a --sweep, for example --sweep k=32,64 --sweep-together")
+    if "saes" in sets:
+        raise LauncherError("--sweep-together writes `saes` itself; drop --set saes=… or --sweep-together")
+    if others := sorted(set(sweep) - set(PER_SAE_KEYS)):
+        raise LauncherError(
+            f"--sweep-together: {', '.join(others)} cannot differ between the SAEs of one job (one trainer steps them "
+            f"all); sweep only {', '.join(k for k in PER_SAE_KEYS if k != 'name')} together, or drop --sweep-together "
+            "for one job per combination"
+        )
+    return json.dumps(combinations(sweep))
 
 
 def combinations(sweep: dict[str, list[str]]) -> list[dict[str, str]]:

@@ -55,6 +55,8 @@ def _runs(args: argparse.Namespace) -> tuple[list[dict[str, str]], list[dict[str
     base = jobs.read_config_file(args.config) if args.config else {}
     sets = jobs.parse_assignments(args.set, "--set")
     sweep = jobs.parse_sweep(args.sweep)
+    if args.sweep_together:  # one job whose `saes` lists the combinations
+        sets, sweep = {**sets, "saes": jobs.sweep_together(args.mode, sweep, sets)}, {}
     if both := sorted(set(sweep) & set(sets)):
         raise LauncherError(f"{', '.join(both)}: given in both --set and --sweep; keep one")
     runs = jobs.combinations(sweep)

@@ -4,6 +4,7 @@
     python launcher/submit.py secret [--force]             # store the W&B key (asked for, hidden) in Secrets Manager
     python launcher/submit.py --mode train [--config FILE] [--set key=value ...] [--spot] [--wait] [--dry-run]
     python launcher/submit.py --mode train --sweep k=32,64 --sweep lr=1e-4,3e-4      # one job per combination
+    python launcher/submit.py --mode train --sweep k=32,64 --sweep-together          # one job, both SAEs
     python launcher/submit.py --mode viz --from-job sae-train-... --wait --download data/dashboards
     python launcher/submit.py follow JOB_NAME [--download DIR]
 
@@ -65,6 +66,12 @@ def _submit_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=V1,V2",
         help="one job per value (repeatable: every combination)",
+    )
+    p.add_argument(
+        "--sweep-together",
+        action="store_true",
+        help="train: the sweep's combinations as one job, every SAE on one forward pass (keys k, expansion_factor, "
+        "d_sae, architecture, hook_name)",
     )
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="exported prompts folder, or an s3:// prefix")
     p.add_argument("--model", help="channel model: a hub-cache folder or s3:// prefix (for network isolation)")

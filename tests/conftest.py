@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,26 @@ def run_container(base: Path, *args: str, env: dict[str, str] | None = None, tim
     return subprocess.run(
         container_cmd(*args), cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def stop_train_at(base: Path, step: int, signum: int = signal.SIGTERM) -> tuple[int, str]:
+    """Run `train` in a fresh process and send it ``signum`` once its metric line for ``step`` (or a later one) is
+    out; returns its exit status and output."""
+    metric_step = re.compile(r"\[metric\] step=(\d+) ")
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        container_cmd("train"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = metric_step.search(line)
+        if match and int(match.group(1)) >= step:
+            proc.send_signal(signum)
+            break
+    lines += proc.stdout.readlines()
+    return proc.wait(timeout=120), "".join(lines)
 
 
 def _free_port() -> int:

@@ -190,3 +190,19 @@ def test_the_table_of_gpu_memory_covers_the_suggested_instances() -> None:
     assert all(sizes) and [s[1] for s in sizes if s] == sorted(s[1] for s in sizes if s)
     assert gpu_memory("ml.p4de.24xlarge") == ("A100", 79.1) and gpu_memory("ml.p4d.24xlarge") == ("A100", 39.4)
     assert gpu_memory("ml.p5e.48xlarge") == ("H200", 139.8) and gpu_memory("ml.m5.xlarge") is None
+
+
+def test_a_multi_sae_job_counts_every_sae_and_the_model_once() -> None:
+    """docs/train.md, multi-SAE jobs: the estimate holds every SAE and its step, one model and one buffer per hook."""
+    base = {"model_name": "Qwen/Qwen3-8B", "hook_name": "blocks.12.mlp.hook_post"}
+    one = sizing.estimate_for(TrainConfig(**base, expansion_factor=4))
+    other = sizing.estimate_for(TrainConfig(**base, expansion_factor=2, k=32))
+    saes = '[{"expansion_factor": 4}, {"expansion_factor": 2, "k": 32}]'
+    both = sizing.estimate_for(TrainConfig(**base, saes=saes))
+    assert one is not None and other is not None and both is not None
+    part = {name: [est.parts[name][0] for est in (one, other, both)] for name in one.parts}
+    assert part["SAE"][2] == part["SAE"][0] + part["SAE"][1]
+    assert part["SAE step"][2] == part["SAE step"][0] + part["SAE step"][1]
+    for shared in ("model weights", "activation buffer", "forward pass"):  # one model, one hook: one buffer
+        assert part[shared][2] == part[shared][0]
+    assert both.total > one.total > other.total

@@ -16,7 +16,15 @@ import pytest
 from container_src.__main__ import main
 from container_src.checkpoints import write_marker
 from container_src.plots import ALL_PLOTS
-from tests.conftest import ROOT, TINY_RUN, container_cmd, make_opt_ml, run_container, write_hyperparameters
+from tests.conftest import (
+    ROOT,
+    TINY_RUN,
+    container_cmd,
+    make_opt_ml,
+    run_container,
+    stop_train_at,
+    write_hyperparameters,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -119,23 +127,11 @@ def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, s
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(opt_ml: Path) -> None:
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536"})  # 256 steps
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        container_cmd("train"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        match = METRIC_LINE.search(line)
-        if match and int(match.group(1)) >= 40:
-            proc.send_signal(signal.SIGTERM)
-            break
-    lines += proc.stdout.readlines()
-    assert proc.wait(timeout=120) == 143, "".join(lines[-30:])
+    status, output = stop_train_at(opt_ml, 40)
+    assert status == 143, output[-3000:]
 
     failure = (opt_ml / "output" / "failure").read_text()
-    assert "SIGTERM" in "".join(lines) and "checkpoint saved" in failure
+    assert "SIGTERM" in output and "checkpoint saved" in failure
     assert not (opt_ml / "model" / "cfg.json").exists()
     (run_dir,) = (opt_ml / "checkpoints").iterdir()
     saved = [p for p in run_dir.iterdir() if (p / "checkpoint_complete.json").exists()]
@@ -378,7 +374,7 @@ def test_signal_handling_by_phase() -> None:
 def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
     replaced whole, not merged."""
-    from container_src.train import _publish
+    from container_src.train import publish
 
     staging, model_dir = tmp_path / "model" / ".staging", tmp_path / "model"
     (staging / "plots").mkdir(parents=True)
@@ -395,7 +391,7 @@ def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monk
         return replace(self, target)
 
     monkeypatch.setattr(Path, "replace", noted)
-    _publish(staging, model_dir)
+    publish(staging, model_dir)
     assert moved[-1] == "cfg.json" and sorted(moved) == ["cfg.json", "metrics.json", "sae_weights.safetensors"]
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "cfg.json",
