@@ -10,27 +10,22 @@ key, before any model is loaded. Secrets never enter the config: ``wandb_key`` r
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from container_src import schedule
+from container_src import schedule, train_checks
 
 # looks_like_secret and read_json_object are re-exported: the launcher imports them from here.
 from container_src.config_sources import ConfigError, check_types, merge
 from container_src.config_sources import looks_like_secret as looks_like_secret
 from container_src.config_sources import read_json_object as read_json_object
 from container_src.model_shapes import SHAPES
+from container_src.train_checks import ARCHITECTURES as ARCHITECTURES
+from container_src.train_checks import PROMPT_FORMATS as PROMPT_FORMATS
+from container_src.train_checks import refuse_unless as _need
 
-ARCHITECTURES = ("topk", "batchtopk")
 PRECISIONS = ("auto", "fp32", "bf16")
-PROMPT_FORMATS = ("auto", "chat", "plain")
-
-
-def _need(cfg: object, ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={getattr(cfg, key)!r}: {why}")
 
 
 @dataclass
@@ -202,65 +197,7 @@ class TrainConfig(RunConfig):
 
     def _check_values(self) -> None:
         super()._check_values()
-
-        def need(ok: bool, key: str, why: str) -> None:
-            _need(self, ok, key, why)
-
-        need(self.prompt_format in PROMPT_FORMATS, "prompt_format", f"must be one of {', '.join(PROMPT_FORMATS)}")
-        need(self.architecture in ARCHITECTURES, "architecture", f"must be one of {', '.join(ARCHITECTURES)}")
-        need(self.expansion_factor >= 1, "expansion_factor", "must be at least 1")
-        need(self.d_sae is None or self.d_sae >= 1, "d_sae", "must be at least 1")
-        need(self.k >= 1, "k", "must be at least 1")
-        need(self.d_sae is None or self.k <= self.d_sae, "k", f"must not exceed d_sae={self.d_sae}")
-        need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
-        need(0 <= self.lr_warm_up_fraction <= 1, "lr_warm_up_fraction", "must be between 0 and 1")
-        need(0 <= self.lr_decay_fraction <= 1, "lr_decay_fraction", "must be between 0 and 1")
-        need(
-            self.lr_warm_up_fraction + self.lr_decay_fraction <= 1,
-            "lr_decay_fraction",
-            f"warm-up ({self.lr_warm_up_fraction}) and decay together exceed the whole run",
-        )
-        schedule.check(self)
-        need(self.train_batch_size_tokens >= 1, "train_batch_size_tokens", "must be at least 1")
-        need(
-            self.training_tokens >= self.train_batch_size_tokens,
-            "training_tokens",
-            f"must be at least one batch (train_batch_size_tokens={self.train_batch_size_tokens})",
-        )
-        need(self.context_size >= 2, "context_size", "must be at least 2")
-        need(self.store_batch_size_prompts >= 1, "store_batch_size_prompts", "must be at least 1")
-        need(self.prefetch_llm_batches >= 0, "prefetch_llm_batches", "must be 0 (off) or more")
-        need(
-            self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
-            "n_batches_in_buffer",
-            f"n_batches_in_buffer × context_size ({self.n_batches_in_buffer} × {self.context_size}) must be at "
-            f"least train_batch_size_tokens ({self.train_batch_size_tokens})",
-        )
-        need(
-            self.training_tokens % self.train_batch_size_tokens == 0,
-            "training_tokens",
-            f"must be a whole number of batches of train_batch_size_tokens={self.train_batch_size_tokens} "
-            f"(for example {self.training_steps * self.train_batch_size_tokens or self.train_batch_size_tokens})",
-        )
-        need(self.n_checkpoints >= 0, "n_checkpoints", "must not be negative")
-        need(0 <= self.prompt_ratio < 1, "prompt_ratio", "must be in [0, 1): the control text is the negative control")
-        need(
-            0 <= self.heldout_prompt_fraction < 1,
-            "heldout_prompt_fraction",
-            "must be in [0, 1): 0 trains on every prompt, and some prompts must remain to train on",
-        )
-        need(self.dead_feature_window >= 1, "dead_feature_window", "must be at least 1")
-        need(self.feature_sampling_window >= 1, "feature_sampling_window", "must be at least 1")
-        need(self.log_every >= 1, "log_every", "must be at least 1")
-        need(self.eval_batches >= 1, "eval_batches", "must be at least 1")
-        need(bool(self.control_eval_split), "control_eval_split", "must name a split, such as validation")
-        need(
-            self.hook_name.count(".") >= 1, "hook_name", "must be a TransformerLens hook such as blocks.2.mlp.hook_post"
-        )
-        if self.saes:
-            from container_src.sae_set import check_multi
-
-            check_multi(self)
+        train_checks.check(self)
 
     @property
     def evaluation_every(self) -> int:

@@ -326,3 +326,16 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
                 " | ".join(f"{s['prompt_id']} ({s['category']}, {s['activation']}): {s['text']}" for s in snippets)
             )
             writer.writerow(flat)
+
+
+def dashboard_features(rankings: dict[str, list[int]], n: int) -> list[int]:
+    """Up to ``n`` features, taking each contrast's best in turn (its first, then its second, …), so every
+    contrast that ran has its top features rendered."""
+    chosen: dict[int, None] = {}
+    depth = 0
+    while len(chosen) < n and any(depth < len(r) for r in rankings.values()):
+        for ranking in rankings.values():
+            if depth < len(ranking) and len(chosen) < n:
+                chosen.setdefault(ranking[depth])
+        depth += 1
+    return list(chosen)

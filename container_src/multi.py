@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from container_src import checkpoints, data, model, records
+from container_src import checkpoints, data, model, records, sizing
 from container_src.config import Resolved, TrainConfig
 from container_src.interrupt import StopRequest
 from container_src.paths import ContainerPaths
@@ -28,7 +28,6 @@ from container_src.train import (
     METRIC_LOG,
     Inputs,
     Run,
-    check_memory,
     evaluate_run,
     load_lm,
     prepare_inputs,
@@ -217,7 +216,7 @@ def run_multi_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> d
     if inputs.runtime.compile_sae:  # only when compile_sae is empty: true is refused with the config
         logger.info("compile_sae: off for a multi-SAE job (SAE-Lens's multi-SAE trainer runs the SAEs eagerly)")
         inputs.runtime = dataclasses.replace(inputs.runtime, compile_sae=False)
-    inputs.memory = check_memory(cfg, inputs)  # every SAE's share of the GPU, before the model loads
+    inputs.memory = sizing.check_memory(cfg, inputs)  # every SAE's share of the GPU, before the model loads
     job = _open_job(cfg, group, inputs, paths)
     staging = paths.model_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)

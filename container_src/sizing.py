@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from container_src import buffer
+from container_src.config_sources import ConfigError
 from container_src.hardware import SUGGESTED_INSTANCES, gpu_memory
 from container_src.model_shapes import ARCHITECTURES, Architecture
 
@@ -231,3 +232,28 @@ def shortfall(est: Estimate, available: int, where: str) -> str | None:
         + ", or make the run smaller: expansion_factor or d_sae (the SAE), store_batch_size_prompts and "
         "context_size (the forward pass), n_batches_in_buffer (the buffer), train_batch_size_tokens (the SAE step)"
     )
+
+
+def check_memory(cfg: Any, inputs: Any) -> dict[str, float] | None:
+    """Refuse a GPU too small for the run's estimated memory, before the model is loaded; returns the estimate (GiB
+    per part) for the records, None where nothing was estimated (CPU, or sizes unknown without the model).
+    ``inputs``: `train`'s prepared inputs (its runtime, and the weights' source)."""
+    runtime = inputs.runtime
+    if not runtime.device.startswith("cuda"):
+        logger.info("GPU memory: not estimated on %s", runtime.device)
+        return None
+    est = estimate_for(cfg, config_folder(inputs.weights.source or cfg.model_name))
+    if est is None:
+        return None
+    import torch
+
+    available = torch.cuda.get_device_properties(torch.device(runtime.device)).total_memory
+    logger.info(
+        "GPU memory estimate, of %.1f GiB on %s: %s",
+        available / GIB,
+        runtime.device_name,
+        "; ".join(est.lines()),
+    )
+    if why := shortfall(est, available, f"{runtime.device_name} ({runtime.device})"):
+        raise ConfigError(why)
+    return est.record()

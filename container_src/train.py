@@ -50,7 +50,7 @@ class Inputs:
     weights: weights.Weights
     rendering: chat.Rendering
     memory: dict[str, float] | None = None
-    """The GPU memory estimate, GiB per part (``check_memory``)."""
+    """The GPU memory estimate, GiB per part (``sizing.check_memory``)."""
 
 
 @dataclass
@@ -171,30 +171,6 @@ def _eval_stories(cfg: TrainConfig, channel: Path | None) -> Any:
     if channel is not None:
         data.check_eval_split(channel, split, cfg.control_split)
     return data.open_control(channel, cfg.control_path, split, cfg.control_text_column)
-
-
-def check_memory(cfg: TrainConfig, inputs: Inputs) -> dict[str, float] | None:
-    """Refuse a GPU too small for the run's estimated memory, before the model is loaded; returns the estimate (GiB
-    per part) for the records, None where nothing was estimated (CPU, or sizes unknown without the model)."""
-    runtime = inputs.runtime
-    if not runtime.device.startswith("cuda"):
-        logger.info("GPU memory: not estimated on %s", runtime.device)
-        return None
-    est = sizing.estimate_for(cfg, sizing.config_folder(inputs.weights.source or cfg.model_name))
-    if est is None:
-        return None
-    import torch
-
-    available = torch.cuda.get_device_properties(torch.device(runtime.device)).total_memory
-    logger.info(
-        "GPU memory estimate, of %.1f GiB on %s: %s",
-        available / sizing.GIB,
-        runtime.device_name,
-        "; ".join(est.lines()),
-    )
-    if why := sizing.shortfall(est, available, f"{runtime.device_name} ({runtime.device})"):
-        raise ConfigError(why)
-    return est.record()
 
 
 def record_provenance(sae: Any, inputs: Inputs) -> None:
@@ -387,7 +363,7 @@ def run_train(resolved: Resolved[TrainConfig], paths: ContainerPaths) -> dict[st
     started = time.monotonic()
     StopRequest.install()
     inputs = prepare_inputs(cfg, paths)
-    inputs.memory = check_memory(cfg, inputs)
+    inputs.memory = sizing.check_memory(cfg, inputs)
     run = _open_run(cfg, inputs, paths)
     staging = paths.model_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)

@@ -45,7 +45,7 @@ from container_src.prompts import load_prompts
 from container_src.ranking import STORIES, FeatureStats, rank
 from container_src.sequences import pad_to
 from container_src.snippets import top_snippets
-from container_src.viz_ablation import ablate_contrasts
+from container_src.viz_ablation import ablate_contrasts, attach_ablations
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -241,27 +241,6 @@ def ablate_features(
         )
 
 
-def attach_ablations(rows: list[dict[str, Any]], found: dict[str, dict[int, dict[str, Any]]]) -> None:
-    """Each contrast's figures of a feature get its ablation (None where it was not ablated)."""
-    for row in rows:
-        for name, figures in row["contrasts"].items():
-            if figures is not None:
-                figures["ablation"] = found.get(name, {}).get(row["feature"])
-
-
-def dashboard_features(rankings: dict[str, list[int]], n: int) -> list[int]:
-    """Up to ``n`` features, taking each contrast's best in turn (its first, then its second, …), so every
-    contrast that ran has its top features rendered."""
-    chosen: dict[int, None] = {}
-    depth = 0
-    while len(chosen) < n and any(depth < len(r) for r in rankings.values()):
-        for ranking in rankings.values():
-            if depth < len(ranking) and len(chosen) < n:
-                chosen.setdefault(ranking[depth])
-        depth += 1
-    return list(chosen)
-
-
 def render_dashboards(
     cfg: VizConfig,
     inputs: Inputs,
@@ -278,7 +257,7 @@ def render_dashboards(
     scored = [f for ranking in rankings.values() for f in ranking]
     if not rankings:
         logger.warning("every contrast was skipped (see summary.json): lower min_prompts or read more prompts")
-    chosen = list(dict.fromkeys(dashboard_features(rankings, cfg.n_features) + cfg.feature_ids))
+    chosen = list(dict.fromkeys(dashboards.dashboard_features(rankings, cfg.n_features) + cfg.feature_ids))
     if chosen:
         logger.info("rendering dashboards for %d features", len(chosen))
         dashboards.render_dashboard(

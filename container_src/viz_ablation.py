@@ -99,3 +99,11 @@ def ablate_contrasts(
         found = ablate(lm, sae, hook_name, batches, features)
         out[entry["name"]] = {f: {"a": r["a"], "b": r["b"], TOP_DROPPED: r[TOP_DROPPED]} for f, r in found.items()}
     return out, work
+
+
+def attach_ablations(rows: list[dict[str, Any]], found: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Each contrast's figures of a feature get its ablation (None where it was not ablated)."""
+    for row in rows:
+        for name, figures in row["contrasts"].items():
+            if figures is not None:
+                figures["ablation"] = found.get(name, {}).get(row["feature"])

@@ -93,7 +93,7 @@ def test_a_gpu_too_small_is_refused_before_the_model_loads(monkeypatch: pytest.M
     """The container's check on a CUDA device. No GPU here: the device's properties are the one stub."""
     import torch
 
-    from container_src.train import check_memory
+    from container_src.sizing import check_memory
 
     total = {"memory": 22 * sizing.GIB}
     monkeypatch.setattr(
@@ -123,8 +123,8 @@ def test_weights_outside_the_table_are_sized_from_their_config_json(monkeypatch:
     cached config.json (no GPU here: the device's properties are the one stub)."""
     import torch
 
+    from container_src.sizing import check_memory
     from container_src.synthetic_qwen import write_qwen_cache
-    from container_src.train import check_memory
 
     write_qwen_cache(HF_HOME, "someone/sized-qwen3")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: SimpleNamespace(total_memory=sizing.GIB))
@@ -194,7 +194,7 @@ def test_the_table_of_gpu_memory_covers_the_suggested_instances() -> None:
 
 def test_a_multi_sae_job_counts_every_sae_and_the_model_once() -> None:
     """docs/train.md, multi-SAE jobs: the estimate holds every SAE and its step, one model and one buffer per hook."""
-    base = {"model_name": "Qwen/Qwen3-8B", "hook_name": "blocks.12.mlp.hook_post"}
+    base: dict[str, Any] = {"model_name": "Qwen/Qwen3-8B", "hook_name": "blocks.12.mlp.hook_post"}
     one = sizing.estimate_for(TrainConfig(**base, expansion_factor=4))
     other = sizing.estimate_for(TrainConfig(**base, expansion_factor=2, k=32))
     saes = '[{"expansion_factor": 4}, {"expansion_factor": 2, "k": 32}]'
