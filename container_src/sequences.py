@@ -61,9 +61,9 @@ def prompt_rows(
                 break
             rows_tokens.append([bos, *ids[:keep]])
             rows_parts["prompt"].append([False] + [True] * keep)
-            span = spans[start + i]
-            for part, (lo, hi) in PART_SPANS.items():
-                rows_parts[part].append([False, *_part_of([tuple(o) for o in offsets[:keep]], span[lo], span[hi])])
+            span, kept = spans[start + i], [tuple(o) for o in offsets[:keep]]
+            for part, (lo, hi) in PART_SPANS.items():  # a part the prompt lacks (no thought, say) is -1, -1
+                rows_parts[part].append([False, *_part_of(kept, span.get(lo, -1), span.get(hi, -1))])
             taken += keep
     n, width = len(rows_tokens), max(map(len, rows_tokens), default=1)
     tokens = torch.tensor([r + [bos] * (width - len(r)) for r in rows_tokens], dtype=torch.long).view(n, width)
