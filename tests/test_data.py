@@ -47,12 +47,20 @@ def _tiny_lm_and_config(tmp_path: Path) -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3])
-def test_mixing_ratio_within_tolerance(many_stories: Dataset, ratio: float) -> None:
-    rows = list(islice(mixed_stream(many_stories.to_iterable_dataset(), _prompts(), ratio, seed=42), 5000))
-    share = sum(r["source"] == "prompts" for r in rows) / len(rows)
-    # binomial standard deviation at n=5000 is under 0.0065; allow three of them
-    assert abs(share - ratio) < 0.02, share
-    assert all(r["text"] for r in rows)
+def test_docs_train_each_document_a_prompt_with_probability_prompt_ratio(ratio: float) -> None:
+    """docs/train.md: "each document a prompt with probability `prompt_ratio` ... `prompt_ratio` is a share of
+    *documents*". Measured over 120,000 documents (two seeds of 60,000): the binomial standard deviation is under
+    0.0014 at 0.3 and 0.0009 at 0.1, so the 0.004 tolerance is three of them, and a share one percentage point off
+    fails."""
+    stories = Dataset.from_dict({"text": [f"story {i}" for i in range(100_000)]})  # never exhausted in 60,000 rows
+    drawn = prompts = 0
+    for seed in (42, 7):
+        rows = list(islice(mixed_stream(stories.to_iterable_dataset(), _prompts(), ratio, seed=seed), 60_000))
+        assert len(rows) == 60_000
+        assert all(r["text"] for r in rows)
+        drawn += len(rows)
+        prompts += sum(r["source"] == "prompts" for r in rows)
+    assert abs(prompts / drawn - ratio) < 0.004, prompts / drawn
 
 
 def test_prompts_cycle_and_order_is_seeded(many_stories: Dataset) -> None:
