@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from container_src.config import BenchConfig, ConfigError, TrainConfig, VizConfig, resolve
+from container_src.config import BenchConfig, ConfigError, RunConfig, TrainConfig, VizConfig, resolve
 from container_src.config_sources import list_presets, parse_cli, pick_mode
 from container_src.paths import wandb_key
 
@@ -341,18 +341,6 @@ VIZ_BOUNDS: list[tuple[dict[str, Any], str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("change", "message"), VIZ_BOUNDS)
-def test_readme_exit_2_names_the_key_viz_limits_one_by_one(change: dict[str, Any], message: str | None) -> None:
-    """README: exit status 2 is "a problem with the configuration or the inputs, with a message that names the key";
-    each viz check at its boundary, with its whole message."""
-    if message is None:
-        VizConfig(**change)
-        return
-    with pytest.raises(ConfigError) as err:
-        VizConfig(**change)
-    assert str(err.value) == message
-
-
 def test_docs_configuration_features_is_a_comma_separated_list_of_ids() -> None:
     """docs/configuration.md, `features`: "Feature ids to render as well, comma-separated (for example `12,873`)"."""
     assert VizConfig(features="12, 873").feature_ids == [12, 873]
@@ -376,15 +364,20 @@ BENCH_BOUNDS: list[tuple[dict[str, Any], str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("change", "message"), BENCH_BOUNDS)
-def test_readme_exit_2_names_the_key_bench_limits_one_by_one(change: dict[str, Any], message: str | None) -> None:
+@pytest.mark.parametrize(
+    ("schema", "change", "message"),
+    [(VizConfig, *case) for case in VIZ_BOUNDS] + [(BenchConfig, *case) for case in BENCH_BOUNDS],
+)
+def test_readme_exit_2_names_the_key_viz_and_bench_limits_one_by_one(
+    schema: type[RunConfig], change: dict[str, Any], message: str | None
+) -> None:
     """README: exit status 2 is "a problem with the configuration or the inputs, with a message that names the key";
-    each bench check at its boundary, with its whole message."""
+    each viz and bench check at its boundary, with its whole message."""
     if message is None:
-        BenchConfig(**change)
+        schema(**change)
         return
     with pytest.raises(ConfigError) as err:
-        BenchConfig(**change)
+        schema(**change)
     assert str(err.value) == message
 
 
