@@ -224,3 +224,32 @@ def test_docs_train_each_checkpoint_closed_by_its_marker_cleared_first_written_l
     assert (marker["step"], marker["tokens"]) == (2, 512)
     assert sorted(marker["files"]) == ["activations_store_state.safetensors", "sae_weights.safetensors"]
     assert marker["files"]["sae_weights.safetensors"]["size"] == len(b"this attempt's weights")
+
+
+def test_docs_train_marker_digest_whole_up_to_4_mib_else_64_evenly_spaced_64_kib_pieces(tmp_path: Path) -> None:
+    """docs/train.md: the marker lists each file's size and "a digest of their content (whole for files up to 4 MiB,
+    64 evenly spaced pieces of larger ones)". Each digest recomputed here from that sentence alone."""
+    import hashlib
+
+    piece, mib = 64 * 1024, 1024 * 1024
+    rng = random.Random(0)
+    sizes = {"exactly_4_mib.bin": 4 * mib, "one_byte_more.bin": 4 * mib + 1, "larger.bin": 5 * mib + 12345}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(rng.randbytes(size))
+    write_marker(tmp_path, step=1, tokens=256)
+    files = json.loads((tmp_path / COMPLETE_MARKER).read_text())["files"]
+
+    def expected(name: str) -> str:
+        data = (tmp_path / name).read_bytes()
+        if len(data) <= 4 * mib:
+            return hashlib.sha256(data).hexdigest()
+        stride = (len(data) - piece) // 63  # the first piece at 0, the last ending at the file's end (or just before)
+        return hashlib.sha256(b"".join(data[i * stride : i * stride + piece] for i in range(64))).hexdigest()
+
+    for name, size in sizes.items():
+        assert files[name] == {"size": size, "digest": expected(name)}, name
+    # a changed byte inside a sampled piece of a large file makes the checkpoint torn
+    data = bytearray((tmp_path / "larger.bin").read_bytes())
+    data[((len(data) - piece) // 63) * 40 + 7] ^= 1
+    (tmp_path / "larger.bin").write_bytes(bytes(data))
+    assert checkpoints.read_marker(tmp_path) is None
