@@ -190,6 +190,7 @@ def test_docs_train_each_checkpoint_closed_by_its_marker_cleared_first_written_l
 
     def sae_lens_save(checkpoint_name: str) -> None:  # the trainer's save: the marker must be gone by now
         seen.append((tmp_path / checkpoint_name / COMPLETE_MARKER).exists())
+        (tmp_path / checkpoint_name).mkdir(exist_ok=True)
         (tmp_path / checkpoint_name / "sae_weights.safetensors").write_bytes(b"this attempt's, torn")
 
     cfg = SimpleNamespace(checkpoint_path=str(tmp_path), total_training_samples=1024, train_batch_size_samples=256)
@@ -201,13 +202,14 @@ def test_docs_train_each_checkpoint_closed_by_its_marker_cleared_first_written_l
         checkpoint_thresholds=[512],
         optimizer=torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]),
     )
-    # a fit that saves and is killed there, before the runner's save_checkpoint closes the folder
-    trainer.fit = lambda: trainer.save_checkpoint("512")
+    # a fit that saves a new checkpoint (no folder yet, so no marker to clear), then rewrites the one at 512 tokens
+    # and is killed there, before the runner's save_checkpoint closes the folder
+    trainer.fit = lambda: [trainer.save_checkpoint("256"), trainer.save_checkpoint("512")]
     runner = object.__new__(Runner)
     runner.lean_step = False
     monkeypatch.setattr(StopRequest, "phase", StopRequest.phase)  # set back after the test
     runner.run_trainer_with_interruption_handling(trainer)
-    assert seen == [False]
+    assert seen == [False, False]
     assert latest_checkpoint(tmp_path) is None  # the torn rewrite is not taken for whole
 
     def runner_save(self: Any, checkpoint_path: Path | None) -> None:  # SAE-Lens's runner writes the rest first
