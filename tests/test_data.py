@@ -356,3 +356,5 @@ def test_docs_train_token_share_reads_up_to_500_documents_of_each(many_stories: 
     stories = Dataset.from_dict({"text": ["a b c d e f g h i j"] * 500 + [" ".join(["s"] * 1000)] * 500})
     assert token_share(words, prompts, stories.to_iterable_dataset(), 0.25) == pytest.approx(0.25)
     assert token_share(words, prompts, stories.to_iterable_dataset(), 0.0) == 0.0
+    one_prompt = Dataset.from_dict({"text": [" ".join(["w"] * 10)]})  # a mean over one document is that document
+    assert token_share(words, one_prompt, stories.to_iterable_dataset(), 0.25) == pytest.approx(0.25)
