@@ -235,7 +235,12 @@ def test_docs_train_marker_digest_whole_up_to_4_mib_else_64_evenly_spaced_64_kib
 
     piece, mib = 64 * 1024, 1024 * 1024
     rng = random.Random(0)
-    sizes = {"exactly_4_mib.bin": 4 * mib, "one_byte_more.bin": 4 * mib + 1, "larger.bin": 5 * mib + 12345}
+    sizes = {
+        "small.bin": 100 * 1024,
+        "exactly_4_mib.bin": 4 * mib,
+        "one_byte_more.bin": 4 * mib + 1,
+        "larger.bin": 5 * mib + 12345,
+    }
     for name, size in sizes.items():
         (tmp_path / name).write_bytes(rng.randbytes(size))
     write_marker(tmp_path, step=1, tokens=256)
