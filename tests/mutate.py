@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -82,7 +83,12 @@ def summary(module: str, seconds: float) -> dict[str, object]:
         counts[status] = counts.get(status, 0) + 1
     survivors = {name: diff(work, name) for name, status in sorted(statuses.items()) if status == "survived"}
     logger.info("%s: %s", module, counts)
-    return {"module": module, "counts": counts, "survivors": survivors, "seconds": round(seconds)}
+    return {
+        "module": module,
+        "counts": counts,
+        "survivors": survivors,
+        "seconds": "-" if math.isnan(seconds) else round(seconds),
+    }
 
 
 def run_module(module: str, max_children: int) -> dict[str, object]:
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         modules = [m for m in modules if (work_dir(m) / "mutants").is_dir()]
-        report = write_report([summary(module, 0) for module in modules])
+        report = write_report([summary(module, math.nan) for module in modules])  # nan: not timed by this run
     else:
         report = write_report([run_module(module, args.max_children) for module in modules])
     logger.info("report: %s", report.relative_to(ROOT))
