@@ -72,7 +72,9 @@ docs: install
 # Mutation testing, a developer's tool (not CI): mutmut over the modules in pyproject.toml's [tool.mutate.tests], one
 # at a time, each mutant against the tests that reach it; `make mutate MODULES=container_src/config.py` for one.
 # Report: build/mutate/report.md (how to read it: docs/development.md#mutation-testing).
-mutate: install
+# Needs only an installed venv (not `install`, which reinstalls when a lock is newer than the venv's stamp).
+mutate:
+	@test -x $(PY) || { echo "no $(PY): run make install first" >&2; exit 2; }
 	nice -n $(or $(NICE),5) $(PY) -m tests.mutate $(MODULES) --max-children $(or $(JOBS),2)
 
 relock:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from container_src import checkpoints
+from container_src import checkpoints, records
 from container_src.checkpoints import COMPLETE_MARKER, latest_checkpoint, precision_change, run_id, write_marker
 from container_src.config import TrainConfig
 
@@ -165,3 +166,101 @@ def test_train_md_resumes_from_the_newest_whole_one_by_tokens_not_by_name(tmp_pa
     (tmp_path / "20480").write_text("a file, not a checkpoint folder")
     found = latest_checkpoint(tmp_path)
     assert found is not None and found[0] == newest and found[1]["tokens"] == 10240
+
+
+def test_docs_train_each_checkpoint_closed_by_its_marker_cleared_first_written_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/train.md: checkpoints are "each closed by `checkpoint_complete.json`, which lists its files", and "a
+    checkpoint whose files don't match its marker (a kill mid-write ...) is skipped". So the runner clears an old
+    marker before SAE-Lens (re)writes a folder, and writes the marker after it. SAE-Lens's trainer and its save are
+    stand-ins here (a real one needs a training run, test_train.py); the order around them is the runner's own."""
+    from types import SimpleNamespace
+
+    from sae_lens import LanguageModelSAETrainingRunner
+
+    from container_src.interrupt import StopRequest
+    from container_src.runner import Runner
+
+    folder = tmp_path / "512"
+    folder.mkdir()
+    (folder / "sae_weights.safetensors").write_bytes(b"an earlier attempt's weights")
+    write_marker(folder, step=2, tokens=512)  # that attempt was whole
+    seen: list[bool] = []
+
+    def sae_lens_save(checkpoint_name: str) -> None:  # the trainer's save: the marker must be gone by now
+        seen.append((tmp_path / checkpoint_name / COMPLETE_MARKER).exists())
+        (tmp_path / checkpoint_name).mkdir(exist_ok=True)
+        (tmp_path / checkpoint_name / "sae_weights.safetensors").write_bytes(b"this attempt's, torn")
+
+    logger = SimpleNamespace(eval_every_n_wandb_logs=1)
+    cfg = SimpleNamespace(
+        checkpoint_path=str(tmp_path), total_training_samples=1024, train_batch_size_samples=256, logger=logger
+    )
+    trainer = SimpleNamespace(
+        step=lambda batch: batch,
+        save_checkpoint=sae_lens_save,
+        cfg=cfg,
+        n_training_samples=512,
+        checkpoint_thresholds=[512],
+        optimizer=torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]),
+    )
+    # a fit that saves a new checkpoint (no folder yet, so no marker to clear), then rewrites the one at 512 tokens
+    # and is killed there, before the runner's save_checkpoint closes the folder
+    trainer.fit = lambda: [trainer.save_checkpoint("256"), trainer.save_checkpoint("512")]
+    runner = object.__new__(Runner)
+    runner.lean_step, runner.log_every = False, 1
+    runner.metric_log = records.MetricLog(tmp_path / "log.jsonl")  # no step runs: nothing is logged
+    monkeypatch.setattr(StopRequest, "phase", StopRequest.phase)  # set back after the test
+    runner.run_trainer_with_interruption_handling(trainer)
+    assert seen == [False, False]
+    assert latest_checkpoint(tmp_path) is None  # the torn rewrite is not taken for whole
+
+    def runner_save(self: Any, checkpoint_path: Path | None) -> None:  # SAE-Lens's runner writes the rest first
+        assert checkpoint_path is not None and not (checkpoint_path / COMPLETE_MARKER).exists()
+        (checkpoint_path / "sae_weights.safetensors").write_bytes(b"this attempt's weights")
+        (checkpoint_path / "activations_store_state.safetensors").write_bytes(b"position")
+
+    monkeypatch.setattr(LanguageModelSAETrainingRunner, "save_checkpoint", runner_save)
+    runner.trainer = trainer
+    runner.save_checkpoint(folder)
+    found = latest_checkpoint(tmp_path)
+    assert found is not None and found[0] == folder
+    marker = found[1]
+    assert (marker["step"], marker["tokens"]) == (2, 512)
+    assert sorted(marker["files"]) == ["activations_store_state.safetensors", "sae_weights.safetensors"]
+    assert marker["files"]["sae_weights.safetensors"]["size"] == len(b"this attempt's weights")
+
+
+def test_docs_train_marker_digest_whole_up_to_4_mib_else_64_evenly_spaced_64_kib_pieces(tmp_path: Path) -> None:
+    """docs/train.md: the marker lists each file's size and "a digest of their content (whole for files up to 4 MiB,
+    64 evenly spaced pieces of larger ones)". Each digest recomputed here from that sentence alone."""
+    import hashlib
+
+    piece, mib = 64 * 1024, 1024 * 1024
+    rng = random.Random(0)
+    sizes = {
+        "small.bin": 100 * 1024,
+        "exactly_4_mib.bin": 4 * mib,
+        "one_byte_more.bin": 4 * mib + 1,
+        "larger.bin": 5 * mib + 12345,
+    }
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(rng.randbytes(size))
+    write_marker(tmp_path, step=1, tokens=256)
+    files = json.loads((tmp_path / COMPLETE_MARKER).read_text())["files"]
+
+    def expected(name: str) -> str:
+        data = (tmp_path / name).read_bytes()
+        if len(data) <= 4 * mib:
+            return hashlib.sha256(data).hexdigest()
+        stride = (len(data) - piece) // 63  # the first piece at 0, the last ending at the file's end (or just before)
+        return hashlib.sha256(b"".join(data[i * stride : i * stride + piece] for i in range(64))).hexdigest()
+
+    for name, size in sizes.items():
+        assert files[name] == {"size": size, "digest": expected(name)}, name
+    # a changed byte inside a sampled piece of a large file makes the checkpoint torn
+    data = bytearray((tmp_path / "larger.bin").read_bytes())
+    data[((len(data) - piece) // 63) * 40 + 7] ^= 1
+    (tmp_path / "larger.bin").write_bytes(bytes(data))
+    assert checkpoints.read_marker(tmp_path) is None

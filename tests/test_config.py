@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from container_src.config import ConfigError, TrainConfig, resolve
+from container_src.config import BenchConfig, ConfigError, RunConfig, TrainConfig, VizConfig, resolve
 from container_src.config_sources import list_presets, parse_cli, pick_mode
 from container_src.paths import wandb_key
 
@@ -262,3 +264,185 @@ def test_evaluation_cadence_defaults_to_about_100_evaluations() -> None:
         cfg = TrainConfig(training_tokens=steps * 4096, log_every=log_every)
         assert steps // (log_every * cfg.evaluation_every) == evaluations, (steps, log_every)
     assert TrainConfig(eval_every_n_wandb_logs=3).evaluation_every == 3
+
+
+# A small, valid train config the boundary cases below change one key of: 10 batches of 256 tokens, 64-token rows.
+SMALL = {"train_batch_size_tokens": 256, "training_tokens": 2560, "context_size": 64, "n_batches_in_buffer": 4}
+AT_LEAST_1 = "must be at least 1"
+TRAIN_BOUNDS: list[tuple[dict[str, Any], str | None]] = [
+    ({"precision": "bf16"}, None),
+    ({"precision": "fp16"}, "precision='fp16': must be one of auto, fp32, bf16"),
+    *(({"device": device}, None) for device in ("auto", "cpu", "cuda", "cuda:1")),
+    ({"device": "tpu"}, "device='tpu': must be auto, cpu, cuda or cuda:N"),
+    ({"seed": 0}, None),
+    ({"seed": 2**32 - 1}, None),
+    ({"seed": -1}, "seed=-1: must be between 0 and 2**32 - 1"),
+    ({"seed": 2**32}, "seed=4294967296: must be between 0 and 2**32 - 1"),
+    ({"control_text_column": ""}, "control_text_column='': must name a column, such as text"),
+    ({"prompt_format": "plain"}, None),
+    ({"prompt_format": "xml"}, "prompt_format='xml': must be one of auto, chat, plain"),
+    ({"architecture": "batchtopk"}, None),
+    ({"architecture": "jumprelu"}, "architecture='jumprelu': must be one of topk, batchtopk"),
+    ({"expansion_factor": 1}, None),
+    ({"expansion_factor": 0}, f"expansion_factor=0: {AT_LEAST_1}"),
+    ({"d_sae": 1, "k": 1}, None),
+    ({"d_sae": 0, "k": 1}, f"d_sae=0: {AT_LEAST_1}"),
+    ({"k": 1}, None),
+    ({"k": 0}, f"k=0: {AT_LEAST_1}"),
+    ({"d_sae": 16, "k": 16}, None),
+    ({"d_sae": 16, "k": 17}, "k=17: must not exceed d_sae=16"),
+    ({"lr": 1e-9}, None),
+    *(({"lr": lr}, f"lr={lr!r}: must be a positive number") for lr in (0.0, -1.0, math.inf, math.nan)),
+    ({"lr_warm_up_fraction": 0.0, "lr_decay_fraction": 1.0}, None),
+    ({"lr_warm_up_fraction": 1.0, "lr_decay_fraction": 0.0}, None),
+    ({"lr_warm_up_fraction": -0.1}, "lr_warm_up_fraction=-0.1: must be between 0 and 1"),
+    ({"lr_warm_up_fraction": 1.1, "lr_decay_fraction": 0.0}, "lr_warm_up_fraction=1.1: must be between 0 and 1"),
+    ({"lr_decay_fraction": -0.1}, "lr_decay_fraction=-0.1: must be between 0 and 1"),
+    ({"lr_warm_up_fraction": 0.0, "lr_decay_fraction": 1.1}, "lr_decay_fraction=1.1: must be between 0 and 1"),
+    ({"lr_warm_up_fraction": 0.5, "lr_decay_fraction": 0.5}, None),
+    (
+        {"lr_warm_up_fraction": 0.5, "lr_decay_fraction": 0.6},
+        "lr_decay_fraction=0.6: warm-up (0.5) and decay together exceed the whole run",
+    ),
+    ({"train_batch_size_tokens": 1, "n_batches_in_buffer": 1}, None),
+    ({"train_batch_size_tokens": 0}, f"train_batch_size_tokens=0: {AT_LEAST_1}"),
+    ({"training_tokens": 256}, None),
+    ({"training_tokens": 255}, "training_tokens=255: must be at least one batch (train_batch_size_tokens=256)"),
+    ({"context_size": 2, "n_batches_in_buffer": 128}, None),
+    ({"context_size": 1, "n_batches_in_buffer": 256}, "context_size=1: must be at least 2"),
+    ({"store_batch_size_prompts": 1}, None),
+    ({"store_batch_size_prompts": 0}, f"store_batch_size_prompts=0: {AT_LEAST_1}"),
+    ({"prefetch_llm_batches": 0}, None),
+    ({"prefetch_llm_batches": -1}, "prefetch_llm_batches=-1: must be 0 (off) or more"),
+    (
+        {"n_batches_in_buffer": 3},
+        "n_batches_in_buffer=3: n_batches_in_buffer × context_size (3 × 64) must be at least train_batch_size_tokens "
+        "(256)",
+    ),
+    (
+        {"training_tokens": 2600},
+        "training_tokens=2600: must be a whole number of batches of train_batch_size_tokens=256 (for example 2560)",
+    ),
+    ({"n_checkpoints": 0}, None),
+    ({"n_checkpoints": -1}, "n_checkpoints=-1: must not be negative"),
+    ({"prompt_ratio": 0.0}, None),
+    ({"prompt_ratio": 0.99}, None),
+    *(
+        ({"prompt_ratio": r}, f"prompt_ratio={r}: must be in [0, 1): the control text is the negative control")
+        for r in (-0.01, 1.0)
+    ),
+    ({"heldout_prompt_fraction": 0.0}, None),
+    *(
+        (
+            {"heldout_prompt_fraction": f},
+            f"heldout_prompt_fraction={f}: must be in [0, 1): 0 trains on every prompt, and some prompts must remain "
+            "to train on",
+        )
+        for f in (-0.1, 1.0)
+    ),
+    *(({key: 1}, None) for key in ("dead_feature_window", "feature_sampling_window", "log_every", "eval_batches")),
+    *(
+        ({key: 0}, f"{key}=0: {AT_LEAST_1}")
+        for key in ("dead_feature_window", "feature_sampling_window", "log_every", "eval_batches")
+    ),
+    ({"control_eval_split": ""}, "control_eval_split='': must name a split, such as validation"),
+    ({"hook_name": "a.b"}, None),
+    ({"hook_name": "blocks"}, "hook_name='blocks': must be a TransformerLens hook such as blocks.2.mlp.hook_post"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), TRAIN_BOUNDS)
+def test_readme_exit_2_names_the_key_train_limits_one_by_one(change: dict[str, Any], message: str | None) -> None:
+    """README: exit status 2 is "a problem with the configuration or the inputs, with a message that names the key".
+    Each train check at its boundary: the last value accepted, the first refused, and the whole message (the key, its
+    value, and what it must be)."""
+    if message is None:
+        TrainConfig(**{**SMALL, **change})
+        BenchConfig(**{**SMALL, **change})  # bench runs train's checks too
+        return
+    for schema in (TrainConfig, BenchConfig):
+        with pytest.raises(ConfigError) as err:
+            schema(**{**SMALL, **change})
+        assert str(err.value) == message
+
+
+VIZ_BOUNDS: list[tuple[dict[str, Any], str | None]] = [
+    ({"precision": "fp16"}, "precision='fp16': must be one of auto, fp32, bf16"),  # the keys every mode shares
+    ({"prompt_set": "all"}, None),
+    ({"prompt_set": "some"}, "prompt_set='some': must be one of heldout, train, all"),
+    ({"min_prompts": 1}, None),
+    ({"min_prompts": 0}, f"min_prompts=0: {AT_LEAST_1}"),
+    ({"contrasts": "a: b"}, "contrasts: 'a' needs exactly one ` vs ` between its two selections"),
+    *(({key: 0}, None) for key in ("n_features", "top_snippets", "ablate_top")),
+    *(({key: -1}, f"{key}=-1: must not be negative") for key in ("n_features", "top_snippets", "ablate_top")),
+    *(({key: 1}, None) for key in ("prompt_tokens", "story_tokens", "batch_size")),
+    *(({key: 0}, f"{key}=0: {AT_LEAST_1}") for key in ("prompt_tokens", "story_tokens", "batch_size")),
+    ({"context_size": 2}, None),
+    ({"context_size": 1}, "context_size=1: must be at least 2"),
+    ({"features": "1,x"}, "features='1,x': 'x' is not a feature id; give ids like 12,873"),
+    ({"features": "3,٣"}, "features='3,٣': '٣' is not a feature id; give ids like 12,873"),  # a non-ASCII digit
+]
+
+
+def test_docs_configuration_features_is_a_comma_separated_list_of_ids() -> None:
+    """docs/configuration.md, `features`: "Feature ids to render as well, comma-separated (for example `12,873`)"."""
+    assert VizConfig(features="12, 873").feature_ids == [12, 873]
+    assert VizConfig(features=",5,,7,").feature_ids == [5, 7]
+    assert VizConfig().feature_ids == []
+
+
+BENCH_BOUNDS: list[tuple[dict[str, Any], str | None]] = [
+    *(({key: None}, None) for key in ("steps", "warmup_steps", "json", "profile")),
+    *(({key: 1}, None) for key in ("steps", "warmup_steps", "lm_batches", "repeats")),
+    *(({key: 0}, f"{key}=0: {AT_LEAST_1}") for key in ("steps", "lm_batches", "repeats")),
+    (
+        {"warmup_steps": 0},
+        "warmup_steps=0: must be at least 1: the first step fills the activation buffer, and the timing starts after "
+        "a step",
+    ),
+    *(({"model_shape": shape}, None) for shape in ("tiny", "tinystories-33m")),
+    ({"model_shape": "huge"}, "model_shape='huge': must be one of tiny, tinystories-33m"),
+    *(({key: "out.json"}, None) for key in ("json", "profile")),
+    *(({key: " "}, f"{key}=' ': must be a file path") for key in ("json", "profile")),
+]
+
+
+@pytest.mark.parametrize(
+    ("schema", "change", "message"),
+    [(VizConfig, *case) for case in VIZ_BOUNDS] + [(BenchConfig, *case) for case in BENCH_BOUNDS],
+)
+def test_readme_exit_2_names_the_key_viz_and_bench_limits_one_by_one(
+    schema: type[RunConfig], change: dict[str, Any], message: str | None
+) -> None:
+    """README: exit status 2 is "a problem with the configuration or the inputs, with a message that names the key";
+    each viz and bench check at its boundary, with its whole message."""
+    if message is None:
+        schema(**change)
+        return
+    with pytest.raises(ConfigError) as err:
+        schema(**change)
+    assert str(err.value) == message
+
+
+def test_docs_train_sae_width_holds_k_up_to_d_sae() -> None:
+    """docs/configuration.md: "d_sae = expansion_factor × d_in, unless d_sae is given"; k must not exceed it."""
+    assert TrainConfig(k=64, expansion_factor=1).sae_width(64) == 64
+    assert TrainConfig(k=64, expansion_factor=2).sae_width(48) == 96
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(k=65, expansion_factor=1).sae_width(64)
+    assert str(err.value) == "k=65: must not exceed d_sae=64"
+
+
+def test_docs_train_resolved_config_holds_every_value_its_source_and_what_was_derived() -> None:
+    """docs/train.md: "`resolved_config.json` holds every value, where it came from, and what was derived"."""
+    resolved = resolve({"k": "8", "preset": "smoke"}, {"seed": "3"})
+    record = resolved.to_json({"d_sae": 512})
+    assert set(record) == {"mode", "layers", "values", "sources", "derived"}
+    assert record["mode"] == "train"
+    assert record["layers"] == ["default", "preset:smoke", "hyperparameters", "cli"]
+    assert (record["values"]["k"], record["sources"]["k"]) == (8, "hyperparameters")
+    assert (record["values"]["seed"], record["sources"]["seed"]) == (3, "cli")
+    assert (record["sources"]["lr"], record["sources"]["architecture"]) == ("preset:smoke", "default")
+    assert set(record["sources"]) == set(record["values"])
+    assert record["derived"] == {"d_sae": 512}
+    assert resolve().to_json()["derived"] == {}

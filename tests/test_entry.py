@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from datasets import Dataset
 import container_src.__main__
 import container_src.model
 from container_src.__main__ import main
-from container_src.config import ConfigError, TrainConfig
+from container_src.config import ConfigError, TrainConfig, VizConfig
 from container_src.interrupt import Interrupted
 from tests.conftest import ROOT, TINY_RUN, run_container, write_hyperparameters
 
@@ -240,6 +241,7 @@ def test_help_lists_keys_and_presets(
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "presets: smoke" in out and "modes: train, viz, bench" in out
+    assert "python -m container_src train [--preset NAME] [--config FILE] [--key value ...]" in out  # the usage
     hook_default = json.dumps("blocks.2.mlp.hook_post")
     expected = {
         "train": ["--hook_name: str = ", "TransformerLens hook to train on.", "--d_sae: int | None = None"],
@@ -331,3 +333,24 @@ def test_readme_exit_status_0_success_2_configuration_1_anything_else_143_sigter
         assert not failure.exists()
     else:
         assert failure_says in failure.read_text()
+
+
+def test_readme_every_mode_stops_with_143_on_sigterm_and_the_failure_file_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: on SIGTERM "every mode then stops with 143 (SIGTERM) ..., and the failure file says so". A real
+    SIGTERM, sent to this process while a mode without its own handler (here a stand-in for viz) runs; the handler
+    that was in place before is back afterwards."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+
+    def signalled(_resolved: object, _paths: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+
+    monkeypatch.setitem(container_src.__main__.MODES, "viz", (VizConfig, signalled))
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    assert main(["viz"]) == 143
+    assert time.monotonic() - started < 20
+    assert (tmp_path / "output" / "failure").read_text() == "viz failed: Interrupted: stopped by SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -402,6 +402,49 @@ def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monk
     assert [p.name for p in (model_dir / "plots").iterdir()] == ["loss.png"]
 
 
+def test_docs_train_plots_replaced_whole_old_moved_aside_new_renamed_in_old_deleted_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/train.md: the SAE is "moved into `model/` only when everything is written", so a reader finds the old
+    folder or the new one, whole: records.replace_dir moves the old folder aside, renames the new one in, and only
+    then deletes the old one; if the rename fails, the old folder goes back."""
+    from container_src import records
+
+    staging, target = tmp_path / "new", tmp_path / "plots"
+    staging.mkdir()
+    (staging / "loss.png").write_text("new")
+    target.mkdir()
+    (target / "loss.png").write_text("old")
+    events: list[tuple[str, str, str]] = []
+    rename, rmtree = Path.rename, records.shutil.rmtree
+
+    def noted_rename(self: Path, to: Path) -> Path:
+        events.append(("rename", self.name, Path(to).name))
+        return rename(self, to)
+
+    def noted_rmtree(path: Path, ignore_errors: bool = False) -> None:
+        events.append(("delete", Path(path).name, "exists" if Path(path).exists() else "absent"))
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(Path, "rename", noted_rename)
+    monkeypatch.setattr(records.shutil, "rmtree", noted_rmtree)
+    records.replace_dir(staging, target)
+    assert events == [
+        ("delete", ".plots.old", "absent"),  # a leftover of a killed earlier replace, cleared first
+        ("rename", "plots", ".plots.old"),
+        ("rename", "new", "plots"),
+        ("delete", ".plots.old", "exists"),
+    ]
+    assert (target / "loss.png").read_text() == "new" and not (tmp_path / ".plots.old").exists()
+
+    # the rename in fails (here: the new folder is gone): the old folder is back where it was, whole
+    events.clear()
+    with pytest.raises(FileNotFoundError):
+        records.replace_dir(tmp_path / "missing", target)
+    assert (target / "loss.png").read_text() == "new"
+    assert events[-1] == ("rename", ".plots.old", "plots")
+
+
 def _train_16_steps(
     base: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch, **hyperparameters: str
 ) -> dict[str, Any]:

@@ -617,3 +617,59 @@ def test_heldout_prompts_user_contrasts_and_per_prompt_counts(planted: Path, tmp
     assert figures["ablation"]["b"]["tokens"] > 0 and by_name["mine"]["skipped"] is None
     ablated = [r["feature"] for r in rows if r["contrasts"]["mine"] and r["contrasts"]["mine"].get("ablation")]
     assert sorted(ablated) == sorted(by_name["mine"]["top"][:3])
+
+
+def test_docs_viz_score_is_ln_of_the_clopper_pearson_bound_to_the_digit() -> None:
+    """docs/viz.md: "π_low = Beta(k_a, k_b + 1).ppf(0.05), score = ln(π_low / (1 − π_low)) + ln(n_b / n_a)", and
+    "a feature that never fired on A has no score". The formula, evaluated here on its own, to 1e-9."""
+    from scipy.stats import beta
+
+    for k_a, n_a, k_b, n_b in ((10, 1_000, 2, 10_000), (3, 50, 0, 7), (400, 2_000, 390, 2_000), (1, 1, 5, 100_000)):
+        low = beta.ppf(0.05, k_a, k_b + 1)
+        expected = math.log(low / (1 - low)) + math.log(n_b / n_a)
+        assert float(score(np.array([k_a]), n_a, np.array([k_b]), n_b)[0]) == pytest.approx(expected, abs=1e-9)
+    assert np.isnan(score(np.array([0]), 1_000, np.array([5]), 1_000)[0])
+
+
+def test_docs_viz_features_columns_counts_and_order_for_a_hand_made_set() -> None:
+    """docs/viz.md, features.json: "`score`, `freq_prompts`, `freq_stories`, `fires_*`, `mean_act_*`, `max_act_*`,
+    `dead`, per category `freq`/`mean_act`/`score`", every feature, most prompt-specific first, dead ones last; the
+    strongest prompt activations' positions kept per feature."""
+    # 4 prompt tokens (category a: 0-1, b: 2-3) and 4 story tokens; 5 features
+    acts = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0, 0.0],
+            [3.0, 0.0, 0.5, 0.0, 0.0],
+            [2.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 4.0],
+        ]
+    )
+    stories = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0, 0.0], [0.0] * 5, [0.5, 0.0, 0.0, 0.0, 0.0]])
+    stats = FeatureStats(5, ["control", "a", "b"], top_k=2, device="cpu")
+    stats.add(acts, torch.tensor([1, 1, 2, 2]), torch.tensor([10, 11, 12, 13]))
+    stats.add(stories, torch.zeros(4, dtype=torch.long))
+    rows = rank(stats)
+    by_id = {r["feature"]: r for r in rows}
+    # feature 4 and 2 fire once on the prompts, never on the stories: the same score, so by feature id
+    assert [r["feature"] for r in rows] == [0, 2, 4, 1, 3]
+    assert by_id[2]["score"] == by_id[4]["score"] == round(float(score(np.array([1]), 4, np.array([0]), 4)[0]), 4)
+    assert by_id[1]["score"] is None and not by_id[1]["dead"]  # fired on the stories only
+    assert by_id[3]["dead"] and by_id[3]["score"] is None
+    f0 = by_id[0]
+    assert (f0["fires_prompts"], f0["fires_stories"]) == (3, 1)
+    assert (f0["freq_prompts"], f0["freq_stories"]) == (0.75, 0.25)
+    assert (f0["mean_act_prompts"], f0["mean_act_stories"]) == (1.5, 0.125)
+    assert (f0["max_act_prompts"], f0["max_act_stories"]) == (3.0, 0.5)
+    assert f0["categories"]["a"] == {"freq": 1.0, "mean_act": 2.0, "score": f0["categories"]["a"]["score"]}
+    assert f0["categories"]["b"]["freq"] == 0.5 and f0["categories"]["b"]["mean_act"] == 1.0
+    assert f0["score"] == round(float(score(np.array([3]), 4, np.array([1]), 4)[0]), 4)
+    assert f0["categories"]["a"]["score"] == round(float(score(np.array([2]), 2, np.array([1]), 4)[0]), 4)
+    assert by_id[1]["max_act_stories"] == 2.0 and by_id[1]["mean_act_stories"] == 0.75
+    # the strongest prompt activations of feature 0, strongest first, by position; of feature 4, its one fire first
+    assert stats.top_positions[:, 0].tolist() == [11, 12] and stats.top_values[:, 0].tolist() == [3.0, 2.0]
+    assert stats.top_positions[0, 4] == 13
+    for sources in ([0], [1]):  # stories only, prompts only
+        one_side = FeatureStats(2, ["control", "a"], top_k=1, device="cpu")
+        one_side.add(torch.ones(3, 2), torch.tensor(sources * 3), torch.arange(3))
+        with pytest.raises(ValueError, match="ranking needs tokens from both the prompts and the stories"):
+            rank(one_side)
