@@ -29,6 +29,7 @@ from container_src.train import (
     Inputs,
     Run,
     evaluate_run,
+    evaluation_store,
     load_lm,
     prepare_inputs,
     publish,
@@ -126,7 +127,6 @@ def _fit(cfg: TrainConfig, job: Job, inputs: Inputs, staging: Path) -> tuple[Any
     """Train every SAE together; SAE-Lens saves each into ``staging/<name>``. Returns the multi-SAE trainer and
     each SAE's runner config."""
     from container_src.multi_runner import MultiRunner, multi_config, multi_store
-    from container_src.store import packed_store
 
     run_cfgs = _run_configs(cfg, job, inputs, staging)
     first = next(iter(run_cfgs.values()))
@@ -146,8 +146,7 @@ def _fit(cfg: TrainConfig, job: Job, inputs: Inputs, staging: Path) -> tuple[Any
     )
     runner.activations_store = multi_store(inputs.stream, lm, multi_cfg, first, cfg.data_worker)
     # W&B's evaluations during training read held-out stories, as single train's do
-    eval_stream = data.mixed_stream(inputs.eval_stories, inputs.training_prompts, cfg.prompt_ratio, cfg.seed + 1)
-    runner.evaluator.activations_store = packed_store(eval_stream, lm, first)
+    runner.evaluator.activations_store = evaluation_store(cfg, inputs, lm, first)
     try:
         if job.resume is not None:  # before the prefetching thread starts on the stream (see train._fit)
             runner.activations_store.load_from_checkpoint(job.resume)
@@ -169,14 +168,12 @@ def _finish(
     started: float,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate and record each SAE as single train does, on a fresh evaluation store of its own."""
-    from container_src.store import packed_store
 
     cfg, (trainer, run_cfgs) = resolved.config, fitted
     all_metrics = {}
     for m in job.members:
         run, run_cfg = job.runs[m.name], run_cfgs[m.name]
-        eval_stream = data.mixed_stream(inputs.eval_stories, inputs.training_prompts, cfg.prompt_ratio, cfg.seed + 1)
-        store = packed_store(eval_stream, run.lm, run_cfg)
+        store = evaluation_store(cfg, inputs, run.lm, run_cfg)
         try:
             fitted_one = (trainer.trainers[m.name], store, run_cfg)
             metrics = evaluate_run(m.config, inputs, run, fitted_one, staging / m.name, started)

@@ -10,7 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from sae_lens import LanguageModelSAERunnerConfig, MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+from sae_lens.util import get_special_token_ids
 
 from container_src import checkpoints, data, records, sae_step
 from container_src.interrupt import Interrupted, StopRequest
@@ -63,8 +65,20 @@ def multi_store(stream: Any, lm: Any, multi_cfg: Any, first: Any, worker: bool) 
         seqpos_slice=first.seqpos_slice,
         sequence_separator_token=first.sequence_separator_token,
         activations_mixing_fraction=first.activations_mixing_fraction,
+        exclude_special_tokens=_special_token_ids(first, lm),
     )
     return cast(PackedStore, store)
+
+
+def _special_token_ids(run_cfg: Any, lm: Any) -> torch.Tensor | None:
+    """The token ids left out of training, as SAE-Lens's single-hook ``from_config`` derives them from
+    ``exclude_special_tokens`` (its multi-hook constructor takes them ready-made)."""
+    ids = run_cfg.exclude_special_tokens
+    if ids is False or ids is None:
+        return None
+    if ids is True:
+        ids = get_special_token_ids(lm.tokenizer)
+    return torch.tensor(ids, dtype=torch.long, device=torch.device(run_cfg.act_store_device))
 
 
 class MultiRunner(MultiSAETrainingRunner):

@@ -228,7 +228,6 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     SAE-Lens's runner config."""
     # SAE-Lens and the store import the HF libraries, which must not come before prepare_inputs set their environment
     from container_src import runner
-    from container_src.store import packed_store
 
     wandb_id = wandb_run_id(run.run_dir, run.resume)
     runner_cfg = runner.sae_lens_config(
@@ -239,8 +238,7 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
     # Evaluations (W&B's during training, ours at the end) read a stream of their own, of held-out stories, so
     # they never take rows from training: what trains is then the same with or without prefetching, and with or
     # without W&B. Its prompts are the training prompts: the held-out ones are evaluated by themselves at the end.
-    eval_stream = data.mixed_stream(inputs.eval_stories, inputs.training_prompts, cfg.prompt_ratio, cfg.seed + 1)
-    eval_store = packed_store(eval_stream, run.lm, runner_cfg)
+    eval_store = evaluation_store(cfg, inputs, run.lm, runner_cfg)
     sae_runner.evaluator.activations_store = eval_store
     try:
         if run.resume is not None:
@@ -251,10 +249,21 @@ def _fit(cfg: TrainConfig, inputs: Inputs, run: Run, staging: Path) -> tuple[Any
         sae_runner.run()
     finally:
         sae_runner.close_store()
+        eval_store.close()
     StopRequest.phase = "finishing"
     if StopRequest.requested:  # it came during the final save, when only the flag was set
         raise StopRequest.after_training()
-    return sae_runner.trainer, eval_store, runner_cfg
+    # the final evaluation reads the evaluation stream from its start, whatever the evaluations during training read
+    return sae_runner.trainer, evaluation_store(cfg, inputs, run.lm, runner_cfg), runner_cfg
+
+
+def evaluation_store(cfg: TrainConfig, inputs: Inputs, lm: Any, runner_cfg: Any) -> Any:
+    """A store of the evaluation stream from its start: the held-out control text mixed with the training prompts
+    (seed + 1), packed as training packs."""
+    from container_src.store import packed_store
+
+    stream = data.mixed_stream(inputs.eval_stories, inputs.training_prompts, cfg.prompt_ratio, cfg.seed + 1)
+    return packed_store(stream, lm, runner_cfg)
 
 
 def evaluate_run(

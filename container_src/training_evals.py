@@ -4,6 +4,7 @@ stream) and the feature sparsity of the current window, added to that step's rec
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,22 @@ def sparsity_record(trainer: Any) -> dict[str, Any]:
 
 
 def evaluation_record(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run SAE-Lens's evaluator now: the figures for the step's record, and what W&B gets (SAE-Lens's own dict)."""
+    """Run SAE-Lens's evaluator now: the figures for the step's record, and what W&B gets (SAE-Lens's own dict).
+
+    The evaluation store's shuffles draw on torch's generator, which the prefetching thread's training store shares:
+    with that thread paused, the generator is put back after, so evaluating (how often, or at all) leaves the
+    training order as it was."""
+    import torch
+    from sae_lens.training.prefetch import PrefetchingIterator
+
+    provider = trainer.data_provider
+    paused = provider.paused() if isinstance(provider, PrefetchingIterator) else contextlib.nullcontext()
+    cuda = [torch.cuda.current_device()] if str(trainer.cfg.device).startswith("cuda") else []
     trainer.sae.eval()
     try:
-        grouped = trainer.evaluator(trainer.sae, trainer.data_provider, trainer.activation_scaler)
+        with paused, torch.random.fork_rng(devices=cuda):
+            # no data provider: the evaluator would pause it again, and its lock is not reentrant
+            grouped = trainer.evaluator(trainer.sae, None, trainer.activation_scaler)
     finally:
         trainer.sae.train()
     flat = flatten(grouped)

@@ -156,7 +156,8 @@ def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) ->
     shutil.copytree(channel, copy, symlinks=False)
     channel.unlink()
     copy.rename(channel)
-    (weights,) = channel.glob("hub/models--*/snapshots/*/model.safetensors")
+    # the session's hub cache may hold other test models beside it
+    (weights,) = channel.glob("hub/models--roneneldan--TinyStories-33M/snapshots/*/model.safetensors")
     weights.write_bytes(b"not safetensors")
     write_hyperparameters(opt_ml, TINY_RUN)
     result = run_container(opt_ml, "train")
@@ -240,7 +241,8 @@ def test_help_lists_keys_and_presets(
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "presets: smoke" in out and "modes: train, viz, bench" in out
+    presets = "presets: qwen3-0.6b, qwen3-8b-distill, smoke, tinystories-33m-mlp-out-published"
+    assert presets in out and "modes: train, viz, bench" in out
     assert "python -m container_src train [--preset NAME] [--config FILE] [--key value ...]" in out  # the usage
     hook_default = json.dumps("blocks.2.mlp.hook_post")
     expected = {

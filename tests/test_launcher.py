@@ -1199,7 +1199,7 @@ def test_an_instance_too_small_for_the_estimate_is_refused_naming_those_that_fit
     """The subject model's preset needs about 64 GiB (container_src/sizing.py): an L40S's 44 GiB is refused before
     any AWS call, an A100 80 GB is accepted."""
     argv = ["--mode", "train", "--set", "preset=qwen3-8b-distill", "--prompts", str(export)]
-    message = "--instance-type ml.g6e.xlarge (L40S) has 44.4 GiB of GPU memory and the run needs about 64.1 GiB"
+    message = "--instance-type ml.g6e.xlarge (L40S) has 44.4 GiB of GPU memory and the run needs about 69.9 GiB"
     assert _refused(aws, capsys, caplog, [*argv, "--instance-type", "ml.g6e.xlarge"], message) == []
     assert "instance types that hold it: ml.p4de.24xlarge, ml.p5.48xlarge, ml.p5e.48xlarge" in caplog.text
     caplog.clear()
