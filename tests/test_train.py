@@ -194,9 +194,10 @@ def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.Mon
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
     assert _run_in_process(opt_ml, monkeypatch) == 0
     splits: Any = load_from_disk(str(opt_ml / "input" / "data" / "control"))
-    (train_seed, trained), (eval_seed, evaluated) = streams
-    assert trained == splits["train"]["text"][:3] and evaluated == splits["validation"]["text"][:3]
-    assert eval_seed == train_seed + 1
+    # the training stream, then the evaluation streams: the evaluations' during training and the final one's
+    (train_seed, trained), *evaluations = streams
+    assert trained == splits["train"]["text"][:3] and len(evaluations) == 2
+    assert all(e == (train_seed + 1, splits["validation"]["text"][:3]) for e in evaluations)
 
 
 def test_final_evaluation_reads_only_held_out_stories_by_their_tokens(
