@@ -1,0 +1,180 @@
+"""launcher/jobs.py's checks and names, each against the docs/launcher.md sentence it keeps (no AWS call: these run
+before any, as docs/launcher.md's "First the checks that need no AWS call" says)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from container_src.config import TrainConfig, VizConfig
+from launcher import jobs
+from launcher.errors import LauncherError
+
+
+def test_sweep_values_are_split_trimmed_and_each_refusal_names_the_flag() -> None:
+    """docs/launcher.md: "`--sweep key=v1,v2` starts one job per value; several `--sweep` flags start one per
+    combination"."""
+    assert jobs.parse_sweep(["k= 32 , 64", "lr=1e-4"]) == {"k": ["32", "64"], "lr": ["1e-4"]}
+    refusals = {
+        "k=32,32": "--sweep 'k=32,32': a value is repeated",
+        "1k=32": "--sweep '1k=32': expected key=v1,v2,… with no empty value, for example --sweep k=32,64",
+        "k=": "--sweep 'k=': expected key=v1,v2",
+        "k=32,,64": "no empty value",
+    }
+    for item, message in refusals.items():
+        with pytest.raises(LauncherError) as refused:
+            jobs.parse_sweep([item])
+        assert message in str(refused.value)
+    with pytest.raises(LauncherError, match=r"--sweep k: given twice; list all its values in one --sweep k=v1,v2"):
+        jobs.parse_sweep(["k=32", "k=64"])
+    assert jobs.combinations({}) == [{}]  # no sweep: one job
+    assert jobs.combinations({"k": ["1", "2"], "lr": ["a"]}) == [{"k": "1", "lr": "a"}, {"k": "2", "lr": "a"}]
+
+
+def test_set_keys_are_trimmed_values_kept_and_bad_items_refused() -> None:
+    """docs/launcher.md: "`--config FILE` (JSON) and `--set key=value` become the hyperparameters"."""
+    assert jobs.parse_assignments([" k =32", "run_name= a b"], "--set") == {"k": "32", "run_name": " a b"}
+    for item in ("k", "=32", "2k=1", "a-b=1"):
+        with pytest.raises(LauncherError) as refused:
+            jobs.parse_assignments([item], "--set")
+        assert str(refused.value) == f"--set {item!r}: expected key=value, for example --set k=32"
+    with pytest.raises(LauncherError) as refused:
+        jobs.parse_assignments(["k=32", " k=64"], "--set")
+    assert str(refused.value) == "--set k: given twice ('32' and '64'); keep one"
+
+
+def test_sweep_together_is_one_saes_list_and_refuses_what_cannot_be_one_job() -> None:
+    """docs/launcher.md: "Only per-SAE keys may be swept together (`k`, `expansion_factor`, `d_sae`, `architecture`,
+    `hook_name`); another key, or a `--set saes=…` beside it, is refused before anything is sent"."""
+    sweep = {"k": ["32", "64"], "expansion_factor": ["4"]}
+    assert json.loads(jobs.sweep_together("train", sweep, {})) == [
+        {"k": "32", "expansion_factor": "4"},
+        {"k": "64", "expansion_factor": "4"},
+    ]
+    refusals = [
+        (("viz", sweep, {}), "--sweep-together trains several SAEs in one train job; it cannot be used with viz"),
+        (("train", {}, {}), "--sweep-together needs a --sweep, for example --sweep k=32,64 --sweep-together"),
+        (
+            ("train", sweep, {"saes": "[]"}),
+            "--sweep-together writes `saes` itself; drop --set saes=… or --sweep-together",
+        ),
+        (
+            ("train", {"lr": ["1", "2"], "k": ["3"], "context_size": ["8"]}, {}),
+            "--sweep-together: context_size, lr cannot differ between the SAEs of one job (one trainer steps them "
+            "all); sweep only architecture, k, expansion_factor, d_sae, hook_name together, or drop "
+            "--sweep-together for one job per combination",
+        ),
+    ]
+    for (mode, swept, sets), message in refusals:
+        with pytest.raises(LauncherError) as refused:
+            jobs.sweep_together(mode, swept, sets)
+        assert str(refused.value) == message
+
+
+def test_config_file_values_become_text_and_a_null_is_refused(tmp_path: Path) -> None:
+    """docs/launcher.md: "`--config FILE` (JSON) and `--set key=value` become the hyperparameters"; a null would be the
+    text "null"."""
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"k": 16, "lr": 0.5, "compile_sae": True, "run_name": "a", "hook_name": "b"}))
+    assert jobs.read_config_file(path) == {
+        "k": "16",
+        "lr": "0.5",
+        "compile_sae": "true",
+        "run_name": "a",
+        "hook_name": "b",
+    }
+    path.write_text(json.dumps({"b_key": None, "a_key": None, "k": 4}))
+    with pytest.raises(LauncherError) as refused:
+        jobs.read_config_file(path)
+    assert str(refused.value) == f"--config {path}: a_key, b_key: null; leave the key out to keep its default"
+    path.write_text("[1]")
+    with pytest.raises(LauncherError) as refused:
+        jobs.read_config_file(path)
+    assert str(refused.value) == f"--config {path} must hold a JSON object of key: value pairs"
+
+
+def test_the_wandb_key_is_found_from_eight_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/launcher.md: "every value [is checked] against this shell's `WANDB_API_KEY`" (a value under 8 characters is
+    no key: it would match ordinary text)."""
+    monkeypatch.setenv("WANDB_API_KEY", " abcdefgh ")
+    assert jobs.holds_wandb_key("team-abcdefgh-run")
+    assert not jobs.holds_wandb_key("team-abcdefg")
+    monkeypatch.setenv("WANDB_API_KEY", "abcdefg")
+    assert not jobs.holds_wandb_key("team-abcdefg-run")
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert not jobs.holds_wandb_key("anything")
+
+
+def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path() -> None:
+    """docs/launcher.md: "with `mode` from `--mode`"; a quoted mode equal to --mode is the same mode."""
+    assert jobs.hyperparameters("train", {"mode": '"train"', "k": "8"}, {"k": "16"}) == {"mode": "train", "k": "16"}
+    with pytest.raises(LauncherError) as refused:
+        jobs.hyperparameters("train", {"config": "run.json"}, {})
+    assert str(refused.value).startswith("config (from --config): a path would be read inside the job")
+    with pytest.raises(LauncherError) as refused:
+        jobs.hyperparameters("bench", {}, {"wandb_api_key": "x"})
+    assert str(refused.value).startswith(
+        "wandb_api_key: secrets never go in hyperparameters (this one names a credential)"
+    )
+
+
+def test_instance_checks_refuse_and_warn_as_documented() -> None:
+    """docs/launcher.md: "`train` refuses an instance without an NVIDIA GPU (viz and bench run on one, with a warning
+    that they run on CPU), and warns on a GPU without native bf16 (a T4, `ml.g4dn.*`), where training runs in fp32;
+    `precision=bf16` on such an instance is refused in every mode"."""
+    train, viz = TrainConfig(), VizConfig()
+    assert jobs.check_instance("train", "ml.g5.xlarge", train) == []
+    assert jobs.check_instance("viz", "ml.m5.xlarge", viz) == [
+        "ml.m5.xlarge has no usable GPU: viz will run on CPU, slowly"
+    ]
+    assert jobs.check_instance("train", "ml.g4dn.xlarge", train) == [
+        "ml.g4dn.xlarge has no native bf16: training runs in fp32 (twice the memory, slower); ml.g5.xlarge (A10G) "
+        "or ml.g6.xlarge (L4) train in bf16"
+    ]
+    # a GPU older than CUDA 13 supports: refused for train, and for viz unless it runs on the CPU
+    for mode, cfg in (("train", train), ("viz", viz)):
+        with pytest.raises(LauncherError) as refused:
+            jobs.check_instance(mode, "ml.p3.2xlarge", cfg)
+        assert "its V100 GPU predates Turing" in str(refused.value)
+        assert str(refused.value).endswith("" if mode == "train" else ", or --set device=cpu to run viz on its CPU")
+    on_cpu = VizConfig(device="cpu")
+    assert jobs.check_instance("viz", "ml.p3.2xlarge", on_cpu) == [
+        "ml.p3.2xlarge has no usable GPU: viz will run on CPU, slowly"
+    ]
+    for bad in ("g5.xlarge", "ml.g5", "ml.G5.xlarge", "xml.g5.xlarge"):
+        with pytest.raises(LauncherError, match=r"expected a SageMaker type such as ml\.g5\.xlarge"):
+            jobs.check_instance("viz", bad, viz)
+    with pytest.raises(LauncherError, match=r"precision=bf16: ml\.g4dn\.xlarge has no native bf16"):
+        jobs.check_instance("viz", "ml.g4dn.xlarge", VizConfig(precision="bf16"))
+    assert jobs.check_instance("viz", "ml.m5.xlarge", VizConfig(precision="bf16")) == [
+        "ml.m5.xlarge has no usable GPU: viz will run on CPU, slowly"
+    ]
+
+
+def test_run_time_and_spot_wait_limits() -> None:
+    """docs/launcher.md: "`--max-run` (default 86400 s) caps its run time" and "`--spot`: managed spot with
+    `--max-wait` (default 2 × `--max-run`)"."""
+    assert jobs.JobSpec("n", "train", "i", {}, {}, "s3://b/o").max_run == 86400
+    assert jobs.check_timing(False, 60, None) is None
+    assert jobs.check_timing(True, 3600, None) == 7200
+    assert jobs.check_timing(True, 3600, 3600) == 3600
+    with pytest.raises(LauncherError, match="--max-run 59: must be at least 60 seconds"):
+        jobs.check_timing(False, 59, None)
+    with pytest.raises(LauncherError, match="--max-wait applies only to --spot jobs"):
+        jobs.check_timing(False, 3600, 7200)
+    with pytest.raises(LauncherError, match=r"--max-wait 3599: must be at least --max-run \(3600\)"):
+        jobs.check_timing(True, 3600, 3599)
+
+
+def test_job_names_carry_mode_time_and_the_sweep_slug() -> None:
+    """docs/launcher.md: "Job names are `sae-<mode>-<UTC time>-<6 random hex>` (a sweep adds `-<n>-<key><value>…`,
+    cut to 63 characters)"."""
+    [name] = jobs.job_names("viz", [{}], now=1_800_000_000.0)
+    assert name[: len("sae-viz-270115-080000-")] == "sae-viz-270115-080000-"
+    assert len(name) == len("sae-viz-270115-080000-") + 6 and int(name[-6:], 16) >= 0
+    names = jobs.job_names("train", [{"lr": "1e-4", "hook_name": "b.0_x"}], now=1_800_000_000.0)
+    assert names[0].split("-", 5)[5] == "1-lr1e-4-hook-nameb-0-x"
+    long = jobs.job_names("train", [{"run_name": "a" * 80 + "--"}], now=1_800_000_000.0)[0]
+    assert len(long) == 63 and long.endswith("a")
