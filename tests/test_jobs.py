@@ -178,3 +178,76 @@ def test_job_names_carry_mode_time_and_the_sweep_slug() -> None:
     assert names[0].split("-", 5)[5] == "1-lr1e-4-hook-nameb-0-x"
     long = jobs.job_names("train", [{"run_name": "a" * 80 + "--"}], now=1_800_000_000.0)[0]
     assert len(long) == 63 and long.endswith("a")
+
+
+def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/launcher.md: "refuses an instance type whose GPU (one GPU: a job uses one) has less memory, naming the
+    instance types that hold it" and "a family not in it ... is left to the job's own check, with a warning"."""
+    caplog.set_level("INFO")
+    big = jobs.config_of("train", {"preset": "qwen3-8b-distill", "mode": "train"})
+    with pytest.raises(LauncherError) as refused:
+        jobs.check_memory("ml.g6e.xlarge", big)
+    assert str(refused.value).startswith("--instance-type ml.g6e.xlarge (L40S) has 44.4 GiB of GPU memory and the run")
+    assert "instance types that hold it: ml.p4de.24xlarge, ml.p5.48xlarge, ml.p5e.48xlarge" in str(refused.value)
+    assert "GPU memory estimate for Qwen/Qwen3-8B: model weights: 30.5 GiB" in caplog.text
+    jobs.check_memory("ml.p4de.24xlarge", big)  # an A100 80 GB holds it
+    caplog.clear()
+    jobs.check_memory("ml.g99.xlarge", big)  # a GPU family missing from the table
+    assert caplog.messages == ["ml.g99.xlarge: its GPU memory is not in the table; the job checks the estimate itself"]
+    caplog.clear()
+    jobs.check_memory("ml.m5.xlarge", big)  # no GPU: nothing to size, nothing said
+    assert caplog.messages == []
+
+
+def test_the_request_carries_every_setting_of_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/launcher.md: "`--instance-type` defaults to `ml.g5.xlarge`", "`--volume-gb` (default 50) sizes the job's
+    storage volume; `--max-run` (default 86400 s) caps its run time", "`--spot`: managed spot with `--max-wait`",
+    and "Every train job checkpoints to `s3://<bucket>/<prefix>/checkpoints/<job>/`". Built offline: the endpoint is a
+    closed port, so any AWS call would fail the test."""
+    from launcher.settings import Settings
+
+    for key, value in {
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(region="eu-west-1", role_arn="arn:aws:iam::123456789012:role/r", bucket="b")
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/sae:v1"
+    spec = jobs.JobSpec(
+        "sae-x", "train", image, {"k": "8", "mode": "train"}, {"prompts": "s3://b/p/", "control": "s3://b/c/"},
+        "s3://b/out/", instance_type="ml.g6.xlarge", volume_gb=77, max_run=3600, spot=True, max_wait=7200,
+        checkpoint_uri="s3://b/ck/sae-x/", network_isolation=True, environment={"WANDB_SECRET_ID": "s"},
+        tags={"mode": "train"},
+    )  # fmt: skip
+    request = jobs.build_request(spec, settings)
+    assert request.pop("AlgorithmSpecification") == {
+        "TrainingInputMode": "File",
+        "TrainingImage": image,
+        "MetricDefinitions": jobs.metric_definitions(),
+    }
+    channel = {"S3DataType": "S3Prefix", "S3DataDistributionType": "FullyReplicated"}
+    assert request == {
+        "TrainingJobName": "sae-x",
+        "HyperParameters": {"k": "8", "mode": "train"},
+        "InputDataConfig": [
+            {"ChannelName": name, "DataSource": {"S3DataSource": {**channel, "S3Uri": uri}}, "InputMode": "File"}
+            for name, uri in (("prompts", "s3://b/p/"), ("control", "s3://b/c/"))
+        ],
+        "ResourceConfig": {"InstanceType": "ml.g6.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 77},
+        "RoleArn": "arn:aws:iam::123456789012:role/r",
+        "Tags": [{"Key": "mode", "Value": "train"}],
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200},
+        "OutputDataConfig": {"S3OutputPath": "s3://b/out/", "CompressionType": "GZIP"},
+        "CheckpointConfig": {"S3Uri": "s3://b/ck/sae-x/", "LocalPath": "/opt/ml/checkpoints"},
+        "Environment": {"WANDB_SECRET_ID": "s"},
+        "EnableManagedSpotTraining": True,
+        "EnableNetworkIsolation": True,
+    }
+    # the defaults: no spot (a max_wait without it is not sent), no checkpoints, no isolation
+    plain = jobs.build_request(jobs.JobSpec("sae-y", "viz", image, {}, {}, "s3://b/out/", max_wait=99), settings)
+    assert plain["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
+    assert plain["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert plain["EnableManagedSpotTraining"] is False
+    assert "CheckpointConfig" not in plain and "EnableNetworkIsolation" not in plain and "Tags" not in plain
