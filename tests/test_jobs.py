@@ -17,6 +17,7 @@ def test_sweep_values_are_split_trimmed_and_each_refusal_names_the_flag() -> Non
     """docs/launcher.md: "`--sweep key=v1,v2` starts one job per value; several `--sweep` flags start one per
     combination"."""
     assert jobs.parse_sweep(["k= 32 , 64", "lr=1e-4"]) == {"k": ["32", "64"], "lr": ["1e-4"]}
+    assert jobs.parse_sweep(["run_name=a=b,c", "K=1"]) == {"run_name": ["a=b", "c"], "K": ["1"]}  # the first = splits
     refusals = {
         "k=32,32": "--sweep 'k=32,32': a value is repeated",
         "1k=32": "--sweep '1k=32': expected key=v1,v2,… with no empty value, for example --sweep k=32,64",
@@ -36,6 +37,7 @@ def test_sweep_values_are_split_trimmed_and_each_refusal_names_the_flag() -> Non
 def test_set_keys_are_trimmed_values_kept_and_bad_items_refused() -> None:
     """docs/launcher.md: "`--config FILE` (JSON) and `--set key=value` become the hyperparameters"."""
     assert jobs.parse_assignments([" k =32", "run_name= a b"], "--set") == {"k": "32", "run_name": " a b"}
+    assert jobs.parse_assignments(["run_name=a=b", "K=1"], "--set") == {"run_name": "a=b", "K": "1"}
     for item in ("k", "=32", "2k=1", "a-b=1"):
         with pytest.raises(LauncherError) as refused:
             jobs.parse_assignments([item], "--set")
@@ -110,6 +112,18 @@ def test_the_wandb_key_is_found_from_eight_characters(monkeypatch: pytest.Monkey
 def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path() -> None:
     """docs/launcher.md: "with `mode` from `--mode`"; a quoted mode equal to --mode is the same mode."""
     assert jobs.hyperparameters("train", {"mode": '"train"', "k": "8"}, {"k": "16"}) == {"mode": "train", "k": "16"}
+    refusals = {
+        ("tune", "", ""): "--mode 'tune': unknown mode; choose one of train, viz, bench",
+        ("train", "viz", ""): "mode=viz (from --config) disagrees with --mode train; the job's mode is --mode, so "
+        "remove mode from --config or change --mode",
+        ("train", "", "bench"): "mode=bench (from --set or --sweep) disagrees with --mode train; the job's mode is "
+        "--mode, so remove mode from --set or --sweep or change --mode",
+    }
+    for (mode, in_config, in_sets), message in refusals.items():
+        base, sets = ({"mode": in_config} if in_config else {}), ({"mode": in_sets} if in_sets else {})
+        with pytest.raises(LauncherError) as refused:
+            jobs.hyperparameters(mode, base, sets)
+        assert str(refused.value) == message
     with pytest.raises(LauncherError) as refused:
         jobs.hyperparameters("train", {"config": "run.json"}, {})
     assert str(refused.value).startswith("config (from --config): a path would be read inside the job")
@@ -162,8 +176,9 @@ def test_run_time_and_spot_wait_limits() -> None:
     assert jobs.check_timing(True, 3600, 3600) == 3600
     with pytest.raises(LauncherError, match="--max-run 59: must be at least 60 seconds"):
         jobs.check_timing(False, 59, None)
-    with pytest.raises(LauncherError, match="--max-wait applies only to --spot jobs"):
+    with pytest.raises(LauncherError) as refused:
         jobs.check_timing(False, 3600, 7200)
+    assert str(refused.value) == "--max-wait applies only to --spot jobs"
     with pytest.raises(LauncherError, match=r"--max-wait 3599: must be at least --max-run \(3600\)"):
         jobs.check_timing(True, 3600, 3599)
 
@@ -178,6 +193,14 @@ def test_job_names_carry_mode_time_and_the_sweep_slug() -> None:
     assert names[0].split("-", 5)[5] == "1-lr1e-4-hook-nameb-0-x"
     long = jobs.job_names("train", [{"run_name": "a" * 80 + "--"}], now=1_800_000_000.0)[0]
     assert len(long) == 63 and long.endswith("a")
+    # any run of characters a name may not hold becomes one dash, none at the ends; letters keep their case
+    slugs = {"_k": "X.", "k": "a..b", "K": "AB"}
+    for key, value in slugs.items():
+        [name] = jobs.job_names("train", [{key: value}], now=1_800_000_000.0)
+        assert name.split("-", 5)[5] == {"_k": "1-kX", "k": "1-ka-b", "K": "1-KAB"}[key]
+    # cut to 63 characters where the slug has a dash: the dash goes, the X before it stays
+    [cut] = jobs.job_names("train", [{"k": "a" * 27 + "X.b"}], now=1_800_000_000.0)
+    assert len(cut) == 62 and cut.endswith("-1-k" + "a" * 27 + "X")
 
 
 def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(caplog: pytest.LogCaptureFixture) -> None:
