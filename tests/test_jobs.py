@@ -109,29 +109,38 @@ def test_the_wandb_key_is_found_from_eight_characters(monkeypatch: pytest.Monkey
     assert not jobs.holds_wandb_key("anything")
 
 
-def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path() -> None:
-    """docs/launcher.md: "with `mode` from `--mode`"; a quoted mode equal to --mode is the same mode."""
+def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/launcher.md: "with `mode` from `--mode`; they are checked with the container's own schema for that mode
+    before anything is sent, and so is every value against this shell's `WANDB_API_KEY`. A key of another mode is
+    refused"; a quoted mode equal to --mode is the same mode."""
     assert jobs.hyperparameters("train", {"mode": '"train"', "k": "8"}, {"k": "16"}) == {"mode": "train", "k": "16"}
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    secret = "; store the W&B key with `submit.py secret` and jobs get only its Secrets Manager id"
     refusals = {
         ("tune", "", ""): "--mode 'tune': unknown mode; choose one of train, viz, bench",
         ("train", "viz", ""): "mode=viz (from --config) disagrees with --mode train; the job's mode is --mode, so "
         "remove mode from --config or change --mode",
+        ("train", "trainX", ""): "mode=trainX (from --config) disagrees with --mode train; the job's mode is --mode, "
+        "so remove mode from --config or change --mode",
         ("train", "", "bench"): "mode=bench (from --set or --sweep) disagrees with --mode train; the job's mode is "
         "--mode, so remove mode from --set or --sweep or change --mode",
+        ("train", "config=r.json", ""): "config (from --config): a path would be read inside the job, where only the "
+        "image's files are; give the values themselves (in the --config FILE, or with --set), or preset=NAME",
+        ("bench", "", "wandb_api_key=x"): "wandb_api_key: secrets never go in hyperparameters (this one names a "
+        "credential)" + secret,
+        ("train", "", "run_name=team-0123456789abcdef"): "run_name: secrets never go in hyperparameters (this one "
+        "holds the value of WANDB_API_KEY)" + secret,
+        ("train", "k=many", ""): "hyperparameters: k='many': expected int (not a number)",
+        ("viz", "k=16", ""): "hyperparameters: configuration key 'k' (from the hyperparameters) belongs to train and "
+        "bench, not VizConfig",
     }
     for (mode, in_config, in_sets), message in refusals.items():
         base, sets = ({"mode": in_config} if in_config else {}), ({"mode": in_sets} if in_sets else {})
+        base = dict([in_config.split("=", 1)]) if "=" in in_config else base
+        sets = dict([in_sets.split("=", 1)]) if "=" in in_sets else sets
         with pytest.raises(LauncherError) as refused:
             jobs.hyperparameters(mode, base, sets)
         assert str(refused.value) == message
-    with pytest.raises(LauncherError) as refused:
-        jobs.hyperparameters("train", {"config": "run.json"}, {})
-    assert str(refused.value).startswith("config (from --config): a path would be read inside the job")
-    with pytest.raises(LauncherError) as refused:
-        jobs.hyperparameters("bench", {}, {"wandb_api_key": "x"})
-    assert str(refused.value).startswith(
-        "wandb_api_key: secrets never go in hyperparameters (this one names a credential)"
-    )
 
 
 def test_instance_checks_refuse_and_warn_as_documented() -> None:
