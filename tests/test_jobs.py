@@ -148,6 +148,7 @@ def test_instance_checks_refuse_and_warn_as_documented() -> None:
     that they run on CPU), and warns on a GPU without native bf16 (a T4, `ml.g4dn.*`), where training runs in fp32;
     `precision=bf16` on such an instance is refused in every mode"."""
     train, viz = TrainConfig(), VizConfig()
+    assert isinstance(jobs.config_of("viz", {"mode": "viz"}), VizConfig)  # each mode's own schema
     assert jobs.check_instance("train", "ml.g5.xlarge", train) == []
     assert jobs.check_instance("viz", "ml.m5.xlarge", viz) == [
         "ml.m5.xlarge has no usable GPU: viz will run on CPU, slowly"
@@ -156,12 +157,23 @@ def test_instance_checks_refuse_and_warn_as_documented() -> None:
         "ml.g4dn.xlarge has no native bf16: training runs in fp32 (twice the memory, slower); ml.g5.xlarge (A10G) "
         "or ml.g6.xlarge (L4) train in bf16"
     ]
-    # a GPU older than CUDA 13 supports: refused for train, and for viz unless it runs on the CPU
-    for mode, cfg in (("train", train), ("viz", viz)):
+    with pytest.raises(LauncherError) as refused:
+        jobs.check_instance("train", "ml.m5.xlarge", train)
+    assert str(refused.value) == (
+        "--instance-type ml.m5.xlarge: has no NVIDIA GPU; training needs one (for example ml.g5.xlarge)"
+    )
+    # a GPU older than CUDA 13 supports: refused for train (even with device=cpu), and for viz unless on the CPU
+    old_gpu = (
+        "--instance-type ml.p3.2xlarge: its V100 GPU predates Turing, which CUDA 13 (the image's torch build) no "
+        "longer supports, so no driver or compatibility library can make it work; use a g4dn, g5, g6, p4 or p5 type "
+        "(for example ml.g5.xlarge)"
+    )
+    for mode, cfg in (("train", train), ("train", TrainConfig(device="cpu")), ("viz", viz)):
         with pytest.raises(LauncherError) as refused:
             jobs.check_instance(mode, "ml.p3.2xlarge", cfg)
-        assert "its V100 GPU predates Turing" in str(refused.value)
-        assert str(refused.value).endswith("" if mode == "train" else ", or --set device=cpu to run viz on its CPU")
+        assert str(refused.value) == old_gpu + (
+            "" if mode == "train" else ", or --set device=cpu to run viz on its CPU"
+        )
     on_cpu = VizConfig(device="cpu")
     assert jobs.check_instance("viz", "ml.p3.2xlarge", on_cpu) == [
         "ml.p3.2xlarge has no usable GPU: viz will run on CPU, slowly"
@@ -212,7 +224,9 @@ def test_job_names_carry_mode_time_and_the_sweep_slug() -> None:
     assert len(cut) == 62 and cut.endswith("-1-k" + "a" * 27 + "X")
 
 
-def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(caplog: pytest.LogCaptureFixture) -> None:
+def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     """docs/launcher.md: "refuses an instance type whose GPU (one GPU: a job uses one) has less memory, naming the
     instance types that hold it" and "a family not in it ... is left to the job's own check, with a warning"."""
     caplog.set_level("INFO")
@@ -221,7 +235,9 @@ def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(cap
         jobs.check_memory("ml.g6e.xlarge", big)
     assert str(refused.value).startswith("--instance-type ml.g6e.xlarge (L40S) has 44.4 GiB of GPU memory and the run")
     assert "instance types that hold it: ml.p4de.24xlarge, ml.p5.48xlarge, ml.p5e.48xlarge" in str(refused.value)
-    assert "GPU memory estimate for Qwen/Qwen3-8B: model weights: 30.5 GiB" in caplog.text
+    [estimate] = [m for m in caplog.messages if "GPU memory estimate" in m]
+    assert estimate.startswith("GPU memory estimate for Qwen/Qwen3-8B: model weights: 30.5 GiB (all 36 layers")
+    assert "; SAE: 18.0 GiB (12288×49152" in estimate
     jobs.check_memory("ml.p4de.24xlarge", big)  # an A100 80 GB holds it
     caplog.clear()
     jobs.check_memory("ml.g99.xlarge", big)  # a GPU family missing from the table
@@ -229,6 +245,15 @@ def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(cap
     caplog.clear()
     jobs.check_memory("ml.m5.xlarge", big)  # no GPU: nothing to size, nothing said
     assert caplog.messages == []
+    # "or a local plain `--model` folder's config.json": a two-layer model of the same name fits the L40S
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    sizes = {"model_type": "qwen3", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
+    sizes |= {"num_hidden_layers": 2, "intermediate_size": 192, "vocab_size": 1000, "head_dim": 16}
+    (folder / "config.json").write_text(json.dumps(sizes))
+    small = jobs.config_of("train", {"preset": "qwen3-8b-distill", "hook_name": "blocks.1.mlp.hook_post"})
+    jobs.check_memory("ml.g6e.xlarge", small, folder)
+    assert "model weights: 0.0 GiB (all 2 layers in fp32" in caplog.text
 
 
 def test_the_request_carries_every_setting_of_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
