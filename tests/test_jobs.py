@@ -256,7 +256,9 @@ def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(
     assert "model weights: 0.0 GiB (all 2 layers in fp32" in caplog.text
 
 
-def test_the_request_carries_every_setting_of_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_request_carries_every_setting_of_the_job(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """docs/launcher.md: "`--instance-type` defaults to `ml.g5.xlarge`", "`--volume-gb` (default 50) sizes the job's
     storage volume; `--max-run` (default 86400 s) caps its run time", "`--spot`: managed spot with `--max-wait`",
     and "Every train job checkpoints to `s3://<bucket>/<prefix>/checkpoints/<job>/`". Built offline: the endpoint is a
@@ -278,7 +280,13 @@ def test_the_request_carries_every_setting_of_the_job(monkeypatch: pytest.Monkey
         checkpoint_uri="s3://b/ck/sae-x/", network_isolation=True, environment={"WANDB_SECRET_ID": "s"},
         tags={"mode": "train"},
     )  # fmt: skip
+    import logging
+
+    caplog.set_level(logging.INFO)
     request = jobs.build_request(spec, settings)
+    # the SDK's own config-loading lines are quieted, the launcher's log is left as it was
+    assert logging.getLogger("sagemaker.config").level == logging.WARNING
+    assert logging.getLogger().level == logging.INFO
     assert request.pop("AlgorithmSpecification") == {
         "TrainingInputMode": "File",
         "TrainingImage": image,
