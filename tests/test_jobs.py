@@ -316,3 +316,27 @@ def test_the_request_carries_every_setting_of_the_job(
     assert plain["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
     assert plain["EnableManagedSpotTraining"] is False
     assert "CheckpointConfig" not in plain and "EnableNetworkIsolation" not in plain and "Tags" not in plain
+
+
+def test_the_sdks_refusal_says_what_it_checks_and_how_to_skip_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/launcher.md: the SDK checks the role with IAM (`SAGEMAKER_VALIDATE_ROLE=false` to skip it); its refusal
+    names the cause and the way out. The endpoint is a closed port: the check cannot reach IAM."""
+    from launcher.settings import Settings
+
+    for key, value in {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SAGEMAKER_VALIDATE_ROLE", raising=False)
+    settings = Settings(region="us-east-1", role_arn="arn:aws:iam::123456789012:role/r", bucket="b")
+    with pytest.raises(LauncherError) as refused:
+        jobs.build_request(jobs.JobSpec("sae-y", "viz", "img", {}, {}, "s3://b/out/"), settings)
+    message = str(refused.value)
+    assert message.startswith("the SageMaker SDK refused the job: EndpointConnectionError: Could not connect")
+    assert message.endswith(
+        ". It checks role_arn with IAM (iam:GetRole, iam:SimulatePrincipalPolicy); against an endpoint without IAM "
+        "(a local test server) set SAGEMAKER_VALIDATE_ROLE=false"
+    )
