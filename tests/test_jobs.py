@@ -118,11 +118,19 @@ def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path(monkey
     secret = "; store the W&B key with `submit.py secret` and jobs get only its Secrets Manager id"
     refusals = {
         ("tune", "", ""): "--mode 'tune': unknown mode; choose one of train, viz, bench",
-        ("train", "viz", ""): "mode=viz (from --config) disagrees with --mode train; the job's mode is --mode, so "
+        ("train", "mode=viz", ""): "mode=viz (from --config) disagrees with --mode train; the job's mode is --mode, so "
         "remove mode from --config or change --mode",
-        ("train", "trainX", ""): "mode=trainX (from --config) disagrees with --mode train; the job's mode is --mode, "
+        (
+            "train",
+            "mode=trainX",
+            "",
+        ): "mode=trainX (from --config) disagrees with --mode train; the job's mode is --mode, "
         "so remove mode from --config or change --mode",
-        ("train", "", "bench"): "mode=bench (from --set or --sweep) disagrees with --mode train; the job's mode is "
+        (
+            "train",
+            "",
+            "mode=bench",
+        ): "mode=bench (from --set or --sweep) disagrees with --mode train; the job's mode is "
         "--mode, so remove mode from --set or --sweep or change --mode",
         ("train", "config=r.json", ""): "config (from --config): a path would be read inside the job, where only the "
         "image's files are; give the values themselves (in the --config FILE, or with --set), or preset=NAME",
@@ -134,10 +142,8 @@ def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path(monkey
         ("viz", "k=16", ""): "hyperparameters: configuration key 'k' (from the hyperparameters) belongs to train and "
         "bench, not VizConfig",
     }
-    for (mode, in_config, in_sets), message in refusals.items():
-        base, sets = ({"mode": in_config} if in_config else {}), ({"mode": in_sets} if in_sets else {})
-        base = dict([in_config.split("=", 1)]) if "=" in in_config else base
-        sets = dict([in_sets.split("=", 1)]) if "=" in in_sets else sets
+    for (mode, in_config, in_sets), message in refusals.items():  # one key=value from --config or from --set
+        base, sets = (jobs.parse_assignments([item] if item else [], "--set") for item in (in_config, in_sets))
         with pytest.raises(LauncherError) as refused:
             jobs.hyperparameters(mode, base, sets)
         assert str(refused.value) == message
