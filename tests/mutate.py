@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "mutate"
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 # What the tests read beside the code (mutmut copies the code and tests/ itself).
-LINKED = ("container_src", "launcher", "tests", "data", "docker", "docs", "Dockerfile", "README.md")
+LINKED = ("container_src", "launcher", "tests", "data", "docker", "docs", "Dockerfile", ".dockerignore", "README.md")
 RESULT_LINE = re.compile(r"^\s*([\w.ǁ]+__mutmut_\d+): (.+)$")
 
 
@@ -54,6 +54,11 @@ def prepare(module: str, mutmut_settings: dict[str, object], test_args: list[str
     table = {**mutmut_settings, "only_mutate": [module], "pytest_add_cli_args_test_selection": test_args}
     text += "[tool.mutmut]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
     (work / "pyproject.toml").write_text(text)
+    # The launcher's image tag is git's view of the image's files, and build/ is git-ignored: the folder is a git
+    # repository of its own (one empty commit), so a push or a dry run works on mutmut's copy as on a checkout.
+    identity = ["-c", "user.name=mutate", "-c", "user.email=mutate@localhost"]
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run(["git", *identity, "commit", "-q", "--allow-empty", "-m", "mutate"], cwd=work, check=True)
     return work
 
 
