@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,27 +128,38 @@ def test_hub_cache_and_plain_folder_load_the_same_weights(qwen_folder: Path, qwe
     assert loaded[0] == loaded[1]
 
 
-@pytest.mark.slow
-def test_train_and_viz_on_a_chat_model_from_a_plain_folder(
-    qwen_folder: Path, tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base = _tree(tmp_path / "opt_ml", qwen_folder, tiny_assets["stories"])
+def _train(base: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`train` on the stand-in in ``base``'s channel model: cfg.json's metadata (both names and the hook checked
+    here) and resolved_config.json (d_in checked: the stand-in's d_mlp)."""
     run = {**TINY_RUN, "training_tokens": "4096", "model_name": ARCH, "model_weights": WEIGHTS, "hook_name": HOOK}
     write_hyperparameters(base, run)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
     assert main(["train"]) == 0
     meta = json.loads((base / "model" / "cfg.json").read_text())["metadata"]
     assert (meta["model_name"], meta["model_weights"], meta["hook_name"]) == (ARCH, WEIGHTS, HOOK)
-    assert meta["prompt_rendering"] == {"format": "chat", "thought": False, "markers": ["<think>", "</think>"]}
     resolved = json.loads((base / "model" / "resolved_config.json").read_text())
+    assert resolved["derived"]["d_in"] == 192
+    return meta, resolved
+
+
+def _viz(base: Path) -> dict[str, Any]:
+    """`viz` of that SAE, the model taken from the SAE's metadata: its summary.json."""
+    (base / "input" / "config" / "hyperparameters.json").unlink()
+    assert main(["viz", *VIZ_SMALL]) == 0
+    return json.loads((base / "model" / "dashboards" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_train_and_viz_on_a_chat_model_from_a_plain_folder(
+    qwen_folder: Path, tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _tree(tmp_path / "opt_ml", qwen_folder, tiny_assets["stories"])
+    meta, resolved = _train(base, monkeypatch)
+    assert meta["prompt_rendering"] == {"format": "chat", "thought": False, "markers": ["<think>", "</think>"]}
     assert resolved["values"]["model_weights"] == WEIGHTS and resolved["derived"]["weights_source"] == str(
         base / "input" / "data" / "model"
     )
-    assert resolved["derived"]["d_in"] == 192
-
-    (base / "input" / "config" / "hyperparameters.json").unlink()  # viz takes the model from the SAE's metadata
-    assert main(["viz", *VIZ_SMALL]) == 0
-    summary = json.loads((base / "model" / "dashboards" / "summary.json").read_text())
+    summary = _viz(base)
     assert (summary["sae"]["model_name"], summary["sae"]["model_weights"]) == (ARCH, WEIGHTS)
     assert summary["sae"]["prompt_rendering"]["format"] == "chat"
 
@@ -159,20 +171,11 @@ def test_train_and_viz_on_a_chat_model_from_a_hub_cache(
     """The same model as a hub-cache entry for WEIGHTS in channel `model` (network isolation's layout): train, then
     viz from the SAE's metadata, both reading the weights from the cache."""
     base = _tree(tmp_path / "opt_ml", HF_HOME, tiny_assets["stories"])
-    run = {**TINY_RUN, "training_tokens": "4096", "model_name": ARCH, "model_weights": WEIGHTS, "hook_name": HOOK}
-    write_hyperparameters(base, run)
-    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
-    assert main(["train"]) == 0
-    meta = json.loads((base / "model" / "cfg.json").read_text())["metadata"]
-    assert (meta["model_name"], meta["model_weights"], meta["hook_name"]) == (ARCH, WEIGHTS, HOOK)
+    meta, resolved = _train(base, monkeypatch)
     assert meta["prompt_rendering"]["format"] == "chat"
-    resolved = json.loads((base / "model" / "resolved_config.json").read_text())
-    assert resolved["derived"]["weights_source"] == WEIGHTS and resolved["derived"]["d_in"] == 192
+    assert resolved["derived"]["weights_source"] == WEIGHTS
     assert resolved["derived"]["channels"]["model"] == str(base / "input" / "data" / "model")
-
-    (base / "input" / "config" / "hyperparameters.json").unlink()
-    assert main(["viz", *VIZ_SMALL]) == 0
-    summary = json.loads((base / "model" / "dashboards" / "summary.json").read_text())
+    summary = _viz(base)
     assert (summary["sae"]["model_name"], summary["sae"]["model_weights"]) == (ARCH, WEIGHTS)
     assert summary["sae"]["prompt_rendering"]["format"] == "chat"
     features = json.loads((base / "model" / "dashboards" / "features.json").read_text())
