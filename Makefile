@@ -75,7 +75,7 @@ docs: install
 # Needs only an installed venv (not `install`, which reinstalls when a lock is newer than the venv's stamp).
 mutate:
 	@test -x $(PY) || { echo "no $(PY): run make install first" >&2; exit 2; }
-	nice -n $(or $(NICE),5) $(PY) -m tests.mutate $(MODULES) --max-children $(or $(JOBS),2)
+	nice -n $(or $(NICE),5) $(PY) -m tests.mutate $(MODULES) --max-children $(or $(JOBS),2) $(if $(ONLY),--only $(ONLY))
 
 relock:
 	bash docker/relock.sh

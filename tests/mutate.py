@@ -96,7 +96,7 @@ def summary(module: str, seconds: float) -> dict[str, object]:
     }
 
 
-def run_module(module: str, max_children: int) -> dict[str, object]:
+def run_module(module: str, max_children: int, only: list[str]) -> dict[str, object]:
     mutmut_settings, tests = settings()
     if module not in tests:
         raise SystemExit(f"{module} has no test files in [tool.mutate.tests] of pyproject.toml: add them there")
@@ -104,7 +104,7 @@ def run_module(module: str, max_children: int) -> dict[str, object]:
     started = time.monotonic()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
-        [MUTMUT, "run", "--max-children", str(max_children)], cwd=work, env=env, capture_output=True, text=True
+        [MUTMUT, "run", "--max-children", str(max_children), *only], cwd=work, env=env, capture_output=True, text=True
     )
     (work / "mutmut-run.log").write_text(done.stdout + done.stderr)
     for failure in ("failed to collect stats", "Failed to run clean test"):
@@ -158,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: the report of the modules' last runs (those stopped early included: their unchecked "
         "mutants count as 'not checked')",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="mutmut's mutant names (`*` matches any text) to run, e.g. 'container_src.train.x_publish*' or the "
+        "survivors of an earlier run after new tests; the others count as 'not checked'",
+    )
     args = parser.parse_args(argv)
     modules = args.modules or list(settings()[1])
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         modules = [m for m in modules if (work_dir(m) / "mutants").is_dir()]
         report = write_report([summary(module, math.nan) for module in modules])  # nan: not timed by this run
     else:
-        report = write_report([run_module(module, args.max_children) for module in modules])
+        report = write_report([run_module(module, args.max_children, args.only) for module in modules])
     logger.info("report: %s", report.relative_to(ROOT))
     return 0
 
