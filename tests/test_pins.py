@@ -56,7 +56,7 @@ def problems(path: Path) -> list[str]:
         first = doc.split("\n", 1)[0]
         where = f"{path.name}::{fn.name}"
         if not first.startswith(KINDS):
-            found.append(f'{where}: the first line of its docstring starts with none of {", ".join(KINDS)}')
+            found.append(f"{where}: the first line of its docstring starts with none of {', '.join(KINDS)}")
             continue
         if not first.startswith(("README", "docs/")):
             continue
