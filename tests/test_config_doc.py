@@ -38,7 +38,7 @@ def test_the_page_has_every_key_its_full_text_and_the_precedence() -> None:
 
 
 def test_help_shows_first_lines_only() -> None:
-    """docs/configuration.md: "`--help` lists a mode's keys with the first line of each"."""
+    """docs/configuration.md: "MODE --help` lists a mode's keys with the first line of each"."""
     text = usage("train")
     assert "Training batches prepared ahead in a background thread, overlapping the SAE step; 0 turns it off." in text
     assert "a resumed run skips" not in text
