@@ -32,7 +32,8 @@ SPEED_FIELDS = (
 
 
 def test_bench_runs_and_writes_its_figures(tmp_path: Path) -> None:
-    """A fresh process, as a user runs it: the HF libraries must see the bench's own stand-in model cache."""
+    """docs/BENCHMARKS.md: "in a SageMaker job they also go to `model/bench.json`".
+    A fresh process, as a user runs it: the HF libraries must see the bench's own stand-in model cache."""
     base = tmp_path / "opt_ml"
     (base / "input" / "config").mkdir(parents=True)
     # A SageMaker job's resource config: the instance type is priced, and model/bench.json is written.
@@ -137,7 +138,8 @@ def _check_peers(figures: dict[str, Any], stdout: str) -> None:
 
 
 def test_sparsify_hookpoints_are_the_transformer_lens_hooks(tiny_assets: dict[str, Path]) -> None:
-    """sparsify hooks HF modules: each one bench maps a TransformerLens hook to gives that hook's activations."""
+    """Internal: the HF module bench hooks for sparsify gives the TransformerLens hook's activations.
+    sparsify hooks HF modules: each one bench maps a TransformerLens hook to gives that hook's activations."""
     import torch
     from transformers import AutoModel
 
@@ -194,6 +196,7 @@ def test_sparsify_hookpoints_are_the_transformer_lens_hooks(tiny_assets: dict[st
 def test_bad_bench_keys_fail_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], expected: list[str]
 ) -> None:
+    """docs/BENCHMARKS.md: "anything else is refused before any work"."""
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     monkeypatch.setattr("tempfile.TemporaryDirectory", _no_work)
     assert main(["bench", *flags]) == 2
@@ -214,7 +217,8 @@ def _burn_then_wait(seconds: float, burnt: Any, release: Any) -> None:
 
 
 def test_cpu_time_includes_worker_processes() -> None:
-    """With data_worker the packing runs in a process of its own: the CPU time bench reports must count it, also
+    """docs/BENCHMARKS.md: "bench now adds the time of its worker processes".
+    With data_worker the packing runs in a process of its own: the CPU time bench reports must count it, also
     after that worker has ended."""
     from container_src.timing import StepClock
 
@@ -233,7 +237,8 @@ def test_cpu_time_includes_worker_processes() -> None:
 
 
 def test_too_few_steps_report_the_rest_and_fail(tmp_path: Path) -> None:
-    """One step after the warm-up holds no whole refill cycle of either pipeline: the other figures are still
+    """docs/BENCHMARKS.md: "the other figures are still printed and written".
+    One step after the warm-up holds no whole refill cycle of either pipeline: the other figures are still
     printed and written, and the run ends with status 2, naming the fix."""
     base, out = tmp_path / "opt_ml", tmp_path / "bench.json"
     flags = ["--preset=smoke", "--model_shape=tiny", "--steps=1", "--warmup_steps=1", "--lm_batches=1"]
@@ -253,6 +258,7 @@ def test_too_few_steps_report_the_rest_and_fail(tmp_path: Path) -> None:
 
 
 def test_a_context_longer_than_the_model_is_named(tmp_path: Path) -> None:
+    """docs/configuration.md: "Tokens per sequence fed to the model. Must not exceed the model's context"."""
     base = tmp_path / "opt_ml"
     # a batch of whole sequences, which sparsify needs, so that the model's context is what fails
     flags = ["--preset=smoke", "--model_shape=tiny", "--context_size=4096", "--train_batch_size_tokens=8192"]
@@ -262,7 +268,8 @@ def test_a_context_longer_than_the_model_is_named(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_a_mode_other_than_train_with_143(tmp_path: Path) -> None:
-    """docker stop or StopTrainingJob during bench (or viz): status 143 and a failure file. In the image Python is
+    """README: "every mode then stops with 143 (SIGTERM) or 130 (SIGINT)".
+    docker stop or StopTrainingJob during bench (or viz): status 143 and a failure file. In the image Python is
     PID 1, which a signal without a handler would not stop at all."""
     base = tmp_path / "opt_ml"
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1"}

@@ -45,6 +45,7 @@ def _tree(base: Path, model: Path, stories: Path) -> Path:
 
 
 def test_chat_rendering_marks_question_thought_and_response(qwen_folder: Path) -> None:
+    """docs/train.md: "records where the question, the thought and the response lie in the rendered text"."""
     from transformers import AutoTokenizer
 
     from container_src.chat import Renderer, choose
@@ -77,6 +78,8 @@ def test_chat_rendering_marks_question_thought_and_response(qwen_folder: Path) -
 
 
 def test_rendering_refusals(qwen_folder: Path, tiny_assets: dict[str, Path]) -> None:
+    """docs/configuration.md: "or `auto` (chat where it has one)"; chat without a template, and a single
+    reasoning marker, are refused."""
     from transformers import AutoTokenizer
 
     from container_src.chat import choose
@@ -92,6 +95,7 @@ def test_rendering_refusals(qwen_folder: Path, tiny_assets: dict[str, Path]) -> 
 def test_weights_of_another_architecture_are_refused_before_loading(
     qwen_folder: Path, tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """docs/train.md: "Before any weight is read, the weights' config.json is compared with the architecture's"."""
     import transformers
 
     from container_src.weights import check_architecture
@@ -117,6 +121,7 @@ def test_weights_of_another_architecture_are_refused_before_loading(
 
 
 def test_hub_cache_and_plain_folder_load_the_same_weights(qwen_folder: Path, qwen_cache: Path) -> None:
+    """docs/train.md: "or a plain model folder as `save_pretrained` writes it"."""
     from container_src import model, weights
 
     loaded = []
@@ -153,6 +158,7 @@ def _viz(base: Path) -> dict[str, Any]:
 def test_train_and_viz_on_a_chat_model_from_a_plain_folder(
     qwen_folder: Path, tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """docs/train.md: "`viz` loads that model and renders prompts the same way"."""
     base = _tree(tmp_path / "opt_ml", qwen_folder, tiny_assets["stories"])
     meta, resolved = _train(base, monkeypatch)
     assert meta["prompt_rendering"] == {"format": "chat", "thought": False, "markers": ["<think>", "</think>"]}
@@ -168,7 +174,8 @@ def test_train_and_viz_on_a_chat_model_from_a_plain_folder(
 def test_train_and_viz_on_a_chat_model_from_a_hub_cache(
     qwen_cache: Path, tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same model as a hub-cache entry for WEIGHTS in channel `model` (network isolation's layout): train, then
+    """docs/train.md: "The SAE's cfg.json records both names in its metadata".
+    The same model as a hub-cache entry for WEIGHTS in channel `model` (network isolation's layout): train, then
     viz from the SAE's metadata, both reading the weights from the cache."""
     base = _tree(tmp_path / "opt_ml", HF_HOME, tiny_assets["stories"])
     meta, resolved = _train(base, monkeypatch)

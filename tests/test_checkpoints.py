@@ -19,6 +19,7 @@ from container_src.config import TrainConfig
 
 
 def test_run_id_follows_what_is_trained() -> None:
+    """docs/train.md: "plus a hash of everything that shapes the result"."""
     base = TrainConfig(run_name="exp1")
     assert run_id(base, "data-a") == run_id(TrainConfig(run_name="exp1", log_every=7), "data-a")
     assert run_id(base, "data-a").startswith("exp1-")
@@ -40,6 +41,7 @@ def _checkpoint(run_dir: Path, name: str, weights: bytes = b"w" * 100) -> Path:
 
 
 def test_latest_whole_checkpoint_wins(tmp_path: Path) -> None:
+    """docs/train.md: "**resumes from the newest whole one** instead of starting over"."""
     assert latest_checkpoint(tmp_path / "none") is None
     _checkpoint(tmp_path, "2560")
     newest = _checkpoint(tmp_path, "5120")
@@ -54,6 +56,7 @@ def test_latest_whole_checkpoint_wins(tmp_path: Path) -> None:
 def test_a_checkpoint_whose_files_do_not_match_its_marker_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """docs/train.md: "files don't match its marker (a kill mid-write, an S3 sync still under way"."""
     older = _checkpoint(tmp_path, "2560")
     newer = _checkpoint(tmp_path, "5120")
     # as if an S3 sync brought the marker before the whole weights file
@@ -75,7 +78,8 @@ def test_a_checkpoint_whose_files_do_not_match_its_marker_is_skipped(
 
 
 def test_a_file_of_the_right_size_from_another_attempt_is_caught(tmp_path: Path) -> None:
-    """A restart that resumed from an earlier checkpoint writes the same folder again; an S3 copy of the abandoned
+    """docs/train.md: "or files of an abandoned attempt at the same step) is skipped".
+    A restart that resumed from an earlier checkpoint writes the same folder again; an S3 copy of the abandoned
     attempt's weights has the same size as the new ones, and must not pass for them."""
     rng = random.Random(0)
     older = _checkpoint(tmp_path, "2560")
@@ -92,7 +96,8 @@ def test_a_file_of_the_right_size_from_another_attempt_is_caught(tmp_path: Path)
 
 
 def test_a_precision_change_on_resume_is_named(tmp_path: Path) -> None:
-    """device and the hardware keep the run id, and precision=auto follows the hardware: a checkpoint made with
+    """docs/train.md: "goes on in fp32 on a T4 or a CPU, and says so in a warning".
+    device and the hardware keep the run id, and precision=auto follows the hardware: a checkpoint made with
     bf16 autocast on a GPU can resume in fp32 (a T4, a CPU), which the run must say."""
     (tmp_path / "runner_cfg.json").write_text(json.dumps({"autocast": True, "device": "cuda"}))
     assert precision_change(tmp_path, autocast=True) is None
@@ -103,7 +108,8 @@ def test_a_precision_change_on_resume_is_named(tmp_path: Path) -> None:
 
 
 def test_a_kill_while_the_step_log_is_cut_back_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A resume cuts the step log back to its checkpoint's step. The log is replaced whole, never emptied first."""
+    """docs/train.md: "while `training_log.jsonl` and the plots have the resumed run's".
+    A resume cuts the step log back to its checkpoint's step. The log is replaced whole, never emptied first."""
     from container_src.records import MetricLog
 
     log = MetricLog(tmp_path / "training_log.jsonl")
@@ -159,8 +165,8 @@ def test_train_md_every_key_that_shapes_the_result_makes_a_new_run_and_the_other
 
 
 def test_train_md_resumes_from_the_newest_whole_one_by_tokens_not_by_name(tmp_path: Path) -> None:
-    """docs/train.md: "finds its own checkpoints and resumes from the newest whole one": newest by tokens (10240 after
-    7680, though "7680" sorts after "10240" as text), and a stray file named like a checkpoint is no checkpoint."""
+    """docs/train.md: "checkpoints and **resumes from the newest whole one**": newest by tokens (10240 after 7680,
+    though "7680" sorts after "10240" as text), and a stray file named like a checkpoint is no checkpoint."""
     _checkpoint(tmp_path, "7680")
     newest = _checkpoint(tmp_path, "10240")
     (tmp_path / "20480").write_text("a file, not a checkpoint folder")

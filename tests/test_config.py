@@ -16,6 +16,7 @@ from container_src.paths import wandb_key
 
 
 def test_hyperparameter_strings_become_field_types() -> None:
+    """README: "string values, converted to each key's type"."""
     resolved = resolve(
         {
             "k": "32",
@@ -36,7 +37,8 @@ def test_hyperparameter_strings_become_field_types() -> None:
 
 
 def test_json_quoted_values_and_platform_keys() -> None:
-    """Some SageMaker clients JSON-encode each value and add their own sagemaker_* keys."""
+    """docs/container.md: "`sagemaker_*` hyperparameters that SageMaker may add are ignored, and JSON-quoted values".
+    Some SageMaker clients JSON-encode each value and add their own sagemaker_* keys."""
     resolved = resolve(
         {
             "hook_name": '"blocks.1.mlp.hook_post"',
@@ -54,6 +56,7 @@ def test_json_quoted_values_and_platform_keys() -> None:
 
 
 def test_precedence_defaults_preset_config_hyperparameters_cli(tmp_path: Path) -> None:
+    """docs/configuration.md: "Lowest precedence first; a later source overrides an earlier one key by key"."""
     config_file = tmp_path / "mine.json"
     config_file.write_text(json.dumps({"k": 16, "seed": 7, "lr": 0.002}))
     resolved = resolve(
@@ -77,6 +80,7 @@ def test_precedence_defaults_preset_config_hyperparameters_cli(tmp_path: Path) -
 
 
 def test_defaults_are_the_corrected_seed_plan() -> None:
+    """docs/train.md: "The defaults are the seed's configuration wherever a key exists"."""
     cfg = resolve({}).config
     assert cfg.hook_name == "blocks.2.mlp.hook_post"
     assert cfg.sae_width(3072) == 24576  # d_in of hook_post is 4 × 768
@@ -93,6 +97,7 @@ def test_defaults_are_the_corrected_seed_plan() -> None:
 
 
 def test_d_sae_overrides_expansion() -> None:
+    """docs/configuration.md: "Explicit dictionary size; overrides expansion_factor"."""
     assert TrainConfig(d_sae=1000, k=10).sae_width(3072) == 1000
 
 
@@ -126,6 +131,7 @@ def test_d_sae_overrides_expansion() -> None:
     ],
 )
 def test_bad_values_are_refused_naming_the_key(hyperparameters: dict[str, str], names: list[str]) -> None:
+    """docs/configuration.md: "An unknown key, a wrong type or an impossible combination stops the run"."""
     with pytest.raises(ConfigError) as err:
         resolve(hyperparameters)
     for name in names:
@@ -133,12 +139,15 @@ def test_bad_values_are_refused_naming_the_key(hyperparameters: dict[str, str], 
 
 
 def test_secret_values_never_echoed() -> None:
+    """docs/train.md: "A key is never put in the configuration, hyperparameters, logs or artifacts"."""
     with pytest.raises(ConfigError) as err:
         resolve({"wandb_api_key": "planted-secret-1234"})
     assert "planted-secret-1234" not in str(err.value)
 
 
 def test_config_file_errors(tmp_path: Path) -> None:
+    """docs/configuration.md: "`mode`, `preset` and `config` are read only from the flags and the hyperparameters";
+    a missing, malformed or non-object --config file is refused too."""
     with pytest.raises(ConfigError, match="does not exist"):
         resolve(cli={"config": str(tmp_path / "missing.json")})
     bad = tmp_path / "bad.json"
@@ -156,6 +165,7 @@ def test_config_file_errors(tmp_path: Path) -> None:
 
 
 def test_parse_cli() -> None:
+    """docs/configuration.md: "`--key value` or `--key=value` flags (dashes in a key read as underscores)"."""
     assert parse_cli(["--k", "8", "--lr=0.1", "--hook-name", "blocks.0.hook_resid_post"]) == {
         "k": "8",
         "lr": "0.1",
@@ -168,12 +178,14 @@ def test_parse_cli() -> None:
 
 
 def test_wandb_key_from_environment_only() -> None:
+    """docs/train.md: "Locally the key comes from `WANDB_API_KEY`"."""
     assert wandb_key({}) is None
     assert wandb_key({"WANDB_API_KEY": "local-key"}) == "local-key"
 
 
 def test_wandb_key_from_secrets_manager(moto_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job gets only WANDB_SECRET_ID; the key is read from Secrets Manager (a moto server on loopback)."""
+    """docs/train.md: "in a SageMaker job only a Secrets Manager id comes in, `WANDB_SECRET_ID`".
+    A job gets only WANDB_SECRET_ID; the key is read from Secrets Manager (a moto server on loopback)."""
     import boto3
 
     for name, value in moto_server.items():
@@ -200,6 +212,7 @@ def test_wandb_key_from_secrets_manager(moto_server: dict[str, str], monkeypatch
 
 
 def test_each_mode_has_its_own_keys() -> None:
+    """README: "Each mode has its own keys"."""
     from container_src.config import VizConfig
 
     viz = resolve({"features": "12, 873", "story_tokens": "5e3", "seed": "3"}, schema=VizConfig).config
@@ -211,7 +224,8 @@ def test_each_mode_has_its_own_keys() -> None:
 
 
 def test_a_shared_tree_leaves_other_modes_keys_to_them(caplog: pytest.LogCaptureFixture) -> None:
-    """Locally every mode reads the tree's hyperparameters.json (and the preset it names): each takes its own keys."""
+    """README: "leaves (with a warning) the keys of other modes".
+    Locally every mode reads the tree's hyperparameters.json (and the preset it names): each takes its own keys."""
     from container_src.config import VizConfig
 
     shared = {"preset": "smoke", "k": "16", "n_features": "3", "seed": "5"}
@@ -233,7 +247,8 @@ def test_a_shared_tree_leaves_other_modes_keys_to_them(caplog: pytest.LogCapture
 
 
 def test_the_published_run_preset_is_that_run() -> None:
-    """The published TinyStories-33M run: 17,090 steps of 4,096 tokens, cosine lr 3e-4, W&B every 50 steps and an
+    """README: "d_sae 12,288, k 96, 17,090 steps, cosine lr 3e-4".
+    The published TinyStories-33M run: 17,090 steps of 4,096 tokens, cosine lr 3e-4, W&B every 50 steps and an
     evaluation every 10 logs."""
     cfg = resolve({"preset": "tinystories-33m-mlp-out-published"}).config
     assert (cfg.model_name, cfg.hook_name, cfg.architecture) == (
@@ -255,6 +270,7 @@ def test_the_published_run_preset_is_that_run() -> None:
 
 def test_evaluation_cadence_defaults_to_about_100_evaluations() -> None:
     # (steps, log_every) -> evaluations over the run; a run of fewer than 100 metric lines evaluates at each
+    """docs/configuration.md: "when empty, about 100 evaluations over the run"."""
     for (steps, log_every), evaluations in {
         (50_000, 50): 100,
         (17_090, 50): 113,

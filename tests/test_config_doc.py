@@ -8,6 +8,7 @@ from tests.conftest import ROOT
 
 
 def test_configuration_page_is_up_to_date() -> None:
+    """README: "regenerate docs/configuration.md from the schemas"."""
     page = ROOT / "docs" / "configuration.md"
     assert page.is_file() and page.read_text() == markdown(), (
         "docs/configuration.md is stale: run `make docs` and commit it"
@@ -15,6 +16,7 @@ def test_configuration_page_is_up_to_date() -> None:
 
 
 def test_every_key_is_documented_with_a_summary_line() -> None:
+    """docs/configuration.md: "whose field docstrings are the text below"."""
     for mode, schema in SCHEMAS.items():
         for key in keys(schema):
             assert key.doc, f"{mode}: {key.name} has no docstring under its field in container_src/config.py"
@@ -22,6 +24,7 @@ def test_every_key_is_documented_with_a_summary_line() -> None:
 
 
 def test_the_page_has_every_key_its_full_text_and_the_precedence() -> None:
+    """README: "has each with its type, default and meaning, and the precedence in full"."""
     page = markdown()
     for schema in SCHEMAS.values():
         for key in keys(schema):
@@ -35,6 +38,7 @@ def test_the_page_has_every_key_its_full_text_and_the_precedence() -> None:
 
 
 def test_help_shows_first_lines_only() -> None:
+    """docs/configuration.md: "MODE --help` lists a mode's keys with the first line of each"."""
     text = usage("train")
     assert "Training batches prepared ahead in a background thread, overlapping the SAE step; 0 turns it off." in text
     assert "a resumed run skips" not in text

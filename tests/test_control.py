@@ -28,6 +28,7 @@ def test_old_key_names_still_work_with_a_warning(caplog: pytest.LogCaptureFixtur
 
 
 def test_old_and_new_name_together_are_refused() -> None:
+    """docs/train.md: "(both names at once is an error)"."""
     with pytest.raises(ConfigError, match="tinystories_path and control_path are both given"):
         resolve({"tinystories_path": "a/b", "control_path": "c/d"}, schema=TrainConfig)
     # in different sources the higher one wins, as for any key
@@ -36,6 +37,7 @@ def test_old_and_new_name_together_are_refused() -> None:
 
 
 def test_an_empty_text_column_name_is_refused() -> None:
+    """docs/configuration.md: "stops the run before any model is loaded, with a message naming the key"."""
     with pytest.raises(ConfigError, match="control_text_column=''"):
         resolve(cli={"control_text_column": ""}, schema=TrainConfig)
 
@@ -49,6 +51,7 @@ def _web_text(folder: Path) -> Path:
 
 
 def test_any_text_column(tmp_path: Path) -> None:
+    """docs/train.md: "The negative control is any Hugging Face text dataset"."""
     channel = _web_text(tmp_path / "control")
     stream, identity = load_control(channel, "unused", "train", "content")
     rows = list(stream)
@@ -59,6 +62,7 @@ def test_any_text_column(tmp_path: Path) -> None:
 
 
 def test_a_missing_column_names_the_ones_there(tmp_path: Path) -> None:
+    """docs/train.md: "ends the run before the model loads, naming the columns there are"."""
     channel = _web_text(tmp_path / "control")
     with pytest.raises(ConfigError, match=r"no 'text' column \(found content, url\); set control_text_column"):
         open_control(channel, "unused", "train")
@@ -76,6 +80,7 @@ def _tree(tmp_path: Path, *channels: str) -> ContainerPaths:
 
 
 def test_the_old_channel_name_is_read_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """README: "`tinystories`, its old name, is still read, with a warning"."""
     caplog.set_level(logging.WARNING)
     paths = _tree(tmp_path, "tinystories")
     assert paths.control_channel() == tmp_path / "input" / "data" / "tinystories"
@@ -86,5 +91,6 @@ def test_the_old_channel_name_is_read_with_a_warning(tmp_path: Path, caplog: pyt
 
 
 def test_both_channel_names_are_refused(tmp_path: Path) -> None:
+    """docs/container.md: "both at once is an error"."""
     with pytest.raises(ConfigError, match="channels control and tinystories are both given"):
         _tree(tmp_path, "control", "tinystories").control_channel()

@@ -48,8 +48,8 @@ def _tiny_lm_and_config(tmp_path: Path) -> tuple[Any, Any]:
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3])
 def test_docs_train_each_document_a_prompt_with_probability_prompt_ratio(ratio: float) -> None:
-    """docs/train.md: "each document a prompt with probability `prompt_ratio` ... `prompt_ratio` is a share of
-    *documents*". Measured over 120,000 documents (two seeds of 60,000): the binomial standard deviation is under
+    """docs/train.md: "each document is a prompt with probability `prompt_ratio` ... `prompt_ratio` is a share
+    of *documents*". Measured over 120,000 documents (two seeds of 60,000): the binomial standard deviation is under
     0.0014 at 0.3 and 0.0009 at 0.1, so the 0.004 tolerance is three of them, and a share one percentage point off
     fails."""
     stories = Dataset.from_dict({"text": [f"story {i}" for i in range(100_000)]})  # never exhausted in 60,000 rows
@@ -64,6 +64,8 @@ def test_docs_train_each_document_a_prompt_with_probability_prompt_ratio(ratio: 
 
 
 def test_prompts_cycle_and_order_is_seeded(many_stories: Dataset) -> None:
+    """docs/train.md: "Prompts cycle; the order depends only on `seed`"."""
+
     def first(seed: int) -> list[str]:
         stream = mixed_stream(many_stories.to_iterable_dataset(), _prompts(20), 0.5, seed=seed)
         return [r["text"] for r in islice(stream, 400)]
@@ -77,11 +79,13 @@ def test_prompts_cycle_and_order_is_seeded(many_stories: Dataset) -> None:
 
 
 def test_ratio_zero_is_stories_only(many_stories: Dataset) -> None:
+    """docs/configuration.md: "drawn from the prompts channel (cycled); the rest are the control text"."""
     rows = list(islice(mixed_stream(many_stories.to_iterable_dataset(), None, 0.0, seed=1), 50))
     assert {r["source"] for r in rows} == {"control"}
 
 
 def test_stories_from_jsonl_files(tmp_path: Path) -> None:
+    """docs/container.md: "or parquet/json/jsonl/arrow files with a text column"."""
     channel = tmp_path / "control"
     channel.mkdir()
     (channel / "train-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_stories(5)))
@@ -93,6 +97,8 @@ def test_stories_from_jsonl_files(tmp_path: Path) -> None:
 
 
 def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path) -> None:
+    """docs/container.md: "or `data/validation/`, only those of `control_split` are read"; and the channel's
+    identity follows its content, not its files' times."""
     channel = tmp_path / "control"
     (channel / "data" / "train").mkdir(parents=True)
     (channel / "data" / "validation").mkdir(parents=True)
@@ -113,7 +119,8 @@ def test_split_files_and_a_fingerprint_that_survives_a_fresh_copy(tmp_path: Path
 
 
 def test_the_evaluation_split_must_be_there(tmp_path: Path) -> None:
-    """The evaluation's held-out split: a channel without splits serves training, never the evaluation."""
+    """docs/container.md: "a `DatasetDict` with that split, or files named for it".
+    The evaluation's held-out split: a channel without splits serves training, never the evaluation."""
     files = tmp_path / "files"
     files.mkdir()
     (files / "stories.jsonl").write_text(json.dumps({"text": "a story"}) + "\n")
@@ -138,6 +145,7 @@ def test_the_evaluation_split_must_be_there(tmp_path: Path) -> None:
 
 
 def test_stories_without_text_column(tmp_path: Path) -> None:
+    """docs/train.md: "A column that is missing or does not hold text ends the run before the model loads"."""
     Dataset.from_dict({"story": ["x"]}).save_to_disk(str(tmp_path / "s"))
     with pytest.raises(ConfigError, match="no 'text' column"):
         load_control(tmp_path / "s", "unused", "train")
@@ -150,12 +158,15 @@ def test_stories_without_text_column(tmp_path: Path) -> None:
 
 
 def test_hub_stories_offline_says_what_to_do() -> None:
+    """README: "turns the hub off (network isolation), and then needs `control`"."""
     with pytest.raises(ConfigError) as err:
         load_control(None, "roneneldan/TinyStories", "train")
     assert "channel `control`" in str(err.value)
 
 
 def test_token_share_weighs_documents_by_length(many_stories: Dataset) -> None:
+    """docs/train.md: "which is higher when prompts are longer than stories"."""
+
     def words(texts: list[str]) -> dict[str, list[list[str]]]:  # a whitespace "tokenizer"
         return {"input_ids": [t.split() for t in texts]}
 
@@ -170,7 +181,8 @@ def test_token_share_weighs_documents_by_length(many_stories: Dataset) -> None:
 def test_packed_rows_are_the_tokens_sae_lens_packs_from_text(
     tiny_assets: dict[str, Path], many_stories: Dataset, tmp_path: Path
 ) -> None:
-    """Training feeds SAE-Lens rows packed on the CPU (PackedRows) instead of text: the store must see the very
+    """docs/train.md: "BOS opens every packed row and separates the documents in it".
+    Training feeds SAE-Lens rows packed on the CPU (PackedRows) instead of text: the store must see the very
     tokens it would have packed from the text itself, documents split across rows and BOS separators included."""
     import torch
     from sae_lens.training.activations_store import ActivationsStore
@@ -200,7 +212,8 @@ def test_packed_rows_are_the_tokens_sae_lens_packs_from_text(
 
 
 def test_worker_rows_are_packed_rows_in_order(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
-    """data_worker packs in a process of its own: the same rows in the same order, iteration after iteration
+    """docs/configuration.md: "The worker hands the rows back in order, so the rows are the same".
+    data_worker packs in a process of its own: the same rows in the same order, iteration after iteration
     (SAE-Lens starts each epoch with a fresh iteration), from the channels as train reads them, and the worker
     stops when the store is closed."""
     import multiprocessing
@@ -227,7 +240,8 @@ def test_worker_rows_are_packed_rows_in_order(tiny_assets: dict[str, Path], tmp_
 
 
 def test_an_error_in_the_worker_reaches_training(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
-    """A document the worker cannot tokenise fails the training process's read, with the worker's error, instead of
+    """Pins: a data worker's error fails training with that error, not a hang (not in the docs).
+    A document the worker cannot tokenise fails the training process's read, with the worker's error, instead of
     leaving it waiting for rows."""
     from container_src.store import WorkerRows
 
@@ -257,7 +271,8 @@ if __name__ == "__main__":
 
 
 def test_the_worker_ends_when_training_is_killed(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
-    """SIGKILL (or the OOM killer) gives the training process no chance to stop its worker: the worker and the
+    """Pins: the data worker ends with the training process, even after its SIGKILL (not in the docs).
+    SIGKILL (or the OOM killer) gives the training process no chance to stop its worker: the worker and the
     forkserver it came from must end by themselves instead of lingering with their memory."""
     import subprocess
     import sys

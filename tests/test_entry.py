@@ -106,6 +106,7 @@ def test_bad_input_fails_before_the_model_loads(
     breakage: Callable[[Path], None] | None,
     expected: list[str],
 ) -> None:
+    """README: "It checks the configuration, the channels and the datasets before loading anything heavy"."""
     earlier_sae = opt_ml / "model" / "cfg.json"  # a successful earlier run in the same tree
     earlier_sae.parent.mkdir(parents=True)
     earlier_sae.write_text("{}")
@@ -140,6 +141,7 @@ def test_bad_input_fails_before_the_model_loads(
 def test_problems_only_the_model_reveals(
     opt_ml: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], expected: list[str]
 ) -> None:
+    """docs/train.md: "longer than the model's context fail here, as soon as the model is loaded"."""
     write_hyperparameters(opt_ml, {**TINY_RUN, **overrides})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
     assert main(["train"]) == 2
@@ -150,7 +152,8 @@ def test_problems_only_the_model_reveals(
 
 
 def test_corrupt_model_weights_name_the_channel(opt_ml: Path, tmp_path: Path) -> None:
-    """In a fresh process: the HF libraries read the cache location once, at import."""
+    """README: "with a message that names the key or the channel".
+    In a fresh process: the HF libraries read the cache location once, at import."""
     channel = opt_ml / "input" / "data" / "model"
     copy = tmp_path / "model-copy"
     shutil.copytree(channel, copy, symlinks=False)
@@ -185,7 +188,8 @@ def test_model_is_kept_until_the_mode_is_known_to_be_train(
     argv: list[str],
     expected: str,
 ) -> None:
-    """SageMaker always runs `train`; the hyperparameter (or --mode) decides, and only a run known to be `train`
+    """docs/train.md: "As soon as the mode is known to be `train`".
+    SageMaker always runs `train`; the hyperparameter (or --mode) decides, and only a run known to be `train`
     moves the earlier SAE in model/ aside: viz reads it."""
     earlier_sae = opt_ml / "model" / "cfg.json"
     earlier_sae.parent.mkdir(parents=True)
@@ -202,6 +206,7 @@ def test_model_is_kept_until_the_mode_is_known_to_be_train(
 
 
 def test_a_stale_failure_file_is_cleared(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins: a failure file an earlier run left is not taken for this run's reason (not in the docs)."""
     failure = opt_ml / "output" / "failure"
     failure.parent.mkdir(parents=True)
     failure.write_text("an old reason")
@@ -212,6 +217,7 @@ def test_a_stale_failure_file_is_cleared(opt_ml: Path, monkeypatch: pytest.Monke
 
 
 def test_failure_reason_fits_sagemaker(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: "on any failure, one paragraph on why (SageMaker's FailureReason)"."""
     write_hyperparameters(opt_ml, {"x" * 3000: "1"})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
     assert main(["train"]) == 2
@@ -236,7 +242,8 @@ def test_help_lists_keys_and_presets(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """Help lists the presets and each key of the mode asked for (of every mode without one): type, default and
+    """README: "`python -m container_src MODE --help` lists the keys".
+    Help lists the presets and each key of the mode asked for (of every mode without one): type, default and
     the first line of its docstring."""
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     assert main(argv) == 0
@@ -260,7 +267,8 @@ def test_help_lists_keys_and_presets(
 
 
 def test_train_shim_runs_the_entry_point(opt_ml: Path) -> None:
-    """The image's `train` program (docker/train) dispatches to the same entry point."""
+    """README: "in the image `train` is on PATH, because SageMaker runs `docker run IMAGE train`".
+    The image's `train` program (docker/train) dispatches to the same entry point."""
     write_hyperparameters(opt_ml, {"k": "eight"})
     env = {
         **os.environ,
@@ -278,7 +286,8 @@ def test_train_shim_runs_the_entry_point(opt_ml: Path) -> None:
 def test_other_modes_keys_are_left_to_them_only_in_a_local_tree(
     opt_ml: Path, monkeypatch: pytest.MonkeyPatch, in_job: bool
 ) -> None:
-    """A local tree's hyperparameters.json serves train and viz alike; a job's hyperparameters are its own."""
+    """README: "while a job's hyperparameters, a `--config` file or a flag with another mode's key is refused".
+    A local tree's hyperparameters.json serves train and viz alike; a job's hyperparameters are its own."""
     write_hyperparameters(opt_ml, {"mode": "viz", "k": "16"})
     if in_job:
         (opt_ml / "input" / "config" / "resourceconfig.json").write_text('{"current_instance_type": "ml.g5.xlarge"}')
@@ -292,7 +301,8 @@ def test_other_modes_keys_are_left_to_them_only_in_a_local_tree(
 
 
 def test_an_empty_prompts_folder_is_no_prompts_for_a_stories_only_run(opt_ml: Path) -> None:
-    """docker compose mounts data/prompts whether or not it holds an export; with prompt_ratio=0 an empty one is
+    """docs/container.md: "An empty folder counts as no prompts".
+    docker compose mounts data/prompts whether or not it holds an export; with prompt_ratio=0 an empty one is
     simply no prompts."""
     _empty_prompts_folder(opt_ml)
     write_hyperparameters(opt_ml, {**TINY_RUN, "prompt_ratio": "0"})

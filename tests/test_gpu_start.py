@@ -34,6 +34,7 @@ COMPAT = "580.95.05"
     ],
 )
 def test_decision_by_driver(driver: str | None, gpu_instance: bool | None, action: str) -> None:
+    """README: "it enables NVIDIA's forward-compatibility libraries at start"."""
     verdict = gpu.decide(driver, COMPAT, gpu_instance)
     assert verdict.action == action
     if driver and action != "cpu":
@@ -41,11 +42,13 @@ def test_decision_by_driver(driver: str | None, gpu_instance: bool | None, actio
 
 
 def test_an_older_driver_without_the_libraries_is_refused() -> None:
+    """README: "on any other host it stops at once with exit 1 and says why"."""
     verdict = gpu.decide("535.183.01", None, True)
     assert verdict.action == "refuse" and "compatibility libraries" in verdict.reason
 
 
 def test_driver_version_parsers() -> None:
+    """docs/container.md: "(the driver from `nvidia-smi`, else `/proc/driver/nvidia/version`)"."""
     assert gpu.parse_nvidia_smi("535.183.01\n535.183.01\n") == "535.183.01"
     assert gpu.parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver") is None
     proc = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02  Thu May  2 14:37:44 UTC 2024\nGCC version: gcc"
@@ -105,6 +108,7 @@ def run_shim(tmp_path: Path, env: dict[str, str], instance: str | None = None) -
 
 @pytest.mark.parametrize("via", ["nvidia-smi", "version file"])
 def test_shim_puts_the_libraries_first_only_on_an_older_driver(tmp_path: Path, via: str) -> None:
+    """docs/container.md: "`train` puts `/usr/local/cuda/compat` first on `LD_LIBRARY_PATH` before Python starts"."""
     env = fake_driver(tmp_path, "535.183.01", via)
     seen = run_shim(tmp_path, env, "ml.g5.xlarge")
     compat = env["SAE_CUDA_COMPAT_DIR"]
@@ -118,13 +122,15 @@ def test_shim_puts_the_libraries_first_only_on_an_older_driver(tmp_path: Path, v
     [("580.82.07", "ml.g5.xlarge"), ("595.58.03", None), (None, "ml.m5.xlarge"), ("535.183.01", "ml.m5.xlarge")],
 )
 def test_shim_leaves_the_path_alone_otherwise(tmp_path: Path, driver: str | None, instance: str | None) -> None:
-    """Equal or newer drivers, no driver, and a CPU instance (whatever it reports) run without the libraries."""
+    """docs/container.md: "CUDA 13.0 runs natively; the compatibility libraries stay off".
+    Equal or newer drivers, no driver, and a CPU instance (whatever it reports) run without the libraries."""
     seen = run_shim(tmp_path, fake_driver(tmp_path, driver, "nvidia-smi"), instance)
     assert seen["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
     assert seen["SAE_CUDA_COMPAT"] == ""
 
 
 def test_shim_without_the_libraries_leaves_the_path_alone(tmp_path: Path) -> None:
+    """Pins: an image without the compatibility libraries leaves LD_LIBRARY_PATH as it is (not in the docs)."""
     env = fake_driver(tmp_path, "535.183.01", "nvidia-smi")
     env["SAE_CUDA_COMPAT_DIR"] = str(tmp_path / "missing")
     assert run_shim(tmp_path, env, "ml.g5.xlarge")["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
@@ -140,6 +146,7 @@ def host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, driver: str | None, *,
 
 
 def test_an_unusable_host_is_a_host_error_naming_driver_and_cuda(monkeypatch, tmp_path) -> None:
+    """docs/container.md: "exit 1, `output/failure` naming the driver, the CUDA it needs and what to do"."""
     host(monkeypatch, tmp_path, "470.256.02", compat_in_use=False)
     with pytest.raises(gpu.HostError) as err:
         pick_runtime("auto", "auto", job_instance="ml.g5.xlarge")
@@ -150,6 +157,7 @@ def test_an_unusable_host_is_a_host_error_naming_driver_and_cuda(monkeypatch, tm
 
 
 def test_a_gpu_job_that_sees_no_driver_is_a_host_error(monkeypatch, tmp_path) -> None:
+    """docs/container.md: "any other (R470, R525, R545 …) or none on a GPU instance"."""
     host(monkeypatch, tmp_path, None, compat_in_use=False)
     with pytest.raises(gpu.HostError, match=r"ml.g5.xlarge, which has an NVIDIA GPU.*no NVIDIA driver is visible"):
         pick_runtime("auto", "auto", job_instance="ml.g5.xlarge")
@@ -159,13 +167,15 @@ def test_a_gpu_job_that_sees_no_driver_is_a_host_error(monkeypatch, tmp_path) ->
 
 
 def test_compat_in_use_but_no_device_says_data_center_only(monkeypatch, tmp_path) -> None:
+    """docs/container.md: "for example forward compatibility on a GPU that is not a data-center one"."""
     host(monkeypatch, tmp_path, "535.183.01", compat_in_use=True)  # torch sees no device here
     with pytest.raises(gpu.HostError, match=r"compatibility libraries in use.*data-center GPUs"):
         pick_runtime("auto", "auto", job_instance="ml.g5.xlarge")
 
 
 def test_a_gpu_run_logs_driver_compat_cuda_gpu_and_memory(monkeypatch, tmp_path, caplog) -> None:
-    """torch.cuda is stubbed to report an A10G (no GPU here); the driver comes from a stub version file."""
+    """docs/container.md: "logs the driver, whether the compatibility libraries are in use, the GPU, its memory".
+    torch.cuda is stubbed to report an A10G (no GPU here); the driver comes from a stub version file."""
     import torch
 
     host(monkeypatch, tmp_path, "535.183.01", compat_in_use=True)
@@ -181,7 +191,8 @@ def test_a_gpu_run_logs_driver_compat_cuda_gpu_and_memory(monkeypatch, tmp_path,
 
 
 def test_the_run_ends_with_exit_1_and_a_failure_file(monkeypatch, tmp_path) -> None:
-    """The whole entry point on a g5 job whose host runs R470: status 1, and output/failure says why."""
+    """README: "on any other host it stops at once with exit 1 and says why".
+    The whole entry point on a g5 job whose host runs R470: status 1, and output/failure says why."""
     host(monkeypatch, tmp_path, "470.256.02", compat_in_use=False)
     base = tmp_path / "ml"
     (base / "input" / "config").mkdir(parents=True)
@@ -201,6 +212,7 @@ def test_the_run_ends_with_exit_1_and_a_failure_file(monkeypatch, tmp_path) -> N
 
 
 def test_compat_version_reads_the_library_name(tmp_path: Path) -> None:
+    """Internal: the compatibility libraries' version, read from the library's file name."""
     assert gpu.compat_version(fake_compat(tmp_path / "c", "580.95.05")) == "580.95.05"
     assert gpu.compat_version(tmp_path / "empty") is None
     assert (tmp_path / "c" / "libcuda.so.1").is_symlink()

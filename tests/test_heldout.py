@@ -43,7 +43,8 @@ def _tokenizer_and_config(tmp_path: Path) -> tuple[Any, Any]:
 def test_no_heldout_prompt_reaches_a_training_batch(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The held-out prompts are written in Cyrillic, the training prompts in Greek, the stories in ASCII: the
+    """README: "never on the held-out prompts (a seeded share of each category)".
+    The held-out prompts are written in Cyrillic, the training prompts in Greek, the stories in ASCII: the
     stream train builds, packed into rows as train packs it, cycles the Greek prompts several times and never
     carries a Cyrillic byte."""
     import torch
@@ -91,7 +92,8 @@ def test_no_heldout_prompt_reaches_a_training_batch(
 
 
 def test_counted_rows_count_the_documents_in_the_rows_served(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
-    """What an evaluation says it covered: the documents with tokens in the rows it read, checked against the
+    """docs/train.md: "each source says how many distinct prompts or stories it covered".
+    What an evaluation says it covered: the documents with tokens in the rows it read, checked against the
     packer that records each token's document (a row whose last place holds a separator included)."""
     lm, runner_cfg = _tokenizer_and_config(tmp_path)
     rng = random.Random(0)  # lengths under which rows 12 and 24 end with a separator (seen)
@@ -109,6 +111,7 @@ def test_counted_rows_count_the_documents_in_the_rows_served(tmp_path: Path, tin
 
 
 def test_fraction_zero_trains_on_every_prompt_and_says_so(opt_ml: Path) -> None:
+    """docs/train.md: "0, or a fraction too small to hold out any prompt, trains on every prompt with a warning"."""
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096", "heldout_prompt_fraction": "0"})
     result = run_container(opt_ml, "train")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -126,6 +129,7 @@ def test_fraction_zero_trains_on_every_prompt_and_says_so(opt_ml: Path) -> None:
 
 
 def test_without_prompts_both_prompt_sources_say_why(opt_ml: Path) -> None:
+    """docs/train.md: "(`heldout_prompt_fraction=0`, no prompts) has `skipped` with the reason and null figures"."""
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096", "prompt_ratio": "0"})
     result = run_container(opt_ml, "train")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -138,6 +142,7 @@ def test_without_prompts_both_prompt_sources_say_why(opt_ml: Path) -> None:
 
 
 def test_a_fraction_leaving_a_category_untrained_stops_before_the_model(opt_ml: Path) -> None:
+    """docs/train.md: "A fraction that would leave a category with no training prompts ends the run"."""
     prompts = opt_ml / "input" / "data" / "prompts"
     shutil.rmtree(prompts)
     categories = ["official narrative"] * 10 + ["refusal"]
@@ -157,6 +162,7 @@ def test_a_fraction_leaving_a_category_untrained_stops_before_the_model(opt_ml: 
 
 @pytest.mark.parametrize("fraction", [1.0, -0.1, float("nan")])
 def test_a_fraction_outside_zero_to_one_is_refused(fraction: float) -> None:
+    """docs/configuration.md: "An unknown key, a wrong type or an impossible combination stops the run"."""
     from container_src.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"heldout_prompt_fraction=.*must be in \[0, 1\)"):
@@ -164,7 +170,8 @@ def test_a_fraction_outside_zero_to_one_is_refused(fraction: float) -> None:
 
 
 def test_sample_split_matches_the_record_train_writes(opt_ml: Path) -> None:
-    """The ids train writes beside the SAE are those of the seeded split, and a second run (a resume of the
+    """docs/train.md: "The held-out ids go to `model/heldout_prompts.json`".
+    The ids train writes beside the SAE are those of the seeded split, and a second run (a resume of the
     finished run) writes the same ones."""
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096", "seed": "11"})
     expected = split_prompts(load_prompts(SAMPLE_PROMPTS), 0.1, seed=11).record["heldout_ids"]

@@ -140,6 +140,7 @@ def _allows(policy: dict[str, Any], action: str, resource: str | None = None) ->
 
 
 def test_the_policies_take_each_action_on_its_resource_form(policies: dict[str, dict[str, Any]]) -> None:
+    """docs/launcher.md: "checks these policies against AWS's resource rules"."""
     assert _resource_problems(policies["job-role"]) == []
     assert _resource_problems(policies["user"]) == []
     [trust] = _statements(policies["trust"])
@@ -158,6 +159,7 @@ def test_the_policies_take_each_action_on_its_resource_form(policies: dict[str, 
 
 
 def test_the_job_role_has_what_a_training_job_needs(policies: dict[str, dict[str, Any]]) -> None:
+    """docs/launcher.md: "pull the image, write the job's logs and metrics, and read the W&B secret"."""
     role = policies["job-role"]
     assert {action for action in JOB_NEEDS if not _allows(role, action)} == set()
     secret_arn = f"arn:aws:secretsmanager:{SETTINGS.region}:123456789012:secret:{SETTINGS.wandb_secret_id}-AbC123"
@@ -167,7 +169,8 @@ def test_the_job_role_has_what_a_training_job_needs(policies: dict[str, dict[str
 
 
 def test_s3_objects_only_under_the_launchers_prefix(policies: dict[str, dict[str, Any]]) -> None:
-    """Every object resource is the prefix's, and what the launcher and its jobs write lies under it."""
+    """docs/launcher.md: "and the objects under its prefix".
+    Every object resource is the prefix's, and what the launcher and its jobs write lies under it."""
     job_name = jobs.job_names("train", [{}])[0]
     written = [
         SETTINGS.s3_uri("prompts", "0123456789abcdef", "manifest.json"),
@@ -226,7 +229,8 @@ def _iam_action(service: str, method: str) -> str:
 
 
 def test_every_aws_call_of_the_launcher_is_allowed_to_the_user(policies: dict[str, dict[str, Any]]) -> None:
-    """A new boto3 call in launcher/ fails this test until the user's policy in docs/launcher.md allows it."""
+    """docs/launcher.md: "and that every AWS call in `launcher/` is allowed here".
+    A new boto3 call in launcher/ fails this test until the user's policy in docs/launcher.md allows it."""
     user = policies["user"]
     sources = {str(path): path.read_text() for path in sorted((ROOT / "launcher").glob("*.py"))}
     calls = _launcher_calls(sources)

@@ -17,6 +17,7 @@ def tiny_model(tiny_assets: dict[str, Path]):
 
 
 def test_d_in_is_read_from_the_model(tiny_model) -> None:
+    """README: "reads the hook's width from the model"."""
     hidden = tiny_model.cfg.d_model
     assert hidden == 64
     # TransformerLens gives GPT-Neo d_mlp = 4 × hidden: hook_post is four times wider than the residual stream
@@ -26,6 +27,7 @@ def test_d_in_is_read_from_the_model(tiny_model) -> None:
 
 
 def test_unknown_hook_lists_hooks_of_that_kind(tiny_model) -> None:
+    """docs/train.md: "a hook the model lacks (the message lists the model's hooks of that kind)"."""
     with pytest.raises(ConfigError) as err:
         check_hook(tiny_model, "blocks.7.mlp.hook_post")
     message = str(err.value)
@@ -35,11 +37,13 @@ def test_unknown_hook_lists_hooks_of_that_kind(tiny_model) -> None:
 
 
 def test_misspelt_hook_suggests_close_names(tiny_model) -> None:
+    """docs/train.md: "a hook the model lacks (the message lists the model's hooks of that kind)"."""
     with pytest.raises(ConfigError, match=r"closest hooks: .*blocks\.2\.mlp\.hook_post"):
         check_hook(tiny_model, "blocks.2.mlp.hook_pst")
 
 
 def test_cpu_runtime_is_fp32_and_refuses_bf16() -> None:
+    """docs/train.md: "`precision=bf16` on hardware without bf16 is refused"."""
     runtime = pick_runtime("auto", "auto")
     assert (runtime.device, runtime.autocast, runtime.precision) == ("cpu", False, "fp32")
     with pytest.raises(ConfigError, match="no bf16 support"):
@@ -49,7 +53,8 @@ def test_cpu_runtime_is_fp32_and_refuses_bf16() -> None:
 
 
 def test_a_gpu_job_without_cuda_does_not_fall_back_to_the_cpu() -> None:
-    """A SageMaker job on a GPU instance whose container sees no CUDA device (a driver too old for torch's CUDA
+    """docs/train.md: "`device=auto` stops with an error when torch sees no CUDA device".
+    A SageMaker job on a GPU instance whose container sees no CUDA device (a driver too old for torch's CUDA
     build, say) stops at once, a host problem (exit 1), instead of training for hours on the CPU; elsewhere, and when
     asked, the CPU runs. More in test_gpu_start.py."""
     from container_src.gpu import HostError
@@ -67,7 +72,8 @@ def test_a_gpu_job_without_cuda_does_not_fall_back_to_the_cpu() -> None:
 def test_gpu_precision_follows_the_card(
     monkeypatch: pytest.MonkeyPatch, gpu: str, major: int, precision: str, autocast: bool
 ) -> None:
-    """No GPU runs here: torch.cuda is stubbed to report the card (name and compute capability)."""
+    """docs/train.md: "bf16 autocast on a GPU that supports it (compute capability 8 or more".
+    No GPU runs here: torch.cuda is stubbed to report the card (name and compute capability)."""
     import types
 
     import torch
@@ -86,7 +92,8 @@ def test_gpu_precision_follows_the_card(
 
 
 def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No GPU runs here: torch.cuda is stubbed to report an H100, and the compiler lookup (shutil.which) to find
+    """docs/train.md: "where Triton finds a C compiler (the image has gcc) the SAE's training forward pass is compiled".
+    No GPU runs here: torch.cuda is stubbed to report an H100, and the compiler lookup (shutil.which) to find
     every compiler or none."""
     import types
 
@@ -123,6 +130,7 @@ def test_sae_is_compiled_by_default_on_cuda_where_triton_finds_a_c_compiler(monk
 
 
 def test_hub_cache_channel_layouts(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
+    """docs/container.md: "the model in Hugging Face hub-cache layout"."""
     env = hub_cache_env(tiny_assets["hf_home"], "roneneldan/TinyStories-33M")
     assert env["HF_HUB_CACHE"] == str(tiny_assets["hf_home"] / "hub") and env["HF_HUB_OFFLINE"] == "1"
     # a channel that is the hub cache itself works too
@@ -172,6 +180,7 @@ def _tokens(model, positions: int):
 
 
 def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model, kernel_calls, norm_calls) -> None:
+    """docs/configuration.md: "The activations are TransformerLens's, to rounding"."""
     import torch
 
     from container_src.fused import FusedAttention, FusedLayerNorm, gelu_tanh
@@ -202,7 +211,8 @@ def test_fused_kernels_give_transformer_lens_activations(tiny_model, fused_model
 
 
 def test_fused_gelu_is_gelu_new_with_its_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same function and the same output dtype: fp32, bf16, and bf16 under autocast. CUDA autocast runs
+    """docs/configuration.md: "each norm and GELU is one kernel instead of several".
+    The same function and the same output dtype: fp32, bf16, and bf16 under autocast. CUDA autocast runs
     ``torch.pow`` in fp32 (gelu_new's result is then fp32); no GPU here, so a ``pow`` that answers fp32, as CUDA
     autocast's does, stands in for it."""
     import torch
@@ -226,7 +236,8 @@ def test_fused_gelu_is_gelu_new_with_its_dtype(monkeypatch: pytest.MonkeyPatch) 
 def test_fused_kernels_leave_hooked_patterns_scales_and_masks_to_transformer_lens(
     tiny_model, fused_model, kernel_calls, norm_calls
 ) -> None:
-    """A hooked pattern, score or norm scale still exists, from TransformerLens's code, and so does a padding
+    """Pins: with fused_lm a hooked pattern, score or norm scale is still TransformerLens's (not in the docs).
+    A hooked pattern, score or norm scale still exists, from TransformerLens's code, and so does a padding
     mask's effect."""
     import torch
 
@@ -260,7 +271,8 @@ def test_fused_kernels_leave_hooked_patterns_scales_and_masks_to_transformer_len
     ],
 )
 def test_fused_attention_on_other_layouts(kernel_calls, settings: dict, fused_layers: int) -> None:
-    """Randomly initialised TransformerLens models of other layouts: what the fused path admits gives
+    """docs/configuration.md: "The activations are TransformerLens's, to rounding".
+    Randomly initialised TransformerLens models of other layouts: what the fused path admits gives
     TransformerLens's output, and what it does not admit runs TransformerLens's code."""
     import copy
 
@@ -291,7 +303,8 @@ def test_fused_attention_on_other_layouts(kernel_calls, settings: dict, fused_la
 def test_global_module_hooks_see_every_module_transformer_lens_calls(
     tiny_model, fused_model, kernel_calls, norm_calls
 ) -> None:
-    """A module hook registered for all modules sees the fused model call what TransformerLens's calls (the score,
+    """Pins: with fused_lm a global module hook sees every module TransformerLens calls (not in the docs).
+    A module hook registered for all modules sees the fused model call what TransformerLens's calls (the score,
     pattern and scale hook points included), because the fused paths step aside for it."""
     import torch
     from torch.nn.modules.module import register_module_forward_hook
@@ -314,7 +327,8 @@ def test_global_module_hooks_see_every_module_transformer_lens_calls(
 
 
 def test_fused_layer_norm_leaves_other_dtypes_to_transformer_lens(norm_calls) -> None:
-    """A norm whose weights were cast after loading (cfg.dtype still fp32), or given a bf16 input outside autocast,
+    """docs/configuration.md: "The activations are TransformerLens's, to rounding".
+    A norm whose weights were cast after loading (cfg.dtype still fp32), or given a bf16 input outside autocast,
     runs TransformerLens's code, which returns cfg.dtype."""
     import copy
 

@@ -43,6 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_assets: dict[str, Pat
 
 
 def test_each_sae_has_its_own_folder_records_and_loads(trained: dict[str, Path]) -> None:
+    """README: "each published to `model/<name>/` as a single run would publish it"."""
     from sae_lens import SAE
 
     model = trained["multi"] / "model"
@@ -65,7 +66,8 @@ def test_each_sae_has_its_own_folder_records_and_loads(trained: dict[str, Path])
 
 
 def test_an_sae_of_the_first_ones_width_is_the_single_run_exactly(trained: dict[str, Path]) -> None:
-    """k4 has the first SAE's shapes, so its initialisation leaves torch's generator where the first one's does and
+    """docs/train.md: "so its weights, metrics and `cfg.json` are the single run's exactly".
+    k4 has the first SAE's shapes, so its initialisation leaves torch's generator where the first one's does and
     the shared shuffling order is its single run's: the same tokens, in the same order, the same weights."""
     from safetensors.torch import load_file
 
@@ -79,7 +81,8 @@ def test_an_sae_of_the_first_ones_width_is_the_single_run_exactly(trained: dict[
 
 
 def test_an_sae_of_another_width_matches_its_single_run_approximately(trained: dict[str, Path]) -> None:
-    """narrow starts from its single run's weights, but its single run's generator, after a smaller
+    """docs/train.md: "the same tokens in another order, so close figures, not equal ones".
+    narrow starts from its single run's weights, but its single run's generator, after a smaller
     initialisation, shuffles the buffer in another order: the same tokens in another order, so close, not equal."""
     from safetensors.torch import load_file
 
@@ -95,6 +98,7 @@ def test_an_sae_of_another_width_matches_its_single_run_approximately(trained: d
 
 
 def test_sigterm_saves_every_sae_and_a_rerun_resumes_them(opt_ml: Path) -> None:
+    """docs/train.md: "and SIGTERM saves all of them, as for a single run"."""
     saes = '[{"name": "k8"}, {"name": "k4", "k": 4}]'
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536", "saes": saes})  # 256 steps
     status, output = stop_train_at(opt_ml, 40)
@@ -125,6 +129,7 @@ def test_sigterm_saves_every_sae_and_a_rerun_resumes_them(opt_ml: Path) -> None:
 
 
 def test_a_checkpoint_with_one_torn_sae_is_skipped(tmp_path: Path) -> None:
+    """docs/train.md: "a restart resumes every SAE from the newest checkpoint whose every marker matches"."""
     from container_src.checkpoints import write_marker
     from container_src.multi import latest_checkpoint
 
@@ -151,6 +156,8 @@ def test_a_checkpoint_with_one_torn_sae_is_skipped(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_sae_list_is_refused_before_anything_loads(opt_ml: Path, extra: dict[str, str], message: str) -> None:
+    """docs/train.md: "Any other key in an entry is refused";
+    so are bad JSON, a k above d_sae, two SAEs of one name and compile_sae=true, all before the model loads."""
     write_hyperparameters(opt_ml, {**TINY_RUN, **extra})
     result = run_container(opt_ml, "train", timeout=120)
     assert result.returncode == 2, result.stdout[-2000:]
@@ -159,6 +166,7 @@ def test_a_bad_sae_list_is_refused_before_anything_loads(opt_ml: Path, extra: di
 
 
 def test_viz_renders_each_sae_and_compares_them(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/viz.md: "one row per SAE, ranked by explained variance"."""
     base = trained["multi"]
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
     small = ("--device", "cpu", "--prompt_tokens", "3000", "--story_tokens", "3000", "--n_features", "3")
@@ -190,6 +198,7 @@ export = test_launcher.export
 def test_sweep_together_starts_one_job_that_lists_every_sae(
     aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/launcher.md: "its combinations become the `saes` list"."""
     import boto3
 
     from container_src.config import resolve
@@ -226,6 +235,7 @@ def test_sweep_together_refuses_what_one_job_cannot_train(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """docs/launcher.md: "or a `--set saes=…` beside it, is refused before anything is sent"."""
     from launcher import submit
 
     code = submit.main(["--mode", "train", "--set", "preset=smoke", *argv, "--prompts", str(export)])

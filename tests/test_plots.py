@@ -24,6 +24,7 @@ def _records(evaluated: bool) -> list[dict]:
 
 
 def test_every_graph_is_drawn_from_the_log(tmp_path: Path) -> None:
+    """docs/train.md: "`plots/` holds ten graphs drawn from `training_log.jsonl`, with or without W&B"."""
     written = plot_curves(_records(evaluated=True), tmp_path, title="run")
     assert sorted(p.stem for p in written) == sorted(ALL_PLOTS) and len(written) == 10
     for path in written:
@@ -31,6 +32,8 @@ def test_every_graph_is_drawn_from_the_log(tmp_path: Path) -> None:
 
 
 def test_a_log_without_evaluations_draws_the_step_curves_only(tmp_path: Path) -> None:
+    """docs/train.md: "sparsity histograms in `training_log.jsonl` and `plots/`) run for a single run only";
+    a log without evaluations draws the step curves only."""
     written = plot_curves(_records(evaluated=False), tmp_path)
     assert sorted(p.stem for p in written) == sorted(CURVES)
     assert not (tmp_path / "feature_sparsity_histogram.png").exists()

@@ -52,7 +52,8 @@ def _dead(share: float) -> torch.Tensor | None:
 @DEAD_SHARES
 @DECODERS
 def test_lean_step_matches_sae_lens(dead_share: float, gather: bool) -> None:
-    """fp32: the same latents and hidden pre-activations exactly, the same losses (the dead-latent one included:
+    """docs/configuration.md: "The loss and the updates are SAE-Lens's, to rounding".
+    fp32: the same latents and hidden pre-activations exactly, the same losses (the dead-latent one included:
     fewer dead latents than d_in / 2 and more) and gradients to rounding, with either decoder."""
     ref, lean = _pair()
     lean.gather_decoder = gather
@@ -75,6 +76,7 @@ def test_lean_step_matches_sae_lens(dead_share: float, gather: bool) -> None:
 
 
 def test_lean_step_without_b_dec_on_the_input() -> None:
+    """docs/configuration.md: "The loss and the updates are SAE-Lens's, to rounding"; without b_dec on the input too."""
     ref, lean = _pair(apply_b_dec_to_input=False)
     x = torch.randn(TOKENS, D_IN, generator=torch.Generator().manual_seed(1))
     (out_ref, grads_ref), (out_lean, grads_lean) = _step(ref, x, _dead(0.5)), _step(lean, x, _dead(0.5))
@@ -86,7 +88,8 @@ def test_lean_step_without_b_dec_on_the_input() -> None:
 @DEAD_SHARES
 @DECODERS
 def test_lean_step_under_bf16_autocast_stays_with_sae_lens(dead_share: float, gather: bool) -> None:
-    """bf16 autocast (as on a GPU): the latents exactly as SAE-Lens's, the loss too with the dense decoder (the one a
+    """docs/configuration.md: "The loss and the updates are SAE-Lens's, to rounding".
+    bf16 autocast (as on a GPU): the latents exactly as SAE-Lens's, the loss too with the dense decoder (the one a
     GPU runs); the gradients apart only by bf16 rounding. Measured: W_enc and b_enc equal without dead latents
     (W_enc 1.5e-3 apart with them); b_dec 1e-4 apart (a matrix-vector product where SAE-Lens sums a bf16 matrix
     product); W_dec 1e-7 apart with the dense decoder, 1e-2 with the gathered one (bf16 rows summed one by one
@@ -106,7 +109,8 @@ def test_lean_step_under_bf16_autocast_stays_with_sae_lens(dead_share: float, ga
 
 
 def test_encoder_gradients_against_finite_differences() -> None:
-    """The hand-written backward pass, checked numerically in float64 (every input differentiable, with and without
+    """Internal: the hand-written backward pass against finite differences.
+    The hand-written backward pass, checked numerically in float64 (every input differentiable, with and without
     a gradient arriving through hidden_pre)."""
     torch.manual_seed(3)
     d_in, d_sae, k, n = 5, 12, 3, 4
@@ -130,6 +134,7 @@ def test_encoder_gradients_against_finite_differences() -> None:
 
 
 def test_what_it_does_not_cover_takes_sae_lens_step() -> None:
+    """Internal: an SAE the lean step does not cover takes SAE-Lens's own step, unchanged."""
     ref, lean = _pair(rescale_acts_by_decoder_norm=False)
     x = torch.randn(TOKENS, D_IN)
     assert not lean.lean_step_applies(x)
@@ -149,7 +154,8 @@ def test_what_it_does_not_cover_takes_sae_lens_step() -> None:
 
 
 def test_decoder_rows_are_gathered_on_cpu_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """gather_decoder=None: the gathered decoder on CPU (where it is the cheaper one), the dense product elsewhere."""
+    """Internal: which decoder product each device runs by default.
+    gather_decoder=None: the gathered decoder on CPU (where it is the cheaper one), the dense product elsewhere."""
     gathered: list[int] = []
     embedding_bag = torch.nn.functional.embedding_bag
 
@@ -173,7 +179,8 @@ def _adam(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
 
 
 def test_adam_kernel_switch_keeps_the_updates_and_survives_checkpoints(tmp_path: Path) -> None:
-    """set_adam_kernel on an Adam built as SAE-Lens builds it, and on one loaded from a checkpoint written with either
+    """docs/configuration.md: "Ours uses Adam's fused kernel".
+    set_adam_kernel on an Adam built as SAE-Lens builds it, and on one loaded from a checkpoint written with either
     kernel (loading restores the saved kernel, so the switch comes after it): the same updates, to rounding."""
     torch.manual_seed(4)
     start = [torch.randn(30, 20), torch.randn(20)]

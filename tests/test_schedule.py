@@ -31,6 +31,8 @@ def _runner_cfg(cfg: TrainConfig, tmp_path: Path, d_in: int = 768, d_sae: int = 
 def test_sae_lens_gets_the_buffer_the_schedule_and_the_special_tokens(
     tmp_path: Path, preset: str | None, scheduler: str, special: bool, evaluate_every: int
 ) -> None:
+    """docs/train.md: "a metric line every 50 steps and an evaluation every 10 lines";
+    SAE-Lens gets the buffer, the schedule (lr_end empty: lr / 10) and the special tokens as resolved."""
     cfg = resolve({"preset": preset} if preset else {}).config
     runner_cfg = _runner_cfg(cfg, tmp_path)
     assert runner_cfg.n_batches_in_buffer * runner_cfg.context_size >= 262_144  # SAE-Lens 6.54's buffer, in tokens
@@ -45,6 +47,7 @@ def test_sae_lens_gets_the_buffer_the_schedule_and_the_special_tokens(
 
 
 def test_keys_reach_sae_lens(tmp_path: Path) -> None:
+    """docs/configuration.md: "Field names follow SAE-Lens where SAE-Lens has one"."""
     cfg = TrainConfig(
         lr=3e-4,
         lr_scheduler_name="cosineannealingwarmrestarts",
@@ -60,6 +63,7 @@ def test_keys_reach_sae_lens(tmp_path: Path) -> None:
 
 
 def test_buffer_size_is_logged_and_a_small_one_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/train.md: "warns when a batch would be drawn from fewer than 64 sequences"."""
     caplog.set_level(logging.INFO, logger="container_src.buffer")
     seed = TrainConfig()
     assert buffer.buffer_tokens(seed) == 262_144
@@ -109,6 +113,7 @@ def _embedding_batches(tmp_path: Path, tiny_assets: dict[str, Path], exclude: bo
 
 
 def test_no_bos_position_reaches_a_training_batch(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:
+    """docs/train.md: "special tokens (BOS, EOS, padding) are left out of the training batches"."""
     import torch
 
     def bos_rows(batches: Any, bos: Any) -> int:

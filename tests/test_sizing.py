@@ -25,7 +25,8 @@ def _parameters(lm: object) -> int:
 
 
 def test_model_sizes_match_the_loaded_models(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
-    """The estimate's parameter count, from config.json alone, against the model TransformerLens builds (the
+    """docs/train.md: "norms and biases are left out (under 2% of the tiny test models".
+    The estimate's parameter count, from config.json alone, against the model TransformerLens builds (the
     formula leaves out norms and biases: well under 2% here, less on larger models)."""
     from container_src import model, weights
     from container_src.synthetic_qwen import write_qwen_folder
@@ -47,6 +48,8 @@ def test_model_sizes_match_the_loaded_models(tiny_assets: dict[str, Path], tmp_p
 
 
 def test_each_part_counts_what_it_says() -> None:
+    """docs/train.md: "(2 × d_in × d_sae + d_sae + d_in) × 4 bytes × 4";
+    each part counts what its formula says, and nothing is estimated outside the table or for another hook."""
     cfg = TrainConfig(model_name="Qwen/Qwen3-8B", hook_name="blocks.12.mlp.hook_post", expansion_factor=4)
     est = sizing.estimate_for(cfg)
     assert est is not None
@@ -67,6 +70,7 @@ def test_each_part_counts_what_it_says() -> None:
 
 @pytest.mark.parametrize("preset", sorted(PRESET_INSTANCES))
 def test_presets_resolve_and_pick_the_stated_instance(preset: str) -> None:
+    """README: "The instance is the one the memory estimate picks (smallest GPU memory first"."""
     cfg = resolve({"preset": preset}).config
     assert isinstance(cfg, TrainConfig)
     est = sizing.estimate_for(cfg)
@@ -78,6 +82,7 @@ def test_presets_resolve_and_pick_the_stated_instance(preset: str) -> None:
 
 
 def test_the_subject_preset_is_the_users_model_at_their_hook() -> None:
+    """README: "`deepseek-ai/DeepSeek-R1-0528-Qwen3-8B`'s weights in the `Qwen/Qwen3-8B` architecture"."""
     cfg = resolve({"preset": "qwen3-8b-distill"}).config
     assert (cfg.model_name, cfg.model_weights, cfg.hook_name) == (
         "Qwen/Qwen3-8B",
@@ -90,7 +95,8 @@ def test_the_subject_preset_is_the_users_model_at_their_hook() -> None:
 
 
 def test_a_gpu_too_small_is_refused_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The container's check on a CUDA device. No GPU here: the device's properties are the one stub."""
+    """docs/train.md: "a device too small stops the run with status 2".
+    The container's check on a CUDA device. No GPU here: the device's properties are the one stub."""
     import torch
 
     from container_src.sizing import check_memory
@@ -119,7 +125,8 @@ def test_a_gpu_too_small_is_refused_before_the_model_loads(monkeypatch: pytest.M
 
 
 def test_weights_outside_the_table_are_sized_from_their_config_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An architecture outside the table, its weights a hub-cache entry: the container sizes the run from the
+    """docs/train.md: "the weights' own config.json where the run can read it".
+    An architecture outside the table, its weights a hub-cache entry: the container sizes the run from the
     cached config.json (no GPU here: the device's properties are the one stub)."""
     import torch
 
@@ -144,7 +151,8 @@ def test_weights_outside_the_table_are_sized_from_their_config_json(monkeypatch:
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_forward_pass_stops_at_the_hooks_layer(tiny_assets: dict[str, Path], tmp_path: Path, fused: bool) -> None:
-    """Filling the activation buffer (SAE-Lens's get_activations, which our store inherits) runs the blocks up to
+    """docs/train.md: "so the blocks after the hook's, the final norm and the unembedding do not run".
+    Filling the activation buffer (SAE-Lens's get_activations, which our store inherits) runs the blocks up to
     the hook's and none after, so only they cost time; the weights of the rest stay loaded for the evaluation."""
     import torch
 
@@ -184,6 +192,7 @@ def test_the_forward_pass_stops_at_the_hooks_layer(tiny_assets: dict[str, Path],
 
 
 def test_the_table_of_gpu_memory_covers_the_suggested_instances() -> None:
+    """README: "smallest GPU memory first"; the table of each instance's GPU memory, in that order."""
     from container_src.hardware import SUGGESTED_INSTANCES, gpu_memory
 
     sizes = [gpu_memory(name) for name in SUGGESTED_INSTANCES]
@@ -193,7 +202,7 @@ def test_the_table_of_gpu_memory_covers_the_suggested_instances() -> None:
 
 
 def test_a_multi_sae_job_counts_every_sae_and_the_model_once() -> None:
-    """docs/train.md, multi-SAE jobs: the estimate holds every SAE and its step, one model and one buffer per hook."""
+    """docs/train.md: "the model and its forward pass once, every SAE with its step, and one buffer per hook"."""
     base: dict[str, Any] = {"model_name": "Qwen/Qwen3-8B", "hook_name": "blocks.12.mlp.hook_post"}
     one = sizing.estimate_for(TrainConfig(**base, expansion_factor=4))
     other = sizing.estimate_for(TrainConfig(**base, expansion_factor=2, k=32))

@@ -36,6 +36,8 @@ def _files_under(base: Path) -> list[Path]:
 
 
 def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, str]) -> None:
+    """README: "trains a TopK (or BatchTopK) SAE with SAE-Lens on the control text interleaved with the prompts";
+    every file of model/ the README lists, and the W&B key reaches W&B through the environment only."""
     import boto3
     from sae_lens import SAE
 
@@ -126,6 +128,7 @@ def test_sagemaker_tree_trains_end_to_end(opt_ml: Path, moto_server: dict[str, s
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(opt_ml: Path) -> None:
+    """README: "a spot restart, or the same command run again after a SIGTERM, goes on where the first stopped"."""
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536"})  # 256 steps
     status, output = stop_train_at(opt_ml, 40)
     assert status == 143, output[-3000:]
@@ -165,6 +168,7 @@ def _run_in_process(base: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> 
 
 
 def test_batchtopk_trains(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/train.md: "a BatchTopK SAE is saved as JumpReLU, so that is what gets evaluated"."""
     from sae_lens import SAE
 
     write_hyperparameters(opt_ml, {**TINY_RUN, "architecture": "batchtopk", "training_tokens": "4096"})
@@ -179,7 +183,8 @@ def test_batchtopk_trains(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_evaluation_reads_held_out_stories(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training streams the train split, the evaluations the validation split (the stand-in has both)."""
+    """docs/train.md: "the same mix with seed + 1, of stories from the control text's `validation` split".
+    Training streams the train split, the evaluations the validation split (the stand-in has both)."""
     from datasets import load_from_disk
 
     import container_src.data
@@ -247,6 +252,7 @@ def test_final_evaluation_reads_only_held_out_stories_by_their_tokens(
 
 
 def test_failure_after_training_leaves_no_sae(opt_ml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/train.md: "so a run that fails after that leaves no SAE in `model/` and nothing is lost"."""
     import container_src.evaluate
 
     earlier = opt_ml / "model" / "notes.txt"
@@ -267,7 +273,8 @@ def test_failure_after_training_leaves_no_sae(opt_ml: Path, monkeypatch: pytest.
 
 
 def test_kill_after_a_periodic_checkpoint_resumes_without_gaps(opt_ml: Path) -> None:
-    """SIGKILL (no chance to save) after a periodic checkpoint: the rerun resumes from it, the step log has no
+    """docs/train.md: "After a kill with no chance to save (SIGKILL, a lost instance)".
+    SIGKILL (no chance to save) after a periodic checkpoint: the rerun resumes from it, the step log has no
     gap or repeat, and a third run of the finished run retrains nothing."""
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "32768", "n_checkpoints": "3", "log_every": "1"})
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml), "PYTHONUNBUFFERED": "1"}
@@ -316,6 +323,7 @@ def test_kill_after_a_periodic_checkpoint_resumes_without_gaps(opt_ml: Path) -> 
 def test_wandb_gets_the_key_and_goes_online_only_with_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server: dict[str, str]
 ) -> None:
+    """docs/train.md: "Without a key W&B runs **offline** and writes its run to"."""
     import boto3
 
     from container_src.config import TrainConfig
@@ -338,7 +346,8 @@ def test_wandb_gets_the_key_and_goes_online_only_with_one(
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130(opt_ml: Path) -> None:
-    """Ctrl-C takes the same path as SIGTERM: a checkpoint at the next step boundary."""
+    """docs/train.md: "saves a full checkpoint at the next step boundary and exits with status 143 (130 for Ctrl-C)".
+    Ctrl-C takes the same path as SIGTERM: a checkpoint at the next step boundary."""
     write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "65536"})
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -356,6 +365,8 @@ def test_sigint_saves_a_checkpoint_and_exits_130(opt_ml: Path) -> None:
 
 
 def test_signal_handling_by_phase() -> None:
+    """docs/train.md: "Ctrl-C during training saves a full checkpoint at the next step boundary";
+    before training it stops at once; while the final SAE is finished, the final checkpoint is already saved."""
     from container_src.interrupt import Interrupted, StopRequest
 
     StopRequest.install()
@@ -373,7 +384,8 @@ def test_signal_handling_by_phase() -> None:
 
 
 def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
+    """docs/train.md: "moved into `model/` only when everything is written".
+    The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
     replaced whole, not merged."""
     from container_src.train import publish
 
@@ -461,7 +473,8 @@ def _train_16_steps(
 def test_prefetching_trains_the_same_sae(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """prefetch_llm_batches only moves the data work to a background thread: the SAE trained with it is the one
+    """docs/configuration.md: "The data and its order are unchanged".
+    prefetch_llm_batches only moves the data work to a background thread: the SAE trained with it is the one
     trained without it, weight for weight, also with W&B's evaluations running during training (they read a stream
     of their own, so they take no rows from training)."""
     import sae_lens.llm_sae_training_runner as runner_module
@@ -513,7 +526,8 @@ def test_prefetching_trains_the_same_sae(
 def test_data_worker_trains_the_same_sae(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """data_worker (the default) packs the training rows in a worker process; the SAE is the one trained with the
+    """docs/configuration.md: "The worker hands the rows back in order, so the rows are the same".
+    data_worker (the default) packs the training rows in a worker process; the SAE is the one trained with the
     rows packed in the training process, weight for weight."""
     import torch
 
@@ -542,7 +556,8 @@ def test_data_worker_trains_the_same_sae(
 def test_lean_step_trains_what_sae_lens_step_trains(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """lean_step (the default) trains with our step, fused Adam included, and gives SAE-Lens's SAE to rounding;
+    """docs/configuration.md: "The loss and the updates are SAE-Lens's, to rounding".
+    lean_step (the default) trains with our step, fused Adam included, and gives SAE-Lens's SAE to rounding;
     lean_step=false runs SAE-Lens's own step and Adam."""
     import torch
 
@@ -579,7 +594,8 @@ def test_lean_step_trains_what_sae_lens_step_trains(
 def test_fused_lm_trains_what_transformer_lens_code_trains(
     tmp_path: Path, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fused_lm (the default) fills the buffer through the fused attention path and the fused GELU, and trains the
+    """docs/configuration.md: "The activations are TransformerLens's, to rounding".
+    fused_lm (the default) fills the buffer through the fused attention path and the fused GELU, and trains the
     SAE that TransformerLens's own code trains, to rounding."""
     import torch
 
