@@ -196,8 +196,8 @@ def test_instance_checks_refuse_and_warn_as_documented() -> None:
 
 
 def test_run_time_and_spot_wait_limits() -> None:
-    """docs/launcher.md: "`--max-run` (default 86400 s) caps its run time" and "`--spot`: managed spot with
-    `--max-wait` (default 2 × `--max-run`)"."""
+    """docs/launcher.md: "`--max-run` (default 86400 s) caps its run time"
+    And `--spot`: managed spot with `--max-wait` (default 2 × `--max-run`)."""
     assert jobs.JobSpec("n", "train", "i", {}, {}, "s3://b/o").max_run == 86400
     assert jobs.check_timing(False, 60, None) is None
     assert jobs.check_timing(True, 3600, None) == 7200
@@ -267,10 +267,11 @@ def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(
 def test_the_request_carries_every_setting_of_the_job(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """docs/launcher.md: "`--instance-type` defaults to `ml.g5.xlarge`", "`--volume-gb` (default 50) sizes the job's
-    storage volume; `--max-run` (default 86400 s) caps its run time", "`--spot`: managed spot with `--max-wait`",
-    and "Every train job checkpoints to `s3://<bucket>/<prefix>/checkpoints/<job>/`". Built offline: the endpoint is a
-    closed port, so any AWS call would fail the test."""
+    """docs/launcher.md: "`--instance-type` defaults to `ml.g5.xlarge`"
+    And: `--volume-gb` (default 50) sizes the job's storage volume; `--max-run` (default 86400 s) caps its run time;
+    `--spot`: managed spot with `--max-wait`; every train job checkpoints to
+    `s3://<bucket>/<prefix>/checkpoints/<job>/`. Built offline: the endpoint is a closed port, so any AWS call would
+    fail the test."""
     from launcher.settings import Settings
 
     for key, value in {
