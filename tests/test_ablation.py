@@ -126,7 +126,8 @@ def _fires(lm: Any, sae: Any, tokens: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("norm", ["none", "constant_norm_rescale", "layer_norm"])
 @pytest.mark.parametrize("rescale", [False, True])
 def test_the_change_is_what_sae_lens_decode_gives(norm: str, rescale: bool) -> None:
-    """feature_delta equals decode(f) - decode(f without the features), whatever normalisation the SAE applies."""
+    """docs/viz.md: "That is exactly `decode(f with f_i = 0) + (x − decode(f))`"
+    feature_delta equals decode(f) - decode(f without the features), whatever normalisation the SAE applies."""
     sae = _make_sae(32, 64, "blocks.0.hook_resid_pre", k=12, normalize_activations=norm,
                     rescale_acts_by_decoder_norm=rescale)  # fmt: skip
     with torch.no_grad():
@@ -147,6 +148,7 @@ def test_the_change_is_what_sae_lens_decode_gives(norm: str, rescale: bool) -> N
 
 @pytest.mark.slow
 def test_nothing_removed_gives_the_clean_loss(lm: Any, trained_sae: Any) -> None:
+    """docs/viz.md: "the reconstruction without the feature plus everything the SAE misses" """
     tokens, _ = _rows(lm, make_stories(6, seed=2))
     hook_name = trained_sae.cfg.metadata.hook_name
     clean = _loss_per_token(lm, tokens)
@@ -165,6 +167,7 @@ def test_nothing_removed_gives_the_clean_loss(lm: Any, trained_sae: Any) -> None
 
 @pytest.mark.slow
 def test_a_feature_that_never_fires_on_a_side_changes_nothing_there(lm: Any, trained_sae: Any) -> None:
+    """docs/viz.md: "A side where the feature fires nowhere in its sequences gets exactly 0" """
     tokens, valid = _rows(lm, make_stories(16, seed=4))
     fires = _fires(lm, trained_sae, tokens)  # [B, T, d_sae]
     rows_firing = fires.any(1)  # [B, d_sae]
@@ -188,7 +191,8 @@ def test_a_feature_that_never_fires_on_a_side_changes_nothing_there(lm: Any, tra
 
 @pytest.mark.slow
 def test_ablate_matches_a_recomputation_with_transformer_lens_hooks(lm: Any, trained_sae: Any) -> None:
-    """The pooled Δloss, the firing counts and the dropped tokens, recomputed with TransformerLens's own per-token
+    """docs/viz.md: "with the feature removed minus the loss of the clean model, in nats per token"
+    The pooled Δloss, the firing counts and the dropped tokens, recomputed with TransformerLens's own per-token
     loss and the textbook splice; the rows come in two batches."""
     tokens, valid = _rows(lm, make_stories(10, seed=6))
     hook_name = trained_sae.cfg.metadata.hook_name
@@ -222,6 +226,7 @@ def test_ablate_matches_a_recomputation_with_transformer_lens_hooks(lm: Any, tra
 
 
 def test_a_planted_feature_changes_the_loss_only_where_it_fires(lm: Any, planted: tuple[Any, int]) -> None:
+    """docs/viz.md: "Wherever `f_i` is zero the activations are left bit for bit as they were" """
     sae, x = planted
     tokens, valid = _rows(lm, make_stories(12, seed=11)[:2])
     assert torch.equal(_fires(lm, sae, tokens)[..., PLANTED], tokens == x)  # the plant: exactly on token x
@@ -237,7 +242,8 @@ def test_a_planted_feature_changes_the_loss_only_where_it_fires(lm: Any, planted
 
 
 def test_figures_per_document(lm: Any, planted: tuple[Any, int]) -> None:
-    """Documents A (two rows), B and C (in a second batch): the feature fires in A and C, never in B. The mean over
+    """docs/viz.md: "the mean over those documents of each document's mean Δloss: every document weighs the same"
+    Documents A (two rows), B and C (in a second batch): the feature fires in A and C, never in B. The mean over
     documents weighs each document once; the pooled mean weighs each token."""
     sae, x = planted
     stories = make_stories(12, seed=11)
@@ -270,6 +276,7 @@ def test_figures_per_document(lm: Any, planted: tuple[Any, int]) -> None:
 
 
 def test_positions_without_a_next_token_never_count_and_bad_input_is_refused(lm: Any, planted: tuple[Any, int]) -> None:
+    """docs/viz.md: "positions counted (each predicts a next token that is part of the side)" """
     sae, _ = planted
     tokens, _ = _rows(lm, make_stories(3, seed=1))
     everything = torch.ones_like(tokens, dtype=torch.bool)

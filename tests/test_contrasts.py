@@ -14,6 +14,7 @@ from container_src.sequences import PromptRows, prompt_rows
 
 
 def test_parse_reads_names_filters_parts_and_stories() -> None:
+    """docs/viz.md: "A selection is space-separated terms: `COLUMN=V1,V2`, `COLUMN!=V1,V2`" """
     found = parse(
         "refusal_resp: category=refusal part=response vs category!=refusal part=response; "
         'narr: "category=official narrative",refusal censored=true vs stories;'
@@ -39,12 +40,14 @@ def test_parse_reads_names_filters_parts_and_stories() -> None:
     ],
 )
 def test_parse_names_what_is_wrong(spec: str, message: str) -> None:
+    """docs/viz.md: "`NAME: SELECTION vs SELECTION`, several separated by `;`"; each mistake is named."""
     with pytest.raises(ConfigError, match="contrasts: ") as info:
         parse(spec)
     assert message in str(info.value)
 
 
 def test_a_column_or_value_that_does_not_exist_lists_those_present() -> None:
+    """docs/viz.md: "stops the run before the model loads (exit 2), listing the columns and their values" """
     present = {"category": ["official narrative", "refusal"], "censored": ["true"], "subject": ["m1"]}
     with pytest.raises(ConfigError) as info:
         check_against(parse("x: topic=a vs stories"), present)
@@ -57,6 +60,7 @@ def test_a_column_or_value_that_does_not_exist_lists_those_present() -> None:
 
 
 def test_defaults_cover_topic_categories_censorship_and_parts() -> None:
+    """docs/viz.md: "`censored=true` vs `censored=false` (only where both exist)"; the defaults' list in order."""
     present = {"category": ["a", "b"], "censored": ["false", "true"]}
     names = [c.name for c in defaults(present, {"question": True, "response": True})]
     assert names == [
@@ -76,6 +80,7 @@ def test_defaults_cover_topic_categories_censorship_and_parts() -> None:
 
 
 def test_each_prompt_is_its_own_row_with_exact_parts(tiny_assets: dict[str, Path]) -> None:
+    """docs/viz.md: "A feature's activation on a prompt therefore never depends on another prompt" """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained("roneneldan/TinyStories-33M")
@@ -136,7 +141,8 @@ def _feed(stats: SideStats, rows: PromptRows, feats: torch.Tensor) -> None:
 
 
 def test_many_prompts_outrank_many_tokens_of_one_prompt() -> None:
-    """Feature 0 fires on every token of ONE refusal prompt (40 tokens); feature 1 on 2 tokens of each of 15 of the
+    """docs/viz.md: "ranks below one that fires on a few tokens of each of many prompts"
+    Feature 0 fires on every token of ONE refusal prompt (40 tokens); feature 1 on 2 tokens of each of 15 of the
     20 refusal prompts (30 tokens): 1 ranks first by the per-prompt score, though 0 has more tokens."""
     n, length = 40, 40
     rows = _rows(n, length)
@@ -165,7 +171,8 @@ def test_many_prompts_outrank_many_tokens_of_one_prompt() -> None:
 
 
 def test_parts_and_skipped_sides() -> None:
-    """Response tokens against question tokens of the same prompts; a side with too few prompts is skipped, its
+    """docs/viz.md: "A side with fewer than `min_prompts` (default 5) prompts"
+    Response tokens against question tokens of the same prompts; a side with too few prompts is skipped, its
     reason given."""
     n, length = 10, 8
     rows = _rows(n, length)
@@ -188,6 +195,7 @@ def test_parts_and_skipped_sides() -> None:
 
 
 def test_story_documents_cut_across_batches_count_once() -> None:
+    """docs/viz.md: "counts the prompts (story documents for the stories) the feature fires on" """
     layout = plan([Contrast("p", Selection(), Selection(source="stories"))], [{}], _rows(1, 4), 3, 9, 1)
     stats = SideStats(layout, 2, "cpu")
     fired = torch.tensor([[1.0, 0], [0, 0], [1, 0], [0, 1]])

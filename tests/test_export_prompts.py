@@ -127,6 +127,7 @@ MESSY_ROWS: list[Row] = [
 def test_snapshot_exports_95_rows_and_leaves_the_store_unchanged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """docs/export.md: "A local store is read from a temporary copy and is never changed" """
     before = tree_checksums(SNAPSHOT)
     rc, out = export(capsys, "--chroma-path", str(SNAPSHOT), "--out", str(tmp_path / "one"))
     assert rc == 0
@@ -160,6 +161,7 @@ def test_snapshot_exports_95_rows_and_leaves_the_store_unchanged(
 
 
 def test_runs_as_a_script_and_fails_with_status_2(tmp_path: Path) -> None:
+    """docs/export.md: "a collection that does not exist (the message lists those that do)" """
     cmd = [sys.executable, "launcher/export_prompts.py", "--chroma-path", str(SNAPSHOT), "--no-progress"]
     done = subprocess.run([*cmd, "--out", str(tmp_path / "ok")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
@@ -172,6 +174,7 @@ def test_runs_as_a_script_and_fails_with_status_2(tmp_path: Path) -> None:
 
 
 def test_both_shapes_and_messy_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/export.md: "So both shapes of the collection export without flags" """
     store = make_store(tmp_path / "store", MESSY_ROWS)
     rc, out = export(capsys, "--chroma-path", str(store), "--out", str(tmp_path / "out"))
     assert rc == 0
@@ -195,6 +198,7 @@ def test_both_shapes_and_messy_rows(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_field_override_template_and_thought(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/export.md: "`--field response=answer` reads a column from another key only"; and `--template`."""
     rows = [("r1", "Q one?", {"answer": "A one.", "topic": "refusal", "thought": "Hmm."})]
     store = make_store(tmp_path / "store", rows)
     out = tmp_path / "out"
@@ -217,6 +221,7 @@ def test_field_override_template_and_thought(
 def test_a_failed_export_keeps_the_previous_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """docs/export.md: "so a failed export leaves the previous one as it was" """
     from datasets import Dataset
 
     out = tmp_path / "prompts"
@@ -234,7 +239,8 @@ def test_a_failed_export_keeps_the_previous_one(
 
 
 def test_an_out_that_is_a_link_is_written_where_it_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A channel folder linked to the export: a new export replaces the linked folder, and the link stays."""
+    """docs/export.md: "everything is written to a temporary sibling folder and then swapped in"
+    A channel folder linked to the export: a new export replaces the linked folder, and the link stays."""
     target, link = tmp_path / "exports" / "prompts", tmp_path / "prompts"
     target.parent.mkdir()
     link.symlink_to(target, target_is_directory=True)
@@ -250,7 +256,8 @@ def test_an_out_that_is_a_link_is_written_where_it_points(tmp_path: Path, capsys
 def test_a_crash_between_the_two_renames_is_recovered_by_the_next_export(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The process dies (os._exit, no clean-up runs) after the previous export was moved aside and before the new
+    """docs/export.md: "an export killed mid-way is tidied, and the previous one put back"
+    The process dies (os._exit, no clean-up runs) after the previous export was moved aside and before the new
     one was moved in: --out is missing, the old export and the finished new one lie beside it."""
     from launcher.export_prompts import _recover
 
@@ -289,7 +296,8 @@ def test_a_crash_between_the_two_renames_is_recovered_by_the_next_export(
 def test_mapping_the_thought_exports_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """--field thought=KEY without --with-thought: the user asked for the thought, so the column comes with it."""
+    """docs/export.md: "`--field thought=KEY` implies `--with-thought`"
+    --field thought=KEY without --with-thought: the user asked for the thought, so the column comes with it."""
     store = make_store(tmp_path / "store", [("r1", "Q?", {"response": "A.", "reasoning": "Think."})])
     out = tmp_path / "out"
     assert export(capsys, "--chroma-path", str(store), "--out", str(out), "--field", "thought=reasoning")[0] == 0
@@ -301,6 +309,7 @@ def test_mapping_the_thought_exports_it(
 
 
 def test_timestamps_come_out_in_one_form() -> None:
+    """docs/export.md: "Every `timestamp` comes out in one ISO 8601 form" """
     from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
 
     stamps = {
@@ -336,6 +345,7 @@ def test_timestamps_come_out_in_one_form() -> None:
 
 
 def test_list_values_become_one_readable_text() -> None:
+    """docs/export.md: "A list value (Chroma allows them) becomes one text, its items joined by `, `" """
     from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
 
     categories = {"two": ["refusal", "whataboutism"], "one": ["refusal"], "none": [], "blank": ["", " "]}
@@ -371,6 +381,7 @@ def test_list_values_become_one_readable_text() -> None:
 def test_bad_input_fails_clearly_and_writes_nothing(
     case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/export.md: "Errors end with status 2, a message that says what to do, and no output" """
     good = [("r1", "Q?", {"response": "A.", "censorship_category": "refusal"})]
     store = tmp_path / "store"
     out = tmp_path / "out"
@@ -418,6 +429,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(
 def test_unreachable_server_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/export.md: "a server that cannot be reached (named by host:port)" """
     port = _free_port()
     rc, _ = export(capsys, "--chroma-host", "127.0.0.1", "--chroma-port", str(port), "--out", str(tmp_path / "o"))
     assert rc == 2
@@ -445,6 +457,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def test_http_server_export(
     chroma_server: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/export.md: "the same collection gives the same fingerprint, whatever the source and page size" """
     local = make_store(tmp_path / "store", MESSY_ROWS)
     assert export(capsys, "--chroma-path", str(local), "--out", str(tmp_path / "local"))[0] == 0
     args = ["--chroma-host", "127.0.0.1", "--chroma-port", str(chroma_server)]
@@ -512,6 +525,7 @@ def test_token_travels_as_bearer_header_and_nowhere_else(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """docs/export.md: "comes only from the environment and goes out as `Authorization: Bearer …`" """
     token = "tok-" + "9f2c" * 8
     _RecordingProxy.upstream, _RecordingProxy.accept, _RecordingProxy.seen = chroma_server, token, []
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
@@ -540,6 +554,8 @@ def test_s3_upload_refuses_a_different_export(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """docs/export.md: "a prefix holding another export, or objects without a `manifest.json`, is refused"
+    Before anything is written; the same fingerprint is not uploaded again, and `--force` replaces the old files."""
     import boto3
 
     for key, value in moto_server.items():
@@ -584,13 +600,15 @@ def test_s3_upload_refuses_a_different_export(
 
 
 def test_benchmark_prints_rows_per_second(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/export.md: "prints the export's rows/s, copying the store included" """
     assert bench_export.main(["--rows", "2000"]) == 0
     out = capsys.readouterr().out
     assert "exported 2000 of 2000 rows in" in out and "rows/s" in out
 
 
 def test_only_the_document_is_read_as_an_embedding() -> None:
-    """A document of numbers is an old record's embedding; a metadata value of numbers is text like any other."""
+    """docs/export.md: "and the question's embedding written out as the document"
+    A document of numbers is an old record's embedding; a metadata value of numbers is text like any other."""
     from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
 
     records = [

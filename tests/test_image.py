@@ -17,6 +17,7 @@ COMMIT = "0123456789abcdef"
 
 
 def test_build_command_per_tool() -> None:
+    """docs/launcher.md: "with `--provenance=false` where the docker CLI has buildx"; any other tool is refused."""
     buildx = ecr.build_command("docker", True, "sae:t", COMMIT)
     assert buildx[:4] == ["build", "--platform", "linux/amd64", "--provenance=false"]
     assert buildx[-5:] == ["-t", "sae:t", "-f", "Dockerfile", "."]
@@ -45,6 +46,7 @@ def calls(folder: Path) -> list[list[str]]:
 
 
 def test_which_tool(tmp_path: Path) -> None:
+    """docs/container.md: "or podman (`--docker podman`, or podman-docker's `docker`; built with `--format docker`)" """
     assert ecr.build_tool(str(stub(tmp_path / "a", "docker", "exit 0"))) == "docker"
     assert ecr.build_tool(str(stub(tmp_path / "b", "podman", "exit 0"))) == "podman"
     # podman-docker installs a `docker` script that runs podman
@@ -58,6 +60,7 @@ def test_which_tool(tmp_path: Path) -> None:
 
 
 def test_docker_without_buildx_builds_again_with_the_classic_builder(tmp_path: Path) -> None:
+    """docs/container.md: "the launcher retries that way when the CLI refuses `--provenance`" """
     no_buildx = 'case "$*" in *--provenance*) echo "unknown flag: --provenance" >&2; exit 125;; esac'
     docker = stub(tmp_path, "docker", no_buildx)
     ecr.build(str(docker), "docker", "sae:t", COMMIT)
@@ -67,6 +70,7 @@ def test_docker_without_buildx_builds_again_with_the_classic_builder(tmp_path: P
 
 
 def test_docker_with_buildx_builds_once_and_a_failed_build_is_reported(tmp_path: Path) -> None:
+    """docs/container.md: "the docker CLI with the buildx plugin (`--provenance=false`)" """
     docker = stub(tmp_path / "ok", "docker", "exit 0")
     ecr.build(str(docker), "docker", "sae:t", COMMIT)
     assert calls(tmp_path / "ok") == [ecr.build_command("docker", True, "sae:t", COMMIT)]
@@ -77,6 +81,7 @@ def test_docker_with_buildx_builds_once_and_a_failed_build_is_reported(tmp_path:
 
 
 def test_podman_builds_in_dockers_format(tmp_path: Path) -> None:
+    """docs/launcher.md: "and with `--format docker` under `--docker podman`" """
     podman = stub(tmp_path, "podman", "exit 0")
     ecr.build(str(podman), "podman", "sae:t", COMMIT)
     assert calls(tmp_path) == [ecr.build_command("podman", False, "sae:t", COMMIT)]
@@ -84,6 +89,7 @@ def test_podman_builds_in_dockers_format(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("instance", ["ml.p3.2xlarge", "ml.p3dn.24xlarge", "ml.g3s.xlarge", "ml.p2.xlarge"])
 def test_gpus_older_than_turing_are_refused_before_any_aws_call(instance: str) -> None:
+    """README: "GPUs older than Turing (ml.p2, ml.g3, ml.p3) are refused by the launcher" """
     from launcher import jobs
 
     for mode in ("train", "viz"):

@@ -14,8 +14,8 @@ from launcher.errors import LauncherError
 
 
 def test_sweep_values_are_split_trimmed_and_each_refusal_names_the_flag() -> None:
-    """docs/launcher.md: "`--sweep key=v1,v2` starts one job per value; several `--sweep` flags start one per
-    combination"."""
+    """docs/launcher.md: "several `--sweep` flags start one per combination"; `--sweep key=v1,v2` starts one job
+    per value."""
     assert jobs.parse_sweep(["k= 32 , 64", "lr=1e-4"]) == {"k": ["32", "64"], "lr": ["1e-4"]}
     assert jobs.parse_sweep(["run_name=a=b,c", "K=1"]) == {"run_name": ["a=b", "c"], "K": ["1"]}  # the first = splits
     refusals = {
@@ -48,8 +48,9 @@ def test_set_keys_are_trimmed_values_kept_and_bad_items_refused() -> None:
 
 
 def test_sweep_together_is_one_saes_list_and_refuses_what_cannot_be_one_job() -> None:
-    """docs/launcher.md: "Only per-SAE keys may be swept together (`k`, `expansion_factor`, `d_sae`, `architecture`,
-    `hook_name`); another key, or a `--set saes=…` beside it, is refused before anything is sent"."""
+    """docs/launcher.md: "Only per-SAE keys may be swept together"
+    (`k`, `expansion_factor`, `d_sae`, `architecture`, `hook_name`); another key, or a `--set saes=…` beside it, is
+    refused before anything is sent."""
     sweep = {"k": ["32", "64"], "expansion_factor": ["4"]}
     assert json.loads(jobs.sweep_together("train", sweep, {})) == [
         {"k": "32", "expansion_factor": "4"},
@@ -98,8 +99,8 @@ def test_config_file_values_become_text_and_a_null_is_refused(tmp_path: Path) ->
 
 
 def test_the_wandb_key_is_found_from_eight_characters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/launcher.md: "every value [is checked] against this shell's `WANDB_API_KEY`" (a value under 8 characters is
-    no key: it would match ordinary text)."""
+    """docs/launcher.md: "every value against this shell's `WANDB_API_KEY`" is checked
+    (a value under 8 characters is no key: it would match ordinary text)."""
     monkeypatch.setenv("WANDB_API_KEY", " abcdefgh ")
     assert jobs.holds_wandb_key("team-abcdefgh-run")
     assert not jobs.holds_wandb_key("team-abcdefg")
@@ -110,9 +111,9 @@ def test_the_wandb_key_is_found_from_eight_characters(monkeypatch: pytest.Monkey
 
 
 def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/launcher.md: "with `mode` from `--mode`; they are checked with the container's own schema for that mode
-    before anything is sent, and so is every value against this shell's `WANDB_API_KEY`. A key of another mode is
-    refused"; a quoted mode equal to --mode is the same mode."""
+    """docs/launcher.md: "they are checked with the container's own schema for that mode before anything is sent"
+    With `mode` from `--mode`, and so is every value against this shell's `WANDB_API_KEY`. A key of another mode is
+    refused; a quoted mode equal to --mode is the same mode."""
     assert jobs.hyperparameters("train", {"mode": '"train"', "k": "8"}, {"k": "16"}) == {"mode": "train", "k": "16"}
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
     secret = "; store the W&B key with `submit.py secret` and jobs get only its Secrets Manager id"
@@ -150,9 +151,9 @@ def test_hyperparameters_take_mode_from_the_flag_and_refuse_a_config_path(monkey
 
 
 def test_instance_checks_refuse_and_warn_as_documented() -> None:
-    """docs/launcher.md: "`train` refuses an instance without an NVIDIA GPU (viz and bench run on one, with a warning
-    that they run on CPU), and warns on a GPU without native bf16 (a T4, `ml.g4dn.*`), where training runs in fp32;
-    `precision=bf16` on such an instance is refused in every mode"."""
+    """docs/launcher.md: "`train` refuses an instance without an NVIDIA GPU"
+    (viz and bench run on one, with a warning that they run on CPU), and warns on a GPU without native bf16 (a T4,
+    `ml.g4dn.*`), where training runs in fp32; `precision=bf16` on such an instance is refused in every mode."""
     train, viz = TrainConfig(), VizConfig()
     assert isinstance(jobs.config_of("viz", {"mode": "viz"}), VizConfig)  # each mode's own schema
     assert jobs.check_instance("train", "ml.g5.xlarge", train) == []
@@ -195,8 +196,8 @@ def test_instance_checks_refuse_and_warn_as_documented() -> None:
 
 
 def test_run_time_and_spot_wait_limits() -> None:
-    """docs/launcher.md: "`--max-run` (default 86400 s) caps its run time" and "`--spot`: managed spot with
-    `--max-wait` (default 2 × `--max-run`)"."""
+    """docs/launcher.md: "`--max-run` (default 86400 s) caps its run time"
+    And `--spot`: managed spot with `--max-wait` (default 2 × `--max-run`)."""
     assert jobs.JobSpec("n", "train", "i", {}, {}, "s3://b/o").max_run == 86400
     assert jobs.check_timing(False, 60, None) is None
     assert jobs.check_timing(True, 3600, None) == 7200
@@ -211,8 +212,8 @@ def test_run_time_and_spot_wait_limits() -> None:
 
 
 def test_job_names_carry_mode_time_and_the_sweep_slug() -> None:
-    """docs/launcher.md: "Job names are `sae-<mode>-<UTC time>-<6 random hex>` (a sweep adds `-<n>-<key><value>…`,
-    cut to 63 characters)"."""
+    """docs/launcher.md: "Job names are `sae-<mode>-<UTC time>-<6 random hex>`"
+    (a sweep adds `-<n>-<key><value>…`, cut to 63 characters)."""
     [name] = jobs.job_names("viz", [{}], now=1_800_000_000.0)
     assert name[: len("sae-viz-270115-080000-")] == "sae-viz-270115-080000-"
     assert len(name) == len("sae-viz-270115-080000-") + 6 and int(name[-6:], 16) >= 0
@@ -233,8 +234,9 @@ def test_job_names_carry_mode_time_and_the_sweep_slug() -> None:
 def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    """docs/launcher.md: "refuses an instance type whose GPU (one GPU: a job uses one) has less memory, naming the
-    instance types that hold it" and "a family not in it ... is left to the job's own check, with a warning"."""
+    """docs/launcher.md: "refuses an instance type whose GPU (one GPU: a job uses one) has less memory"
+    It names the instance types that hold it; and "a family not in it ... is left to the job's own check, with a
+    warning"."""
     caplog.set_level("INFO")
     big = jobs.config_of("train", {"preset": "qwen3-8b-distill", "mode": "train"})
     with pytest.raises(LauncherError) as refused:
@@ -265,10 +267,11 @@ def test_memory_check_refuses_a_small_gpu_and_leaves_unknown_ones_to_the_job(
 def test_the_request_carries_every_setting_of_the_job(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """docs/launcher.md: "`--instance-type` defaults to `ml.g5.xlarge`", "`--volume-gb` (default 50) sizes the job's
-    storage volume; `--max-run` (default 86400 s) caps its run time", "`--spot`: managed spot with `--max-wait`",
-    and "Every train job checkpoints to `s3://<bucket>/<prefix>/checkpoints/<job>/`". Built offline: the endpoint is a
-    closed port, so any AWS call would fail the test."""
+    """docs/launcher.md: "`--instance-type` defaults to `ml.g5.xlarge`"
+    And: `--volume-gb` (default 50) sizes the job's storage volume; `--max-run` (default 86400 s) caps its run time;
+    `--spot`: managed spot with `--max-wait`; every train job checkpoints to
+    `s3://<bucket>/<prefix>/checkpoints/<job>/`. Built offline: the endpoint is a closed port, so any AWS call would
+    fail the test."""
     from launcher.settings import Settings
 
     for key, value in {
@@ -325,8 +328,9 @@ def test_the_request_carries_every_setting_of_the_job(
 
 
 def test_the_sdks_refusal_says_what_it_checks_and_how_to_skip_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/launcher.md: the SDK checks the role with IAM (`SAGEMAKER_VALIDATE_ROLE=false` to skip it); its refusal
-    names the cause and the way out. The endpoint is a closed port: the check cannot reach IAM."""
+    """docs/launcher.md: "set `SAGEMAKER_VALIDATE_ROLE=false` to skip it"
+    The SDK checks the role with IAM; its refusal names the cause and the way out. The endpoint is a closed port:
+    the check cannot reach IAM."""
     from launcher.settings import Settings
 
     for key, value in {

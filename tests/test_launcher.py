@@ -142,7 +142,8 @@ def _job_names(out: str, prefix: str = "sae-") -> list[str]:
 
 
 def test_metric_definitions_read_the_containers_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The regexes against lines the container's own code writes (a step line and the final line)."""
+    """docs/launcher.md: "MetricDefinitions read the container's `[metric]` lines"
+    The regexes against lines the container's own code writes (a step line and the final line)."""
     caplog.set_level("INFO")
     log = records.MetricLog(tmp_path / "log.jsonl")
     log.record_step(
@@ -263,6 +264,7 @@ def test_bad_input_is_refused_before_any_aws_call(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """docs/launcher.md: "stops the launcher with status 2 and a message that says what to do" """
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     argv = [str(export) if a == "EXPORT" else a for a in argv]
@@ -278,6 +280,7 @@ def test_stories_without_the_evaluation_split_are_refused_before_upload(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """docs/launcher.md: "a local folder without it is refused before anything is uploaded" """
     from container_src.synthetic import write_story_dataset
 
     one = write_story_dataset(tmp_path / "one", n=20, validation=0)  # one dataset, no splits
@@ -300,7 +303,8 @@ def test_mode_and_the_wandb_key_in_hyperparameters_are_refused(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """--mode decides the job's mode: another mode in --config or --set is an error, not silently replaced. A value
+    """docs/launcher.md: "a `mode` in `--config` or `--set` that differs from `--mode`"
+    --mode decides the job's mode: another mode in --config or --set is an error, not silently replaced. A value
     that holds the local W&B key is refused under any key name, and the key itself is never logged. A null in
     --config is refused too."""
     config = tmp_path / "job.json"
@@ -380,7 +384,8 @@ def _writes(request: dict[str, Any]) -> bool:
 def test_write_detection_sees_every_kind_of_write(
     aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The refusal tests' check of "no write before a refusal" must see writes: a real submit's bucket, uploads,
+    """Internal: the refusal tests' write detection sees a real submit's writes
+    The refusal tests' check of "no write before a refusal" must see writes: a real submit's bucket, uploads,
     push and job are all found among moto's recorded requests, and reads are not taken for writes."""
     code, _ = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--prompts", str(export))
     assert code == 0, caplog.text
@@ -406,7 +411,8 @@ def test_secret_checks_the_key_and_never_replaces_one_unasked(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The README's way: `submit.py secret` in a terminal asks for the key without echo (getpass, patched here).
+    """docs/launcher.md: "A secret that already exists is left as it is, with a refusal (status 2)"
+    The README's way: `submit.py secret` in a terminal asks for the key without echo (getpass, patched here).
     A key not shaped like W&B's is refused before any AWS call; a stored key is replaced only with --force."""
     import getpass
 
@@ -458,7 +464,8 @@ def test_secret_checks_the_key_and_never_replaces_one_unasked(
      "a.b.c", "key with spaces" * 4, "x" * 39 + "!", "wandb-planted-" + "7f3c9a" * 6],
 )  # fmt: skip
 def test_the_key_shape_is_wandbs_own(key: str) -> None:
-    """The launcher's check agrees with W&B's own validation of a key's shape."""
+    """docs/launcher.md: "W&B's own rule: at least 40 letters, digits or underscores"
+    The launcher's check agrees with W&B's own validation of a key's shape."""
     from wandb.sdk.lib.wbauth.validation import check_api_key
 
     from launcher.secret import key_problem
@@ -467,6 +474,7 @@ def test_the_key_shape_is_wandbs_own(key: str) -> None:
 
 
 def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/launcher.md: "The repository is created on the first push, with immutable tags" """
     code, out = _run(capsys, "push")
     assert code == 0
     calls = [c["argv"] for c in _docker_calls(aws)]
@@ -495,7 +503,8 @@ def test_push_builds_tags_and_pushes_once(aws: dict[str, Any], capsys: pytest.Ca
 
 
 def test_image_tag_names_the_images_files_not_the_commit(tmp_path: Path) -> None:
-    """A real git repository holding the image's inputs and a README: only what the image is built from moves the
+    """docs/launcher.md: "so a commit that touches only other files (README, launcher, tests) keeps the tag"
+    A real git repository holding the image's inputs and a README: only what the image is built from moves the
     tag, and uncommitted image files get a tag of their own, marked dirty."""
 
     def git(*args: str) -> str:
@@ -542,6 +551,7 @@ def test_train_job_request(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """docs/launcher.md: "Jobs are tagged `git-commit`, `image-digest`, `prompts-fingerprint`, `mode`" """
     monkeypatch.setenv("WANDB_API_KEY", PLANTED_KEY)
     assert _run(capsys, "secret")[0] == 0
     config = export.parent / "run.json"
@@ -593,6 +603,7 @@ def test_train_job_request(
 def test_sweep_starts_one_job_per_combination(
     aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/launcher.md: "several `--sweep` flags start one per combination, in parallel" """
     code, out = _run(
         capsys, "--mode", "train", "--set", "preset=smoke", "--sweep", "k=16,32", "--sweep", "lr=1e-4,3e-4",
         "--prompts", str(export),
@@ -633,6 +644,7 @@ def test_viz_from_job_then_follow_and_download(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """docs/launcher.md: "unpacks `model.tar.gz` into `DIR/<job>/`, never over an existing folder" """
     code, out = _run(capsys, "--mode", "train", "--set", "preset=smoke", "--prompts", str(export))
     assert code == 0, caplog.text
     [train_name] = _job_names(out)
@@ -738,7 +750,8 @@ def test_ctrl_c_while_following_ends_cleanly_and_says_how_to_follow_again(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """`follow --download` and `--wait --download` of a job still running: the status line says how long it has
+    """docs/launcher.md: "Ctrl-C ends the following with status 130 and no traceback"
+    `follow --download` and `--wait --download` of a job still running: the status line says how long it has
     waited, and Ctrl-C ends with status 130, no traceback, and the exact command to follow the job again."""
     from launcher import follow
 
@@ -810,7 +823,8 @@ def test_earlier_jobs_are_checked_before_the_push_and_uploads(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """No --image: without the look-up first, each of these would build, push and upload before failing."""
+    """docs/launcher.md: "they are looked up (read-only) before the image is pushed or anything uploaded"
+    No --image: without the look-up first, each of these would build, push and upload before failing."""
     if setup:
         _make_job(setup, mode="viz" if setup == "viz-job" else "train", checkpoints=setup != "no-ckpt")
     if setup == "running":
@@ -830,7 +844,8 @@ def test_resume_from_an_ended_job_reuses_its_checkpoints(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """It goes on only with what decides the run id (the settings, run_name, the prompts and stories): anything else
+    """docs/launcher.md: "that differs from that job in what makes the run id"
+    It goes on only with what decides the run id (the settings, run_name, the prompts and stories): anything else
     would train afresh beside the earlier checkpoints. Settings outside the run id (log_every) may change."""
     fingerprint = json.loads((export / "manifest.json").read_text())["fingerprint"]
     prompts = f"s3://{aws['bucket']}/sae-censorship/prompts/{fingerprint[:16]}/"
@@ -861,6 +876,7 @@ NAME_RULE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 
 def test_job_names_are_unique_within_one_second_and_valid() -> None:
+    """docs/launcher.md: "cut to 63 characters), so two submits in the same second never collide" """
     now = 1_800_000_000.0
     first, second = jobs.job_names("train", [{}], now=now), jobs.job_names("train", [{}], now=now)
     assert first != second
@@ -881,6 +897,7 @@ def test_two_submits_in_the_same_second_make_two_jobs(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """docs/launcher.md: "so two submits in the same second never collide" """
     monkeypatch.setattr(jobs, "job_names", functools.partial(jobs.job_names, now=1_800_000_000.0))  # a frozen clock
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1"
     names = []
@@ -900,7 +917,8 @@ def test_the_sdks_checks_run_before_the_push_and_uploads(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With its IAM check on, the SDK refuses the role (moto does not serve the policy simulation it calls): that
+    """docs/launcher.md: "the SageMaker SDK's own checks of each request (among them the role, with IAM)"
+    With its IAM check on, the SDK refuses the role (moto does not serve the policy simulation it calls): that
     must come before the image is built and the prompts are uploaded, not after."""
     monkeypatch.delenv("SAGEMAKER_VALIDATE_ROLE")
     argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export)]
@@ -914,7 +932,8 @@ def test_s3_prompts_are_an_export_named_as_a_prefix(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """--prompts s3://… must hold an export (its manifest's fingerprint tags the job) and is sent as a prefix
+    """docs/launcher.md: "An `s3://` channel is sent as a prefix ending in `/`"
+    --prompts s3://… must hold an export (its manifest's fingerprint tags the job) and is sent as a prefix
     ending in /, so it cannot take in a sibling prefix such as 2025-07b/."""
     from launcher.upload import upload_export
 
@@ -956,7 +975,8 @@ def test_an_export_is_checked_by_its_files_before_anything_is_written(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A manifest without its dataset, and an export whose data file was edited after the export (its manifest
+    """docs/launcher.md: "or a manifest without its dataset, is refused, with the command to export again"
+    A manifest without its dataset, and an export whose data file was edited after the export (its manifest
     still names the old rows), are refused before any AWS call: the bucket is never even created. The export's
     own upload (export_prompts --s3-uri) refuses them too, before writing."""
     from launcher.errors import LauncherError
@@ -994,7 +1014,8 @@ def test_a_sweep_that_fails_part_way_names_the_jobs_it_started(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The second CreateTrainingJob is refused (a quota moto does not enforce, so the refusal is injected)."""
+    """docs/launcher.md: "A sweep refused part-way (an account limit, say) names the jobs it already started"
+    The second CreateTrainingJob is refused (a quota moto does not enforce, so the refusal is injected)."""
     from botocore.client import BaseClient
     from botocore.exceptions import ClientError
 
@@ -1029,7 +1050,8 @@ def test_a_model_cache_uploads_only_what_the_job_reads(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A user's own cache, as the hub writes it: snapshot files are links into blobs/, and other models sit beside
+    """docs/launcher.md: "only the `refs/` and `snapshots/` of the models the runs name go up"
+    A user's own cache, as the hub writes it: snapshot files are links into blobs/, and other models sit beside
     this one. The job gets refs/ and snapshots/ of its model (the links as the files they point at), once."""
     home = tmp_path / "hf_home"
     shutil.copytree(tiny_assets["hf_home"], home)
@@ -1062,7 +1084,8 @@ def test_a_model_cache_uploads_only_what_the_job_reads(
 
 
 def test_a_local_channel_goes_up_once_with_its_record_beside_it(aws: dict[str, Any], tmp_path: Path) -> None:
-    """A folder that is not an export: its files under a prefix named by their content, and a record beside the
+    """docs/launcher.md: "a prefix whose record holds this fingerprint is not uploaded again"
+    A folder that is not an export: its files under a prefix named by their content, and a record beside the
     prefix (inside, the job would read it as data). The same folder again uploads nothing; an upload cut short
     (files but no record) is completed."""
     from launcher.channels import planned_uri, upload_dir
@@ -1099,13 +1122,15 @@ def test_a_local_channel_goes_up_once_with_its_record_beside_it(aws: dict[str, A
 def test_following_an_unknown_job_is_bad_input(
     aws: dict[str, Any], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """docs/launcher.md: "no AWS credentials; `follow` of an unknown job"; each refusal is status 2."""
     code, _ = _run(capsys, "follow", "sae-train-nope", "--no-logs")
     assert code == submit.EXIT_INPUT
     assert "sae-train-nope: no such training job in this account and region" in caplog.text
 
 
 def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], export: Path) -> None:
-    """As a user runs it: the script, in a fresh process."""
+    """docs/launcher.md: "`--dry-run` prints the full CreateTrainingJob request(s) and sends nothing"
+    As a user runs it: the script, in a fresh process."""
     result = subprocess.run(
         [sys.executable, "launcher/submit.py", "--mode", "train", "--set", "preset=smoke", "--spot", "--dry-run",
          "--prompts", str(export), "--instance-type", "ml.g4dn.xlarge"],
@@ -1130,6 +1155,7 @@ def test_dry_run_prints_the_request_and_sends_nothing(aws: dict[str, Any], expor
 
 
 def test_no_credentials_says_what_to_do(aws: dict[str, Any], export: Path, tmp_path: Path) -> None:
+    """docs/launcher.md: "without any the launcher stops with status 2" """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k in ("AWS_ENDPOINT_URL",)}
     env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
     env |= {"AWS_EC2_METADATA_DISABLED": "true"}
@@ -1143,7 +1169,8 @@ def test_no_credentials_says_what_to_do(aws: dict[str, Any], export: Path, tmp_p
 
 
 def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
-    """make pin-base with the registry query stubbed (no registry is reachable here)."""
+    """docs/container.md: "it never writes a digest it did not resolve"
+    make pin-base with the registry query stubbed (no registry is reachable here)."""
     dockerfile = tmp_path / "Dockerfile"
     shutil.copy(ROOT / "Dockerfile", dockerfile)
     original = dockerfile.read_text()
@@ -1177,6 +1204,7 @@ def test_pin_base_writes_only_a_resolved_digest(tmp_path: Path) -> None:
 
 
 def test_settings_file_and_environment(tmp_path: Path) -> None:
+    """docs/launcher.md: "a missing setting stops the launcher before any AWS call, naming it" """
     from launcher.errors import LauncherError
     from launcher.settings import Settings
 
@@ -1196,7 +1224,8 @@ def test_settings_file_and_environment(tmp_path: Path) -> None:
 def test_an_instance_too_small_for_the_estimate_is_refused_naming_those_that_fit(
     aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The subject model's preset needs about 64 GiB (container_src/sizing.py): an L40S's 44 GiB is refused before
+    """docs/launcher.md: "naming the instance types that hold it, smallest first"
+    The subject model's preset needs about 64 GiB (container_src/sizing.py): an L40S's 44 GiB is refused before
     any AWS call, an A100 80 GB is accepted."""
     argv = ["--mode", "train", "--set", "preset=qwen3-8b-distill", "--prompts", str(export)]
     message = "--instance-type ml.g6e.xlarge (L40S) has 44.4 GiB of GPU memory and the run needs about 69.9 GiB"
@@ -1216,7 +1245,8 @@ def test_a_plain_model_folder_is_checked_against_the_architecture_before_any_aws
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A tiny random Qwen3 as a plain folder: refused for Qwen/Qwen3-8B (its config.json says what differs), and
+    """docs/launcher.md: "a plain `--model` folder whose config.json is not the architecture `model_name`"
+    A tiny random Qwen3 as a plain folder: refused for Qwen/Qwen3-8B (its config.json says what differs), and
     accepted for an architecture whose sizes the launcher leaves to the job, its memory estimated from the folder."""
     from container_src.synthetic_qwen import write_qwen_folder
 

@@ -23,6 +23,7 @@ from tests.conftest import SAMPLE_PROMPTS
 
 
 def test_sample_prompts_load_with_text() -> None:
+    """README: "`data/sample_prompts/` is a snapshot of the prompt collection (95 prompts" """
     before = sorted(p.name for p in SAMPLE_PROMPTS.iterdir())
     ds = load_prompts(SAMPLE_PROMPTS)
     assert sorted(p.name for p in SAMPLE_PROMPTS.iterdir()) == before  # the channel is never written to
@@ -35,6 +36,7 @@ def test_sample_prompts_load_with_text() -> None:
 
 
 def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:
+    """docs/container.md: "or `question` and `response` (text = question, blank line, response)" """
     Dataset.from_dict(
         {"question": ["Q1?", "Q2?", "  "], "response": ["A1.", "", ""], "category": ["refusal"] * 3}
     ).save_to_disk(str(tmp_path / "p"))
@@ -56,6 +58,7 @@ def test_prompt_text_built_from_question_and_response(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_prompts_name_the_channel(tmp_path: Path, dataset: Dataset | DatasetDict, message: str) -> None:
+    """README: "2 a problem with the configuration or the inputs, with a message that names the key or the channel" """
     dataset.save_to_disk(str(tmp_path / "p"))
     with pytest.raises(ConfigError) as err:
         load_prompts(tmp_path / "p")
@@ -63,6 +66,7 @@ def test_malformed_prompts_name_the_channel(tmp_path: Path, dataset: Dataset | D
 
 
 def test_unreadable_channel_names_the_channel(tmp_path: Path) -> None:
+    """docs/container.md: "a `datasets` `save_to_disk` folder with a `text` column"; anything else names the channel."""
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "notes.md").write_text("not a dataset")
     with pytest.raises(ConfigError, match="channel prompts: expected a datasets save_to_disk folder"):
@@ -73,6 +77,7 @@ def test_unreadable_channel_names_the_channel(tmp_path: Path) -> None:
 
 
 def test_spans_locate_question_and_response_exactly() -> None:
+    """docs/viz.md: "against the exact spans the prompts channel records" """
     ds = load_prompts(SAMPLE_PROMPTS)
     raw = {r["id"]: r for r in Dataset.load_from_disk(str(SAMPLE_PROMPTS)).to_list()}
     for row in ds.to_list():
@@ -83,6 +88,7 @@ def test_spans_locate_question_and_response_exactly() -> None:
 
 
 def test_spans_inside_a_templated_text_and_unknown_without_parts(tmp_path: Path) -> None:
+    """docs/viz.md: "or none (a part the prompts do not record, say)"; the response is found after the question."""
     Dataset.from_dict(
         {
             "text": ["User: Why? It is so.\nAssistant: It is so.", "just text"],
@@ -103,6 +109,7 @@ def _prompts(categories: dict[str, int]) -> Dataset:
 
 
 def test_split_holds_out_each_category_share_seeded() -> None:
+    """docs/train.md: "of each category's prompts is held out, seeded by `seed` and rounded per category" """
     prompts = load_prompts(SAMPLE_PROMPTS)
     split = split_prompts(prompts, 0.1, seed=42)
     assert sorted(split.train_rows + split.heldout_rows) == list(range(95))
@@ -121,11 +128,13 @@ def test_split_holds_out_each_category_share_seeded() -> None:
 
 
 def test_split_refuses_to_leave_a_category_untrained() -> None:
+    """docs/train.md: "A fraction that would leave a category with no training prompts ends the run" """
     with pytest.raises(ConfigError, match=r"all 1 prompts of category 'refusal'.*lower the fraction"):
         split_prompts(_prompts({"official": 10, "refusal": 1}), 0.5, seed=1)
 
 
 def test_split_without_ids_or_categories_uses_rows(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/train.md: "or a fraction too small to hold out any prompt, trains on every prompt with a warning" """
     prompts = Dataset.from_dict({"text": [f"t{i}" for i in range(20)]})
     split = split_prompts(prompts, 0.25, seed=3)
     assert len(split.heldout_rows) == 5 and split.record["id_column"] == "row number"
@@ -136,12 +145,14 @@ def test_split_without_ids_or_categories_uses_rows(caplog: pytest.LogCaptureFixt
 
 
 def test_split_refuses_repeated_ids() -> None:
+    """Pins: prompts whose ids repeat are refused before the split (not in the docs)"""
     prompts = Dataset.from_dict({"id": ["a", "a"], "text": ["x", "y"]})
     with pytest.raises(ConfigError, match="repeats ids"):
         split_prompts(prompts, 0.5, seed=1)
 
 
 def test_heldout_record_round_trip(tmp_path: Path) -> None:
+    """docs/train.md: "The held-out ids go to `model/heldout_prompts.json`"; a broken record is refused."""
     assert read_heldout(tmp_path) is None
     split = split_prompts(_prompts({"a": 10}), 0.2, seed=1)
     write_heldout(tmp_path, split)

@@ -40,6 +40,7 @@ class _Tokenizer:
 
 
 def test_pack_documents_like_training() -> None:
+    """docs/viz.md: "TinyStories (`story_tokens`) is packed as in training" """
     tokens, docs = pack_documents(_Tokenizer(), ["a bb ccc", "dddd", "ee f"], context_size=4, max_tokens=5)
     # each row opens with BOS; documents sharing a row are separated by BOS; cut after 5 document tokens
     assert tokens.tolist() == [[0, 1, 2, 3], [0, 4, 0, 2]]
@@ -50,7 +51,8 @@ def test_pack_documents_like_training() -> None:
 
 
 def test_pack_documents_packs_as_sae_lens_does() -> None:
-    """viz packs its documents itself (it needs each token's document): the rows must be the ones SAE-Lens's own
+    """docs/train.md: "BOS opens every packed row and separates the documents in it"
+    viz packs its documents itself (it needs each token's document): the rows must be the ones SAE-Lens's own
     packing gives training (BOS opening each row and between documents), with the documents' tokens in order."""
     import random
 
@@ -75,6 +77,7 @@ def test_pack_documents_packs_as_sae_lens_does() -> None:
 def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
     # features: 0 fires on 40% of prompt tokens and 1% of stories; 1 fires on 30% of both; 2 never fires;
     # 3 fires on 20 prompt tokens and no story token: a higher firing-rate ratio than 0's, on far less evidence.
+    """docs/viz.md: "`token_score`, the same bound on token firing rates" """
     n_p, n_s = 1000, 4000
     acts = torch.zeros(n_p + n_s, 4)
     acts[: int(0.4 * n_p), 0] = 1.0
@@ -104,6 +107,7 @@ def test_ranking_prefers_prompt_specific_and_reliable_features() -> None:
 def test_ranking_is_not_biased_by_unequal_token_counts() -> None:
     # 200k story tokens, a category of 98k prompt tokens and one of 2k. Feature 0 fires on 50 tokens of the large
     # category only; feature 1 never fires; feature 2 fires on 1% of every source.
+    """docs/viz.md: "would give a feature that never fires on a small side a spurious score" """
     stats = FeatureStats(3, ["control", "big", "small"], top_k=1, device="cpu")
     for group, n in ((0, 200_000), (1, 98_000), (2, 2_000)):
         acts = torch.zeros(n, 3)
@@ -122,7 +126,8 @@ def test_ranking_is_not_biased_by_unequal_token_counts() -> None:
 
 @pytest.mark.parametrize(("n_prompts", "n_stories"), [(100_000, 5_000), (20, 200_000), (1_000, 1_000)])
 def test_score_follows_the_evidence(n_prompts: int, n_stories: int) -> None:
-    """More fires on the prompts raise the score, more on the stories lower it, whichever side is smaller."""
+    """docs/viz.md: "it stays comparable across contrasts whose sides differ in size"
+    More fires on the prompts raise the score, more on the stories lower it, whichever side is smaller."""
     f_p = min(500, n_prompts)
     rising = score(np.array([f_p - 2, f_p - 1, f_p]), n_prompts, np.zeros(3), n_stories)
     falling = score(np.full(3, f_p), n_prompts, np.array([0, 1, 2]), n_stories)
@@ -130,7 +135,8 @@ def test_score_follows_the_evidence(n_prompts: int, n_stories: int) -> None:
 
 
 def test_score_is_a_95_percent_lower_bound() -> None:
-    """With equal firing rates on both sides, at most 5% of features may score above 0 (Clopper–Pearson is
+    """docs/viz.md: "the natural log of a one-sided 95% lower bound on the ratio of the shares"
+    With equal firing rates on both sides, at most 5% of features may score above 0 (Clopper–Pearson is
     conservative: fewer), at any balance of token counts."""
     rng = np.random.default_rng(0)
     for n_p, n_s, rate in ((5_000, 50_000, 0.01), (50_000, 5_000, 0.01), (2_000, 200_000, 0.002), (1_000, 1_000, 0.3)):
@@ -142,7 +148,8 @@ def test_score_is_a_95_percent_lower_bound() -> None:
 
 
 def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
-    """Byte-level BPE splits a Chinese character into several tokens; a snippet must never show half of one."""
+    """docs/viz.md: "the text around the strongest token: in the JSON as `before`, `token`, `after`"
+    Byte-level BPE splits a Chinese character into several tokens; a snippet must never show half of one."""
     from transformers import AutoTokenizer
 
     from container_src.snippets import snippet
@@ -160,6 +167,7 @@ def test_snippet_keeps_whole_characters(tiny_assets: dict[str, Path]) -> None:
 
 
 def test_dashboard_page_is_made_self_contained() -> None:
+    """docs/viz.md: "d3 and plotly are inlined: the page loads nothing from the network" """
     page = (
         "<div id='dropdown-container'></div>\n"
         '<script src="https://d3js.org/d3.v6.min.js"></script>\n'
@@ -211,6 +219,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory, tiny_assets: dict[str, Pat
 @pytest.mark.slow
 def test_planted_token_features_rank_first(planted: Path, tmp_path: Path) -> None:
     # The SAE arrives as a train job's model.tar.gz in channel sae, in a tree of its own.
+    """docs/viz.md: "the topic baseline (today's score): the vocabulary of the prompts" """
     base = tmp_path / "opt_ml"
     shutil.copytree(planted / "input", base / "input", symlinks=True)
     (base / "input" / "data" / "sae").mkdir()
@@ -338,6 +347,7 @@ def _render(page: Path, fragment: str = "", script: str = "") -> str:
 
 @pytest.mark.slow
 def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
+    """README: "open `data/smoke/model/dashboards/index.html` in a browser (it needs no network)" """
     result = run_container(planted, "viz", *VIZ_SMALL, "--features", "0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = planted / "model" / "dashboards"
@@ -405,7 +415,8 @@ def test_dashboards_render_offline_in_chromium(planted: Path) -> None:
 
 @pytest.mark.slow
 def test_a_category_the_token_cap_leaves_out_is_kept_and_named(planted: Path, tmp_path: Path) -> None:
-    """With a prompt_tokens cap that takes one prompt, the other categories keep their columns (no scores) and a
+    """docs/viz.md: "a category it left out keeps its columns, with no scores, and a warning says so"
+    With a prompt_tokens cap that takes one prompt, the other categories keep their columns (no scores) and a
     warning says why; a dead feature asked for by id is rendered with a warning."""
     base = _viz_tree(planted, tmp_path)
     small = ("--device", "cpu", "--prompt_tokens", "20", "--story_tokens", "3000", "--n_features", "2")
@@ -472,6 +483,7 @@ def _fails(base: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
 def test_bad_sae_or_channels_are_refused(
     planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str, expected: str
 ) -> None:
+    """docs/viz.md: "channels and datasets are checked before anything heavy is loaded" """
     base = _viz_tree(planted, tmp_path)
     sae = base / "input" / "data" / "sae"
     if damage == "no_sae":
@@ -494,6 +506,7 @@ def test_bad_sae_or_channels_are_refused(
 
 @pytest.mark.slow
 def test_sae_hook_missing_from_model_is_named(planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/viz.md: "checks the hook and the widths"; a hook the model lacks is named with the model's hooks."""
     base = _viz_tree(planted, tmp_path)
     cfg_file = base / "input" / "data" / "sae" / "cfg.json"
     cfg = json.loads(cfg_file.read_text())
@@ -525,6 +538,7 @@ def test_sae_hook_missing_from_model_is_named(planted: Path, tmp_path: Path, mon
 def test_bad_features_or_contrasts_fail_before_the_model_loads(
     planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], expected: list[str]
 ) -> None:
+    """docs/viz.md: "each refusal exits with status 2"; feature ids and contrasts are checked before the model loads."""
     base = _viz_tree(planted, tmp_path)
     loads: list[str] = []
     monkeypatch.setattr(container_src.model, "load_model", lambda *a, **k: loads.append(a[0]))
@@ -535,7 +549,8 @@ def test_bad_features_or_contrasts_fail_before_the_model_loads(
 
 @pytest.mark.slow
 def test_heldout_prompts_user_contrasts_and_per_prompt_counts(planted: Path, tmp_path: Path) -> None:
-    """With a held-out record beside the SAE, viz reads those prompts only; a user contrast runs, one with an empty
+    """docs/viz.md: "`prompt_set=heldout` (the default) reads those prompts only"
+    With a held-out record beside the SAE, viz reads those prompts only; a user contrast runs, one with an empty
     side is skipped with its reason; the distinct-prompt counts match a recount with the model and the SAE."""
     base = _viz_tree(planted, tmp_path)
     held = [f"p{i}" for i in range(30)]
@@ -620,8 +635,9 @@ def test_heldout_prompts_user_contrasts_and_per_prompt_counts(planted: Path, tmp
 
 
 def test_docs_viz_score_is_ln_of_the_clopper_pearson_bound_to_the_digit() -> None:
-    """docs/viz.md: "π_low = Beta(k_a, k_b + 1).ppf(0.05), score = ln(π_low / (1 − π_low)) + ln(n_b / n_a)", and
-    "a feature that never fired on A has no score". The formula, evaluated here on its own, to 1e-9."""
+    """docs/viz.md: "π_low = Beta(k_a, k_b + 1).ppf(0.05)"
+    With score = ln(π_low / (1 − π_low)) + ln(n_b / n_a), and "a feature that never fired on A has no score". The
+    formula, evaluated here on its own, to 1e-9."""
     from scipy.stats import beta
 
     for k_a, n_a, k_b, n_b in ((10, 1_000, 2, 10_000), (3, 50, 0, 7), (400, 2_000, 390, 2_000), (1, 1, 5, 100_000)):
@@ -632,8 +648,9 @@ def test_docs_viz_score_is_ln_of_the_clopper_pearson_bound_to_the_digit() -> Non
 
 
 def test_docs_viz_features_columns_counts_and_order_for_a_hand_made_set() -> None:
-    """docs/viz.md, features.json: "`score`, `freq_prompts`, `freq_stories`, `fires_*`, `mean_act_*`, `max_act_*`,
-    `dead`, per category `freq`/`mean_act`/`score`", every feature, most prompt-specific first, dead ones last; the
+    """docs/viz.md: "per category `freq`/`mean_act`/`score`"
+    In features.json: `score`, `freq_prompts`, `freq_stories`, `fires_*`, `mean_act_*`, `max_act_*`, `dead`, per
+    category `freq`/`mean_act`/`score`; every feature, most prompt-specific first, dead ones last; the
     strongest prompt activations' positions kept per feature."""
     # 4 prompt tokens (category a: 0-1, b: 2-3) and 4 story tokens; 5 features
     acts = torch.tensor(
