@@ -607,8 +607,8 @@ def test_benchmark_prints_rows_per_second(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_only_the_document_is_read_as_an_embedding() -> None:
-    """docs/export.md: "and the question's embedding written out as the document"
-    A document of numbers is an old record's embedding; a metadata value of numbers is text like any other."""
+    """docs/export.md: "a metadata value of numbers is text like any other"
+    A document of numbers is an old record's embedding, never text."""
     from launcher.prompt_rows import DEFAULT_FIELDS, FieldMapping, Record, build_rows
 
     records = [

@@ -384,8 +384,8 @@ def test_signal_handling_by_phase() -> None:
 
 
 def test_publish_moves_the_staged_sae_in_with_cfg_json_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/train.md: "moved into `model/` only when everything is written".
-    The staged entries move into model/, cfg.json last (what makes the SAE loadable), and an earlier plots/ is
+    """docs/train.md: "`cfg.json` last: a reader that finds `cfg.json` finds the weights"
+    The staged entries move into model/ only when all are written, and an earlier plots/ is
     replaced whole, not merged."""
     from container_src.train import publish
 
