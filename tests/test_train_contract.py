@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from container_src.paths import ContainerPaths
 from container_src.prompts import HELDOUT_FILE, PromptSplit
 from container_src.synthetic import make_stories
 from container_src.weights import Weights
+from tests.conftest import TINY_RUN, write_hyperparameters
 
 GREEK = "αβγδεζηθικλμνξοπρστυφχψω"
 CYRILLIC = "абвгдежзийклмнопрстуфхцчшщыэюя"
@@ -318,7 +320,8 @@ def test_a_signal_during_publishing_waits_until_the_sae_is_in_place(
 ) -> None:
     """docs/train.md: "A signal that arrives while the finished SAE is being moved into `model/` waits until the
     move is done". A SIGTERM sent as the first file moves does not stop the run: every file is published and the
-    run counts as done."""
+    run counts as done. Another thread is alive, as in a real run (the data worker's, W&B's, torch's): the kernel
+    may hand the signal to it, and Python still runs the handler in the main thread."""
     staging, model_dir = tmp_path / "model" / ".staging", tmp_path / "model"
     staging.mkdir(parents=True)
     for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
@@ -334,7 +337,14 @@ def test_a_signal_during_publishing_waits_until_the_sae_is_in_place(
         return replace(self, target)
 
     monkeypatch.setattr(Path, "replace", signalled)
-    train.publish(staging, model_dir)
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()
+    try:
+        train.publish(staging, model_dir)
+    finally:
+        done.set()
+        other.join()
     assert sent and sorted(p.name for p in model_dir.iterdir()) == [
         "cfg.json",
         "metrics.json",
@@ -342,3 +352,58 @@ def test_a_signal_during_publishing_waits_until_the_sae_is_in_place(
     ]
     assert StopRequest.requested == signal.SIGTERM  # it arrived, and was handled after the move
     assert StopRequest.phase == "done"
+
+
+@pytest.mark.slow
+def test_the_evaluations_during_training_read_held_out_stories_and_a_signal_then_ends_the_run(
+    opt_ml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/train.md: "W&B's evaluations during training read it too, so evaluation never takes rows from training".
+    Proved by the tokens SAE-Lens's evaluator fetched (training stories carry "~", validation stories "^"). The
+    same run gets a SIGTERM during its final evaluation: docs/train.md, "a SIGTERM during the final evaluation, also
+    143", with no SAE published."""
+    import sae_lens.llm_sae_training_runner as runner_module
+    from transformers import AutoTokenizer
+
+    import container_src.evaluate
+    from container_src.__main__ import main
+
+    stories = opt_ml / "input" / "data" / "control"
+    stories.unlink()
+    marked_stories(stories)
+    tokenizer: Any = AutoTokenizer.from_pretrained("roneneldan/TinyStories-33M")
+    (trained_mark,), (held_out_mark,) = tokenizer.encode("~"), tokenizer.encode("^")
+
+    read_by_evaluator: list[set[int]] = []
+    evaluator_call = runner_module.LLMSaeEvaluator.__call__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        fetch = self.activations_store.get_batch_tokens
+
+        def noted(*fetch_args: Any, **fetch_kwargs: Any) -> Any:
+            tokens = fetch(*fetch_args, **fetch_kwargs)
+            read_by_evaluator.append(set(tokens.flatten().tolist()))
+            return tokens
+
+        self.activations_store.get_batch_tokens = noted
+        try:
+            return evaluator_call(self, *args, **kwargs)
+        finally:
+            self.activations_store.get_batch_tokens = fetch
+
+    final_evaluation = container_src.evaluate.evaluate
+
+    def stopped(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return final_evaluation(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module.LLMSaeEvaluator, "__call__", recording)
+    monkeypatch.setattr(container_src.evaluate, "evaluate", stopped)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    write_hyperparameters(opt_ml, {**TINY_RUN, "training_tokens": "4096"})
+    assert main(["train"]) == 143
+    assert read_by_evaluator, "no evaluation ran during training"
+    seen = set().union(*read_by_evaluator)
+    assert held_out_mark in seen and trained_mark not in seen
+    assert "stopped by SIGTERM after training" in (opt_ml / "output" / "failure").read_text()
+    assert not (opt_ml / "model" / "cfg.json").exists() and not (opt_ml / "model" / ".staging").exists()
