@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -23,7 +24,7 @@ from container_src.paths import ContainerPaths
 from container_src.prompts import HELDOUT_FILE, PromptSplit
 from container_src.synthetic import make_stories
 from container_src.weights import Weights
-from tests.conftest import TINY_RUN, write_hyperparameters
+from tests.conftest import SAMPLE_PROMPTS, TINY_RUN, write_hyperparameters
 
 GREEK = "αβγδεζηθικλμνξοπρστυφχψω"
 CYRILLIC = "абвгдежзийклмнопрстуфхцчшщыэюя"
@@ -407,3 +408,44 @@ def test_the_evaluations_during_training_read_held_out_stories_and_a_signal_then
     assert held_out_mark in seen and trained_mark not in seen
     assert "stopped by SIGTERM after training" in (opt_ml / "output" / "failure").read_text()
     assert not (opt_ml / "model" / "cfg.json").exists() and not (opt_ml / "model" / ".staging").exists()
+
+
+def test_auto_renders_prompts_with_the_chat_template_of_a_models_own_tokenizer(
+    tmp_path: Path, tiny_assets: dict[str, Path]
+) -> None:
+    """docs/train.md: "With `prompt_format=auto` (the default), a model whose tokenizer has a chat template reads
+    each prompt rendered with it". Here the model's own weights (no `model_weights`), from the channel's hub cache:
+    its tokenizer is read for the template although nothing else needs it before the model loads."""
+    from container_src.synthetic_qwen import write_qwen_cache
+
+    own = "someone/tiny-qwen3-own-weights"
+    write_qwen_cache(tiny_assets["hf_home"], own)
+    base = tree(tmp_path / "opt_ml", tiny_assets, None)
+    shutil.copytree(SAMPLE_PROMPTS, base / "input" / "data" / "prompts")  # with question and response columns
+    inputs = train.prepare_inputs(config(model_name=own, prompt_ratio=0.5), ContainerPaths(base))
+    assert inputs.weights.source is None and inputs.rendering.format == "chat"
+    assert inputs.prompts is not None
+    assert inputs.prompts[0]["text"].startswith("<|im_start|>user\n")
+    plain = train.prepare_inputs(config(model_name=own, prompt_ratio=0.5, prompt_format="plain"), ContainerPaths(base))
+    assert plain.rendering.format == "plain" and not plain.prompts[0]["text"].startswith("<|im_start|>")
+
+
+def test_the_log_gives_the_split_per_category_and_warns_only_when_nothing_is_held_out(
+    tmp_path: Path, tiny_assets: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/train.md: "training only ever reads the rest, and the log gives the sizes per category"; only
+    `heldout_prompt_fraction=0` says that every prompt is trained on."""
+    paths = ContainerPaths(tree(tmp_path / "opt_ml", tiny_assets, [lettered(GREEK, i) for i in range(12)]))
+    with caplog.at_level(logging.INFO, logger="container_src.train"):
+        train.prepare_inputs(config(prompt_ratio=0.3, heldout_prompt_fraction=0.25), paths)
+    assert (
+        "prompts: 12, 9 trained on, 3 held out (official: 7 trained on, 2 held out; refusal: 2 trained on, 1 held out)"
+        in caplog.text
+    )
+    assert "every prompt is trained on" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="container_src.train"):
+        inputs = train.prepare_inputs(config(prompt_ratio=0.3, heldout_prompt_fraction=0.0), paths)
+    assert "heldout_prompt_fraction=0: every prompt is trained on" in caplog.text
+    assert "prompts: 12, 12 trained on, 0 held out" in caplog.text
+    assert inputs.training_prompts is not None and len(inputs.training_prompts) == 12
