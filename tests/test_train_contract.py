@@ -449,3 +449,32 @@ def test_the_log_gives_the_split_per_category_and_warns_only_when_nothing_is_hel
     assert "heldout_prompt_fraction=0: every prompt is trained on" in caplog.text
     assert "prompts: 12, 12 trained on, 0 held out" in caplog.text
     assert inputs.training_prompts is not None and len(inputs.training_prompts) == 12
+
+
+@pytest.mark.slow
+def test_metrics_json_says_what_was_evaluated_and_what_the_run_did(
+    opt_ml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/train.md: "latents that did not fire in the last `dead_feature_window` steps"; and each figure of
+    metrics.json with what it counts: `eval_batches` batches for the top-level figures and for each source, the
+    tokens and steps trained, the hardware, and which data the top-level figures are."""
+    from container_src.__main__ import main
+
+    write_hyperparameters(
+        opt_ml, {**TINY_RUN, "training_tokens": "4096", "eval_batches": "3", "dead_feature_window": "5"}
+    )
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml))
+    assert main(["train"]) == 0
+    metrics = json.loads((opt_ml / "model" / "metrics.json").read_text())
+    derived = json.loads((opt_ml / "model" / "resolved_config.json").read_text())["derived"]
+    rows_of_3_batches = 3 * 4 * 64  # eval_batches × the smoke preset's 4 rows of 64 tokens
+    assert metrics["eval_tokens"] == metrics["ce_loss_eval_tokens"] == rows_of_3_batches
+    for name in ("stories", "training_prompts", "heldout_prompts"):
+        assert metrics["evaluation_by_source"][name]["tokens_evaluated"] == rows_of_3_batches, name
+    assert metrics["dead_feature_window_steps"] == 5
+    assert metrics["d_sae"] == derived["d_sae"] == 1024 and metrics["d_in"] == 256
+    assert metrics["dead_features"] == round(metrics["dead_feature_fraction"] * 1024)
+    assert (metrics["tokens_trained"], metrics["training_steps"], metrics["resumed_from_tokens"]) == (4096, 16, 0)
+    assert metrics["device_name"] == derived["device_name"] and metrics["precision"] == "fp32"
+    assert metrics["wall_time_s"] > 0
+    assert "split 'validation' mixed with the training prompts at prompt_ratio=0.1" in metrics["evaluation_data"]
