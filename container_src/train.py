@@ -349,6 +349,9 @@ def publish(staging: Path, model_dir: Path) -> None:
     folder (plots/) replaces an earlier one whole. Signals are held back meanwhile, so model/ is never left
     half-published; one that arrives meanwhile is handled after, when the run is done."""
     signal.pthread_sigmask(signal.SIG_BLOCK, StopRequest.SIGNALS)
+    # the mask holds back only what the kernel hands this thread; one handed to another thread (the data worker's,
+    # W&B's) still runs the handler here, which in this phase only notes it
+    StopRequest.phase = "publishing"
     try:
         for entry in sorted(staging.iterdir(), key=lambda p: p.name == "cfg.json"):
             target = model_dir / entry.name
