@@ -283,3 +283,59 @@ def test_snippets_show_where_the_feature_fires_most(run: dict[str, Any]) -> None
             assert shown["token"] == lm.tokenizer.decode([int(ids[0, 1 + strongest])])  # type: ignore[union-attr]
             checked += 1
     assert checked == 9
+
+
+def test_features_follow_the_first_contrast_that_ran_even_without_the_stories(tiny_assets: dict[str, Path]) -> None:
+    """docs/viz.md: "every feature, in the first contrast's order"
+    Counts made by hand, no model: the first contrast (category a vs b) ranks its features; a live feature it never
+    saw (it fired on the stories only) comes after every feature it ranked, and a dead one last. Each contrast's
+    ranking lists only features with a score, best first."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from container_src.contrast_stats import PART_ORDER, SideStats, plan
+    from container_src.contrasts import Contrast, Filter, Selection
+    from container_src.ranking import FeatureStats
+    from container_src.sequences import PromptRows
+
+    n, width = 12, 5  # 12 prompts of 4 tokens after BOS; prompts 0-5 in category a, 6-11 in b
+    prompt = torch.zeros(n, width, dtype=torch.bool)
+    prompt[:, 1:] = True
+    docs = torch.where(prompt, torch.arange(n).unsqueeze(1), torch.tensor(-1))
+    rows = PromptRows(torch.full((n, width), 464), docs, {"prompt": prompt, "question": prompt, "response": prompt})
+    columns = [{"category": "a" if i < 6 else "b"} for i in range(n)]
+    wanted = [
+        Contrast(
+            "first", Selection(filters=(Filter("category", ("a",)),)), Selection(filters=(Filter("category", ("b",)),))
+        ),
+        Contrast("p_vs_s", Selection(), Selection(source="stories")),
+    ]
+    layout = plan(wanted, columns, rows, story_docs=6, story_tokens=24, min_prompts=2)
+    # features: 0 fires on every a prompt; 1 on every b prompt; 2 on the stories only; 3 never; 4 on two a
+    # prompts, more strongly on the second
+    feats = torch.zeros(n, width, 5)
+    feats[:6, 2, 0] = 1.0
+    feats[6:, 3, 1] = 1.0
+    feats[:2, 1, 4] = torch.tensor([2.0, 3.0])
+    stories = torch.zeros(24, 5)
+    stories[::4, 2] = 1.0
+    sides = SideStats(layout, 5, "cpu")
+    sides.add_prompts(feats, torch.arange(n), torch.stack([rows.parts[p] for p in PART_ORDER], dim=1).float())
+    sides.add_stories(stories, torch.arange(24) // 4)
+    stats = FeatureStats(5, ["control", "a", "b"], top_k=4, device="cpu")
+    group = torch.tensor([1] * 6 + [2] * 6).unsqueeze(1).expand(n, width)
+    stats.add(feats[prompt], group[prompt], torch.arange(n * width).view(n, width)[prompt])
+    stats.add(stories, torch.zeros(24, dtype=torch.long))
+    corpus = SimpleNamespace(
+        prompt_tokens=rows.tokens, prompt_docs=docs, prompt_meta=[{"prompt_id": i} for i in range(n)]
+    )
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    ranked, rankings = viz.rank_features(VizConfig(top_snippets=2), stats, sides, cast(Any, corpus), tokenizer)
+    first = {r["feature"]: r["contrasts"]["first"] for r in ranked}
+    assert [r["feature"] for r in ranked] == [0, 4, 1, 2, 3]
+    assert first[2] is None and first[3] is None and first[1]["score"] is None
+    assert rankings["first"] == [0, 4] and set(rankings["p_vs_s"]) == {0, 4, 1}
+    assert [(s["prompt_id"], s["activation"]) for s in ranked[1]["snippets"]] == [(1, 3.0), (0, 2.0)] and ranked[3][
+        "snippets"
+    ] == []
