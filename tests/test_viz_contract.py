@@ -16,7 +16,7 @@ from container_src import data, viz
 from container_src.config import ConfigError, Resolved, VizConfig
 from container_src.paths import ContainerPaths
 from container_src.prompts import HELDOUT_FILE
-from tests.conftest import make_opt_ml
+from tests.conftest import SAMPLE_PROMPTS, make_opt_ml
 
 HOOK = "blocks.2.mlp.hook_post"
 MODEL = "roneneldan/TinyStories-33M"
@@ -270,9 +270,11 @@ def test_snippets_show_where_the_feature_fires_most(run: dict[str, Any]) -> None
     texts = dict(zip(channel["id"], channel["text"], strict=True))
     lm = container_src.model.load_model(MODEL, "cpu")
     sae = SAE.load_from_disk(str(base / "input" / "data" / "sae"), device="cpu")
+    for row in run["rows"]:  # the 4 × top_snippets strongest tokens kept are enough here for 3 distinct prompts
+        fired = row["contrasts"]["prompts_vs_stories"]["prompts_fired_a"] if row["fires_prompts"] else 0
+        assert len({s["prompt_id"] for s in row["snippets"]}) == len(row["snippets"]) == min(3, fired)
     checked = 0
     for row in run["rows"][:3]:
-        assert len(row["snippets"]) == 3 and len({s["prompt_id"] for s in row["snippets"]}) == 3
         for shown in row["snippets"]:
             ids = lm.to_tokens(str(texts[shown["prompt_id"]]))[:, :CONTEXT]
             with torch.no_grad():
@@ -339,3 +341,51 @@ def test_features_follow_the_first_contrast_that_ran_even_without_the_stories(ti
     assert [(s["prompt_id"], s["activation"]) for s in ranked[1]["snippets"]] == [(1, 3.0), (0, 2.0)] and ranked[3][
         "snippets"
     ] == []
+
+
+def test_a_failed_run_keeps_the_earlier_dashboards(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/viz.md: "The folder is replaced only when a viz run completes."
+    A failure while the tables are written (injected: it stands in for a full disk) leaves the earlier dashboards
+    as they were and no staging folder."""
+    from container_src import dashboards
+
+    out = tree / "model" / "dashboards"
+    out.mkdir(parents=True)
+    (out / "index.html").write_text("the earlier run's")
+
+    def fail(*_: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(dashboards, "write_index", fail)
+    cfg = VizConfig(**SMALL, n_features=0)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="No space left"):
+        viz.viz_sae(cfg, ContainerPaths(tree), None, out)
+    assert sorted(p.name for p in (tree / "model").iterdir()) == ["dashboards"]
+    assert [p.name for p in out.iterdir()] == ["index.html"] and (out / "index.html").read_text() == "the earlier run's"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("model_name", "roneneldan/TinyStories-1M"), ("model_weights", "someone/else")]
+)
+def test_model_keys_given_override_the_saes_metadata(tree: Path, key: str, value: str) -> None:
+    """docs/configuration.md: "Model to load; the one named in the SAE's metadata when empty."
+    A name given is the one looked for in channel model (which holds only TinyStories-33M here), not the SAE's."""
+    with pytest.raises(ConfigError, match=f"channel model: no entry for model_name='{value}'"):
+        viz.check_inputs(VizConfig(**{key: value}), ContainerPaths(tree), tree / "scratch")  # type: ignore[arg-type]
+
+
+def test_response_vs_question_runs_when_some_prompts_record_a_response(tree: Path) -> None:
+    """docs/viz.md: "`response_vs_question`, and `response_vs_question[C]` per category"
+    Prompts without a response (a question alone) beside ones with both: the contrast is still planned."""
+    from datasets import load_from_disk
+
+    channel = tree / "input" / "data" / "prompts"
+    prompts = load_from_disk(str(SAMPLE_PROMPTS))
+    # in memory: no cache file beside the shipped sample
+    alone = prompts.map(
+        lambda row, i: {"response": "" if i % 2 else row["response"]}, with_indices=True, keep_in_memory=True
+    )
+    shutil.rmtree(channel)
+    alone.save_to_disk(str(channel))
+    inputs = viz.check_inputs(VizConfig(), ContainerPaths(tree), tree / "scratch")
+    assert -1 in inputs.prompts["response_start"] and "response_vs_question" in [c.name for c in inputs.contrasts]
