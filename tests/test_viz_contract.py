@@ -49,7 +49,7 @@ def tree(tmp_path: Path, tiny_assets: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, tiny_assets: dict[str, Path]) -> dict[str, Any]:
-    """One viz run (about 40 s on CPU) over a tree whose model/ holds an earlier run's dashboards and a stale staging
+    """One viz run over a tree whose model/ holds an earlier run's dashboards and a stale staging
     folder; returns the tree, the summary returned and the tables written."""
     base = make_opt_ml(tmp_path_factory.mktemp("viz-contract") / "opt_ml", tiny_assets)
     _save_sae(base / "input" / "data" / "sae")
