@@ -71,3 +71,12 @@ def test_strongest_prompt_tokens_are_kept_across_batches_smaller_than_top_k() ->
         ("b", 4.0, " w2"),
     ]
     assert found[1] == []  # a feature that never fired on a prompt has no snippet
+
+
+def test_ranking_without_story_tokens_or_prompt_tokens_is_refused_with_the_reason() -> None:
+    """Pins: viz cannot rank without both sides, and says so (not in the docs)."""
+    for side in (0, 1):
+        stats = FeatureStats(2, ["control", "refusal"], top_k=0, device="cpu")
+        stats.add(torch.ones(3, 2), torch.full((3,), side))
+        with pytest.raises(ValueError, match=r"^ranking needs tokens from both the prompts and the stories$"):
+            rank(stats)
