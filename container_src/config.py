@@ -142,7 +142,8 @@ class TrainConfig(RunConfig):
     """Read, tokenise and pack the training stream in a process of its own; false does it in the training process.
 
     The worker hands the rows back in order, so the rows are the same; the training process then spends neither its
-    interpreter lock nor its cores on them."""
+    interpreter lock nor its cores on them. An error in the worker fails the run with that error, and the worker ends
+    with the training process, even when that is killed."""
     lean_step: bool = True
     """Train with our SAE step (container_src/sae_step.py); false runs SAE-Lens's own step and Adam.
 

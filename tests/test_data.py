@@ -240,7 +240,7 @@ def test_worker_rows_are_packed_rows_in_order(tiny_assets: dict[str, Path], tmp_
 
 
 def test_an_error_in_the_worker_reaches_training(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
-    """Pins: a data worker's error fails training with that error, not a hang (not in the docs).
+    """docs/configuration.md: "An error in the worker fails the run with that error"
     A document the worker cannot tokenise fails the training process's read, with the worker's error, instead of
     leaving it waiting for rows."""
     from container_src.store import WorkerRows
@@ -271,7 +271,7 @@ if __name__ == "__main__":
 
 
 def test_the_worker_ends_when_training_is_killed(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
-    """Pins: the data worker ends with the training process, even after its SIGKILL (not in the docs).
+    """docs/configuration.md: "the worker ends with the training process, even when that is killed"
     SIGKILL (or the OOM killer) gives the training process no chance to stop its worker: the worker and the
     forkserver it came from must end by themselves instead of lingering with their memory."""
     import subprocess
