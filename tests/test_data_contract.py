@@ -12,7 +12,15 @@ import pytest
 from datasets import Dataset
 
 from container_src.config import ConfigError
-from container_src.data import CycledTexts, channel_fingerprint, check_eval_split, load_control, mixed_stream
+from container_src.data import (
+    CountedRows,
+    CycledTexts,
+    channel_fingerprint,
+    check_eval_split,
+    load_control,
+    mixed_stream,
+    pack_documents,
+)
 
 
 def _jsonl(path: Path, *texts: str) -> None:
@@ -97,3 +105,45 @@ def test_docs_train_the_held_out_prompts_are_cycled_from_the_first_each_time() -
     assert [r["text"] for r in islice(texts, 2)] == ["first", "second"]
     with pytest.raises(ValueError, match="CycledTexts needs at least one text"):
         CycledTexts([])
+
+
+def test_docs_train_each_source_counts_the_documents_with_tokens_in_the_rows_read(
+    tmp_path: Path, tiny_assets: dict[str, Path]
+) -> None:
+    """docs/train.md: "each source says how many distinct prompts or stories it covered". An empty document puts no
+    token in any row, so it is not counted; and a second, shorter pass over the same rows (each pass starts the
+    stream afresh) does not lower the count of the first."""
+    from container_src.config import TrainConfig
+    from container_src.model import load_model, pick_runtime
+    from container_src.runner import sae_lens_config
+
+    lm = load_model("roneneldan/TinyStories-33M", "cpu")
+    cfg = TrainConfig(context_size=64, train_batch_size_tokens=256, store_batch_size_prompts=4, training_tokens=256)
+    runner_cfg = sae_lens_config(cfg, 256, 1024, pick_runtime("cpu", "auto"), "t", tmp_path / "r", tmp_path / "o", None)
+    texts = [" ".join(["word"] * (5 + i % 30)) if i % 3 else "" for i in range(90)]  # every third one empty
+    _, docs = pack_documents(lm.tokenizer, texts, 64, max_tokens=10**6)
+    rows = CountedRows([{"text": t} for t in texts], lm, runner_cfg)
+    for n_rows in (6, 2):
+        assert len(list(islice(rows, n_rows))) == n_rows
+    in_rows = {int(d) for d in docs[:6].flatten() if d >= 0}  # the documents with tokens in the first 6 rows
+    assert rows.documents_covered == len(in_rows) == sum(1 for t in texts[: max(in_rows) + 1] if t)
+    assert len(in_rows) < max(in_rows) + 1  # empty documents were passed over among them
+
+
+class _WordLengths:
+    """A whitespace 'tokenizer' whose ids are the words' lengths, with BOS and EOS of its own."""
+
+    def __init__(self, bos: int | None, eos: int) -> None:
+        self.bos_token_id, self.eos_token_id = bos, eos
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
+
+
+@pytest.mark.parametrize(("bos", "eos", "opener"), [(7, 9, 7), (None, 9, 9)], ids=["BOS", "no BOS: EOS"])
+def test_docs_viz_packing_opens_rows_with_bos_or_else_eos(bos: int | None, eos: int, opener: int) -> None:
+    """docs/viz.md: "TinyStories (`story_tokens`) is packed as in training". Rows open with the tokenizer's BOS,
+    which also separates documents and pads the last row; a tokenizer without one (as Qwen's) uses its EOS."""
+    tokens, docs = pack_documents(_WordLengths(bos, eos), ["a bb", "ccc"], context_size=4, max_tokens=100)
+    assert tokens.tolist() == [[opener, 1, 2, opener], [opener, 3, opener, opener]]
+    assert docs.tolist() == [[-1, 0, 0, -1], [-1, 1, -1, -1]]
