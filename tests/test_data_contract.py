@@ -147,3 +147,16 @@ def test_docs_viz_packing_opens_rows_with_bos_or_else_eos(bos: int | None, eos: 
     tokens, docs = pack_documents(_WordLengths(bos, eos), ["a bb", "ccc"], context_size=4, max_tokens=100)
     assert tokens.tolist() == [[opener, 1, 2, opener], [opener, 3, opener, opener]]
     assert docs.tolist() == [[-1, 0, 0, -1], [-1, 1, -1, -1]]
+
+
+def test_the_identity_of_streamed_control_text_names_its_path_split_and_column(tmp_path: Path) -> None:
+    """Internal: without channel `control` the text is identified by `control_path` and the split (and a column
+    other than `text`), so another split or column is other data and another run id. `control_path` here is a local
+    folder, which `datasets` streams as it streams a hub repo (the hub cannot be reached in tests)."""
+    folder = tmp_path / "stories"
+    _jsonl(folder / "train.jsonl", "a train story")
+    _jsonl(folder / "validation.jsonl", "a held-out story")
+    stream, identity = load_control(None, str(folder), "validation")
+    assert [row["text"] for row in stream] == ["a held-out story"]
+    assert identity == f"hub {folder}:validation"
+    assert load_control(None, str(folder), "train")[1] == f"hub {folder}:train"
