@@ -37,6 +37,7 @@ from tests.test_export_prompts import (
     MESSY_ROWS,
     SNAPSHOT,
     _RecordingProxy,
+    add_rows,
     export,
     logged,
     make_store,
@@ -359,6 +360,7 @@ def test_a_server_that_wants_a_token_says_to_set_one(
     [
         ("corrupt", "could not open the Chroma store {store}: "),
         ("no collections", f"collection {COLLECTION!r} does not exist in {{store}}. It has no collections. Choose one"),
+        ("others", "does not exist in {store}. Collections there: alpha_prompts, zeta_prompts. Choose one with"),
     ],
 )
 def test_a_store_that_cannot_serve_the_collection_is_named(
@@ -369,8 +371,11 @@ def test_a_store_that_cannot_serve_the_collection_is_named(
     store.mkdir()
     if case == "corrupt":
         (store / "chroma.sqlite3").write_bytes(b"not a database " * 20)
-    else:
+    elif case == "no collections":
         persistent_client(store).close()
+    else:  # created in reverse order: the message lists them by name
+        make_store(store, [], name="zeta_prompts")
+        make_store(store, [], name="alpha_prompts")
     rc, stdout = export(capsys, "--chroma-path", str(store), "--out", str(tmp_path / "out"))
     assert (rc, stdout) == (2, "")
     assert message.format(store=store) in logged(caplog)
@@ -409,25 +414,32 @@ def test_a_collection_that_changes_while_read_is_refused(tmp_path: Path) -> None
     """docs/export.md: "the same collection gives the same fingerprint, whatever the source and page size"
     So a read that met a write is refused, not exported half old and half new; a page size of 1 reads every row."""
     rows = [(c, f"Question {c}?", {"response": "A."}) for c in "abcdefgh"]
-    client = persistent_client(make_store(tmp_path / "store", rows))
+    client = persistent_client(tmp_path / "store")
+
+    def fresh(name: str) -> Any:
+        collection = client.create_collection(name)
+        add_rows(collection, rows)
+        return collection
+
+    def add(col: Any) -> None:
+        col.add(ids=["z"], documents=["Question z?"], metadatas=[{"response": "A."}], embeddings=[[9.0, 1.0]])
+
     try:
-        collection = client.get_collection(COLLECTION)
+        collection = fresh("steady")
         one_by_one = read_records(collection, "here", 1, progress=False)
         assert [r.id for r in one_by_one] == list("abcdefgh") and one_by_one == read_records(collection, "here", 1000)
-
-        def add(col: Any) -> None:
-            col.add(ids=["z"], documents=["Question z?"], metadatas=[{"response": "A."}], embeddings=[[9.0, 1.0]])
-
         expected = {
             _reread_a: "(8 rows at the start, 8 at the end, 7 distinct ids read); run the export again when it is",
             add: "(8 rows at the start, 9 at the end, 9 distinct ids read)",
+            lambda col: col.delete(ids=["a", "b", "c"]): "(8 rows at the start, 5 at the end, 5 distinct ids read)",
         }
-        for change, message in expected.items():
+        for number, (change, message) in enumerate(expected.items()):
+            name = f"changing_{number}"
             with pytest.raises(LauncherError) as raised:
-                read_records(writes_during_read(collection, change), "here", 3, progress=False)
-            assert str(raised.value).startswith(f"collection {COLLECTION!r} changed while it was read {message}")
-        dropped = writes_during_read(collection, lambda _: client.delete_collection(COLLECTION))
-        with pytest.raises(LauncherError, match=f"reading {COLLECTION!r} from here failed after 3 rows: "):
+                read_records(writes_during_read(fresh(name), change), "here", 3, progress=False)
+            assert str(raised.value).startswith(f"collection {name!r} changed while it was read {message}")
+        dropped = writes_during_read(collection, lambda _: client.delete_collection("steady"))
+        with pytest.raises(LauncherError, match="reading 'steady' from here failed after 3 rows: "):
             read_records(dropped, "here", 3, progress=False)
     finally:
         client.close()
