@@ -8,6 +8,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,11 @@ def bucket(s3: Any) -> str:
 
 
 def calls(client: Any) -> list[tuple[str, str]]:
-    """(operation, key) of every request ``client`` sends from now on, in order."""
+    """(operation, key or number of keys deleted) of every request ``client`` sends from now on, in order."""
     seen: list[tuple[str, str]] = []
 
     def record(model: Any, params: dict[str, Any], **_: Any) -> None:
-        seen.append((model.name, params.get("Key", "")))
+        seen.append((model.name, params.get("Key") or str(len(params.get("Delete", {}).get("Objects", [])))))
 
     client.meta.events.register("provide-client-params.s3", record)
     return seen
@@ -94,8 +95,8 @@ def test_an_s3_channel_is_a_prefix_ending_in_a_slash() -> None:
 
 def test_a_sae_that_is_not_an_s3_object_is_refused_saying_how_to_upload_it() -> None:
     """docs/launcher.md: "a `--sae` that is not `s3://BUCKET/KEY`" """
-    uri = "s3://b/jobs/sae-train-1/output/model.tar.gz"
-    assert check_sae_uri(uri) == uri
+    for uri in ("s3://b/jobs/sae-train-1/output/model.tar.gz", "s3://b/saes/run1/"):
+        assert check_sae_uri(uri) == uri  # sent to the job as it is
     for bad in ("data/sae", "s3://b"):
         error = refusal(lambda bad=bad: check_sae_uri(bad))
         assert str(error) == (
@@ -153,13 +154,16 @@ def test_a_model_cache_sends_refs_and_snapshots_of_the_models_named(tmp_path: Pa
 
 def test_a_local_channel_is_planned_under_its_content_hash(tmp_path: Path) -> None:
     """docs/launcher.md: "go to `s3://<bucket>/<prefix>/channels/<name>/<hash>/`"
-    The hash is the container's own (file names and contents): changed content gets another prefix."""
-    folder = tmp_path / "stories"
-    folder.mkdir()
-    (folder / "train.jsonl").write_text('{"text": "a"}\n')
+    The hash is the container's own (file names and contents) of the files that go up, so other files in the local
+    folder (blobs/, other models) do not change it; changed content gets another prefix."""
+    folder, sent = tmp_path / "stories", tmp_path / "as-the-job-gets-it"
+    for where in (folder, sent):
+        where.mkdir()
+        (where / "train.jsonl").write_text('{"text": "a"}\n')
+    (folder / "notes.txt").write_text("not sent")
     files = [folder / "train.jsonl"]
     uri = planned_uri(folder, "s3://b/sae/channels/control", files)
-    assert uri == f"s3://b/sae/channels/control/{channel_fingerprint(folder, files)}/"
+    assert uri == f"s3://b/sae/channels/control/{channel_fingerprint(sent)}/"
     (folder / "train.jsonl").write_text('{"text": "b"}\n')
     assert planned_uri(folder, "s3://b/sae/channels/control/", files) not in (uri, "")
 
@@ -182,13 +186,29 @@ def test_a_local_channel_replaces_what_an_upload_cut_short_left(s3: Any, bucket:
     assert writes == [
         ("DeleteObject", record),
         ("PutObject", prefix + "config.json"),
-        ("DeleteObjects", ""),
+        ("DeleteObjects", "1"),
         ("PutObject", record),
     ]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="channels/")["Contents"]]
     assert sorted(keys) == sorted([prefix + "config.json", record])
     body = json.loads(s3.get_object(Bucket=bucket, Key=record)["Body"].read())
     assert body == {"fingerprint": prefix.rstrip("/").rsplit("/", 1)[1], "files": 1}
+
+
+def test_stale_files_are_removed_in_batches_s3_accepts(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """docs/launcher.md: "the files are uploaded again and any others there removed"
+    More than the 1,000 keys S3 deletes in one request (moto does not enforce that limit: the batches are counted)."""
+    folder = tmp_path / "control"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("{}\n")
+    uri = planned_uri(folder, f"s3://{bucket}/channels/control", [folder / "train.jsonl"])
+    prefix = uri.split("/", 3)[3]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"{prefix}stale/{i:04}", Body=b""), range(1001)))
+    sent = calls(s3)
+    upload_dir(s3, folder, uri, [folder / "train.jsonl"])
+    assert [n for op, n in sent if op == "DeleteObjects"] == ["1000", "1"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]] == [prefix + "train.jsonl"]
 
 
 # --- launcher/channels.py: earlier jobs (--from-job, --resume-from) ---------------------------------------------
@@ -433,7 +453,7 @@ def test_an_export_goes_up_files_first_and_its_manifest_last(s3: Any, bucket: st
     files = sorted(p.name for p in SAMPLE_PROMPTS.iterdir() if p.is_file() and p.name != "manifest.json")
     assert writes[0] == ("DeleteObject", "v1/manifest.json")
     assert sorted(writes[1:-2]) == [("PutObject", f"v1/{name}") for name in files]
-    assert writes[-2:] == [("DeleteObjects", ""), ("PutObject", "v1/manifest.json")]
+    assert writes[-2:] == [("DeleteObjects", "1"), ("PutObject", "v1/manifest.json")]
     listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="v1/")["Contents"])
     assert listed == sorted(f"v1/{name}" for name in [*files, "manifest.json"])
     remote = s3.get_object(Bucket=bucket, Key="v1/manifest.json")["Body"].read()
