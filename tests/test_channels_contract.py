@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -313,6 +314,11 @@ def test_resume_from_needs_the_same_run_id(caplog: pytest.LogCaptureFixture) -> 
     # a job from before the control channel was renamed
     old = _earlier({"prompts": channels["prompts"], "tinystories": channels["control"]}, **same)
     assert check_same_run("e", old, same, here) is None
+    # neither job with a control channel
+    assert (
+        check_same_run("e", _earlier({"prompts": channels["prompts"]}, **same), same, {"prompts": here["prompts"]})
+        is None
+    )
 
     def differs(values: dict[str, str], now: dict[str, str], earlier: dict[str, Any] = earlier) -> str:
         return str(refusal(lambda: check_same_run("e", earlier, values, now)))
@@ -443,7 +449,9 @@ def test_s3_refusals_name_the_option_the_uri_came_from(s3: Any, bucket: str) -> 
     assert error.status == 1
 
 
-def test_an_export_goes_up_files_first_and_its_manifest_last(s3: Any, bucket: str) -> None:
+def test_an_export_goes_up_files_first_and_its_manifest_last(
+    s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """docs/export.md: "the files first, `manifest.json` last"
     Over another export (with force): its manifest is removed first and its stale files after the new ones."""
     uri = _put_export(s3, bucket, "v1", json.dumps({"fingerprint": "old"}).encode(), "data-00001-of-00002.arrow")
@@ -459,8 +467,11 @@ def test_an_export_goes_up_files_first_and_its_manifest_last(s3: Any, bucket: st
     remote = s3.get_object(Bucket=bucket, Key="v1/manifest.json")["Body"].read()
     assert remote == (SAMPLE_PROMPTS / "manifest.json").read_bytes()
     sent.clear()
-    assert upload_folder(s3, SAMPLE_PROMPTS, [], uri, read_manifest(SAMPLE_PROMPTS)["fingerprint"], export=True)
+    caplog.set_level(logging.INFO)
+    fingerprint = read_manifest(SAMPLE_PROMPTS)["fingerprint"]
+    assert upload_folder(s3, SAMPLE_PROMPTS, [], uri, fingerprint, export=True) == uri + "/"
     assert [op for op, _ in sent] == ["GetObject"]  # already there: nothing written
+    assert f"{uri}/ already holds this export (fingerprint {fingerprint[:12]}…); nothing uploaded" in caplog.text
 
 
 def test_an_export_changed_while_the_launcher_ran_is_not_uploaded(s3: Any, bucket: str, tmp_path: Path) -> None:
@@ -479,5 +490,37 @@ def test_an_export_changed_while_the_launcher_ran_is_not_uploaded(s3: Any, bucke
         f"{tmp_path} is not an export: it has no manifest.json; "
         "export the prompts first (python launcher/export_prompts.py --out DIR)"
     )
+    (tmp_path / "manifest.json").write_text("[]")
+    assert refused(read_manifest, tmp_path) == (
+        f"manifest {tmp_path / 'manifest.json'} must hold a JSON object of key: value pairs"
+    )
     (tmp_path / "manifest.json").write_text('{"fingerprint": ""}')
     assert refused(read_manifest, tmp_path) == f"{tmp_path / 'manifest.json'} has no fingerprint; export again"
+
+
+def test_an_export_is_read_back_before_it_goes_up(tmp_path: Path) -> None:
+    """docs/launcher.md: "a folder edited after the export (its manifest naming other rows), or a manifest without
+    its dataset, is refused, with the command to export again"
+    The message names both fingerprints; a folder holding a DatasetDict (not what an export writes) is refused."""
+    from datasets import Dataset, DatasetDict
+
+    from launcher.upload import verify_export
+
+    edited = tmp_path / "edited"
+    shutil.copytree(SAMPLE_PROMPTS, edited)
+    actual = json.loads((edited / "manifest.json").read_text())["fingerprint"]
+    (edited / "manifest.json").write_text(json.dumps({"fingerprint": FP}))
+    again = f"export again (python launcher/export_prompts.py --out {edited})"
+    assert refused(verify_export, edited) == (
+        f"{edited}: its dataset does not match its manifest.json (the rows' fingerprint is {actual[:12]}…, the "
+        f"manifest says 0123456789ab…), so it was changed after the export; nothing was uploaded. To use the "
+        f"changed prompts, {again}"
+    )
+    split = tmp_path / "split"
+    DatasetDict({"train": Dataset.from_list([{"text": "a"}])}).save_to_disk(str(split))
+    (split / "manifest.json").write_text(json.dumps({"fingerprint": FP}))
+    assert refused(verify_export, split) == (
+        f"{split} holds a DatasetDict, not the one dataset an export writes; "
+        f"export again (python launcher/export_prompts.py --out {split})"
+    )
+    assert verify_export(SAMPLE_PROMPTS)["fingerprint"] == actual
