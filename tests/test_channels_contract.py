@@ -76,9 +76,9 @@ def refusal(call: Callable[[], object]) -> LauncherError:
     return caught.value
 
 
-def refused(function: Callable[..., object], *args: Any) -> str:
-    """The message ``function(*args)`` is refused with."""
-    return str(refusal(lambda: function(*args)))
+def refused(function: Callable[..., object], *args: Any, **kwargs: Any) -> str:
+    """The message ``function(*args, **kwargs)`` is refused with."""
+    return str(refusal(lambda: function(*args, **kwargs)))
 
 
 # --- launcher/channels.py: the URIs a job is given -------------------------------------------------------------
@@ -390,6 +390,7 @@ def test_an_export_prefix_holding_something_else_is_refused(s3: Any, bucket: str
     assert check_remote(f"s3://{bucket}/empty", FP, s3_client=s3) is False
     uri = _put_export(s3, bucket, "same", json.dumps({"fingerprint": FP}).encode())
     assert check_remote(uri, FP, s3_client=s3) is True
+    assert check_remote(uri, FP, force=True, s3_client=s3) is True  # the same content is not uploaded again
     other = "fedcba9876543210" * 4
     uri = _put_export(s3, bucket, "other", json.dumps({"fingerprint": other}).encode())
     error = refusal(lambda: check_remote(uri, FP, s3_client=s3))
@@ -399,10 +400,9 @@ def test_an_export_prefix_holding_something_else_is_refused(s3: Any, bucket: str
     )
     assert error.status == 1
     assert check_remote(uri, FP, force=True, s3_client=s3) is False
-    uri = _put_export(s3, bucket, "unnamed", b'{"columns": []}')
-    assert "holds a different export (fingerprint none…, this one" in str(
-        refusal(lambda: check_remote(uri, FP, s3_client=s3))
-    )
+    for i, body in enumerate([b'{"columns": []}', b"not json", b'["a list"]']):  # a manifest, if not a good one
+        uri = _put_export(s3, bucket, f"unnamed{i}", body)
+        assert "holds a different export (fingerprint none…, this one" in refused(check_remote, uri, FP, s3_client=s3)
     uri = _put_export(s3, bucket, "foreign", None, "a.txt", "b.txt")
     error = refusal(lambda: check_remote(uri, FP, s3_client=s3))
     assert str(error) == (
