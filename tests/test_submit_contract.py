@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,98 @@ def test_s3_model_and_control_go_to_the_job_as_given_with_the_secret_id(
     assert request["Environment"] == {"WANDB_SECRET_ID": secret_id, "AWS_DEFAULT_REGION": "us-east-1"}
     channels = _channels(request)
     assert (channels["model"], channels["control"]) == (model, control)
+
+
+def _on_create(monkeypatch: pytest.MonkeyPatch, before: Any) -> None:
+    """Calls ``before(n, name)`` as the n-th CreateTrainingJob (from 1) is about to be sent; what it raises is what
+    the launcher's call raises, and that job is not sent. Where a test plays what no server can do here (a Ctrl-C,
+    a throttled call, the log a job writes)."""
+    from botocore.client import BaseClient
+
+    sent = BaseClient._make_api_call  # pyright: ignore[reportPrivateUsage]
+    created: list[str] = []
+
+    def call(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "CreateTrainingJob":
+            created.append(params["TrainingJobName"])
+            before(len(created), params["TrainingJobName"])
+        return sent(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+
+
+def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
+    aws: dict[str, Any],
+    export: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/launcher.md: "130 Ctrl-C (what was written stays whole; jobs already submitted run on)"
+    Ctrl-C as the third of four jobs is sent: status 130, the two created named with the commands to follow or
+    stop them, no table. An AWS error of no known kind keeps its class name, with status 1."""
+    from botocore.exceptions import ClientError
+
+    def ctrl_c_at_third(n: int, name: str) -> None:
+        if n == 3:
+            raise KeyboardInterrupt
+
+    _on_create(monkeypatch, ctrl_c_at_third)
+    argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export)]
+    code = submit.main([*argv, "--sweep", "k=4,8,16,32"])
+    assert (code, capsys.readouterr().out) == (130, "")
+    jobs = boto3.client("sagemaker").list_training_jobs(NameContains="sae-train-")["TrainingJobSummaries"]
+    started = sorted(j["TrainingJobName"] for j in jobs if j["TrainingJobName"].endswith(("-1-k4", "-2-k8")))
+    assert len(started) == 2 and not [j for j in jobs if j["TrainingJobName"].endswith("-3-k16")]
+    assert f"2 of 4 jobs were submitted before the error below and run on: {', '.join(started)}. " in caplog.text
+    assert "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job" in caplog.text
+    assert "interrupted (Ctrl-C); jobs already submitted run on" in caplog.text
+
+    def quota(n: int, name: str) -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "CreateTrainingJob")
+
+    caplog.clear()
+    _on_create(monkeypatch, quota)
+    assert submit.main(argv) == 1
+    message = "ClientError: An error occurred (ThrottlingException) when calling the CreateTrainingJob operation"
+    assert f"{message}: slow down" in caplog.text
+    assert "were submitted before the error" not in caplog.text  # the one job's own error says it all
+
+
+def test_wait_streams_a_single_jobs_log_and_tabulates_every_job(
+    aws: dict[str, Any],
+    export: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/launcher.md: "streams the job's CloudWatch log (a sweep: status only) and prints a table of the"
+    Each job writes three log lines as soon as it is created (moto completes it at once): `--wait` on one job
+    prints them, on a sweep it does not; both end with a table of job, status and artifact."""
+    logs = boto3.client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    if not logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]:
+        logs.create_log_group(logGroupName=group)
+
+    def write_log(n: int, name: str) -> None:
+        logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/algo-1-1")
+        now = int(time.time() * 1000)  # CloudWatch drops events older than 14 days
+        events = [{"timestamp": now + i, "message": f"{name} line {i}"} for i in range(3)]
+        logs.put_log_events(logGroupName=group, logStreamName=f"{name}/algo-1-1", logEvents=events)
+
+    _on_create(monkeypatch, write_log)
+    argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export), "--wait"]
+    for sweep, count in (([], 1), (["--sweep", "k=4,8"], 2)):
+        assert submit.main([*argv, "--poll-seconds", "0", *sweep]) == 0, caplog.text
+        out = capsys.readouterr().out.splitlines()
+        names = [line.split()[0] for line in out if line.startswith("sae-") and " line " not in line]
+        names = list(dict.fromkeys(names))
+        assert len(names) == count
+        streamed = [line for line in out if " line " in line]
+        assert streamed == ([f"{names[0]} line {i}" for i in range(3)] if not sweep else [])
+        table = out[out.index(next(line for line in out if line.startswith("job ") and "artifact" in line)) :]
+        assert table[0].split() == ["job", "status", "artifact"]
+        jobs = [boto3.client("sagemaker").describe_training_job(TrainingJobName=n) for n in names]
+        assert [row.split() for row in table[1:]] == [
+            [n, "Completed", j["ModelArtifacts"]["S3ModelArtifacts"]] for n, j in zip(names, jobs, strict=True)
+        ]
