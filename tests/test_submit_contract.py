@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,28 @@ export = test_launcher.export
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae"
 DIGEST = "sha256:" + "5e" * 32
+
+
+@dataclass
+class Launch:
+    """submit.main run as a user runs it: the exit status and what it printed; ``log`` is what it logged."""
+
+    capsys: pytest.CaptureFixture[str]
+    caplog: pytest.LogCaptureFixture
+
+    def __call__(self, *argv: str) -> tuple[int, str]:
+        self.caplog.clear()
+        code = submit.main(list(argv))
+        return code, self.capsys.readouterr().out
+
+    @property
+    def log(self) -> str:
+        return self.caplog.text
+
+
+@pytest.fixture
+def launch(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Launch:
+    return Launch(capsys, caplog)
 
 
 def _requests(out: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -48,11 +71,7 @@ def _fingerprint(export: Path) -> str:
 
 
 def test_a_plain_submit_gets_the_documented_defaults_and_tags(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    aws: dict[str, Any],
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aws: dict[str, Any], launch: Launch
 ) -> None:
     """docs/launcher.md: "`--volume-gb` (default 50) sizes the job's storage volume; `--max-run` (default 86400 s)"
     Also: `--prompts DIR` (default `data/prompts`); tags `git-commit`, `image-digest`, `prompts-fingerprint`,
@@ -61,9 +80,8 @@ def test_a_plain_submit_gets_the_documented_defaults_and_tags(
     export = shutil.copytree(SAMPLE_PROMPTS, tmp_path / "work" / "data" / "prompts")
     monkeypatch.chdir(tmp_path / "work")  # --prompts left out: data/prompts here
     monkeypatch.setenv("WANDB_API_KEY", test_launcher.PLANTED_KEY)
-    code = submit.main(["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}@{DIGEST}", "--dry-run"])
-    out = capsys.readouterr().out
-    assert code == 0, caplog.text
+    code, out = launch("--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}@{DIGEST}", "--dry-run")
+    assert code == 0, launch.log
     [request], table = _requests(out)
     name = request["TrainingJobName"]
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
@@ -81,9 +99,9 @@ def test_a_plain_submit_gets_the_documented_defaults_and_tags(
     }
     secret_id = aws["env"]["SAE_WANDB_SECRET_ID"]
     assert f"WANDB_API_KEY is set here but not stored as secret {secret_id}; run `submit.py secret` first" in (
-        caplog.text
+        launch.log
     )
-    assert not request.get("Environment") and test_launcher.PLANTED_KEY not in out + caplog.text
+    assert not request.get("Environment") and test_launcher.PLANTED_KEY not in out + launch.log
     widths = [len(name), len("instance"), len("spot"), len("dry run")]
     assert table == [
         "  ".join(["job".ljust(widths[0]), "instance".ljust(len("ml.g5.xlarge")), "spot", "state"]),
@@ -91,17 +109,14 @@ def test_a_plain_submit_gets_the_documented_defaults_and_tags(
     ]
 
 
-def test_a_spot_sweep_tags_each_run_and_tabulates_its_values(
-    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_spot_sweep_tags_each_run_and_tabulates_its_values(aws: dict[str, Any], export: Path, launch: Launch) -> None:
     """docs/launcher.md: "several `--sweep` flags start one per combination, in parallel"
     A dry run of a spot sweep: a request per run with its `sweep` tag, its own checkpoint folder, the options
     given (volume, instance), and a table whose columns line up: job, each swept key, instance, spot, state."""
     argv = ["--mode", "train", "--set", "preset=smoke", "--sweep", "k=16,128", "--sweep", "lr=1e-4,3e-4", "--spot"]
     argv += ["--volume-gb", "75", "--instance-type", "ml.g6.xlarge", "--image", f"{IMAGE}:v1", "--dry-run"]
-    code = submit.main([*argv, "--prompts", str(export)])
-    out = capsys.readouterr().out
-    assert code == 0, caplog.text
+    code, out = launch(*argv, "--prompts", str(export))
+    assert code == 0, launch.log
     requests, table = _requests(out)
     names = [r["TrainingJobName"] for r in requests]
     assert [_tags(r)["sweep"] for r in requests] == ["k=16 lr=1e-4", "k=16 lr=3e-4", "k=128 lr=1e-4", "k=128 lr=3e-4"]
@@ -121,11 +136,7 @@ def test_a_spot_sweep_tags_each_run_and_tabulates_its_values(
 
 
 def test_a_network_isolated_job_gets_no_secret_and_its_local_channels_go_up(
-    aws: dict[str, Any],
-    export: Path,
-    tiny_assets: dict[str, Path],
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    aws: dict[str, Any], export: Path, tiny_assets: dict[str, Path], launch: Launch
 ) -> None:
     """docs/launcher.md: "A network-isolated job cannot reach Secrets Manager, so it logs offline too."
     Even with the W&B secret stored, the job's environment holds no secret id; the request asks for isolation;
@@ -135,9 +146,10 @@ def test_a_network_isolated_job_gets_no_secret_and_its_local_channels_go_up(
     argv = ["--mode", "train", "--set", "preset=smoke", "--network-isolation", "--image", f"{IMAGE}:v1"]
     argv += ["--model", str(tiny_assets["hf_home"]), "--control", str(tiny_assets["stories"])]
     argv += ["--prompts", str(export)]
-    assert submit.main([*argv, "--dry-run"]) == 0, caplog.text
-    [request], _ = _requests(capsys.readouterr().out)
-    assert "network isolation: the job cannot reach Secrets Manager or W&B, so W&B logs offline" in caplog.text
+    code, out = launch(*argv, "--dry-run")
+    assert code == 0, launch.log
+    [request], _ = _requests(out)
+    assert "network isolation: the job cannot reach Secrets Manager or W&B, so W&B logs offline" in launch.log
     assert request["EnableNetworkIsolation"] is True
     assert not request.get("Environment")
     channels = _channels(request)
@@ -147,7 +159,7 @@ def test_a_network_isolated_job_gets_no_secret_and_its_local_channels_go_up(
         assert head == f"s3://{aws['bucket']}/sae-censorship/channels/{name}" and len(digest) >= 16
         assert channels[name].endswith("/")
 
-    assert submit.main(argv) == 0, caplog.text
+    assert launch(*argv)[0] == 0, launch.log
     s3 = boto3.client("s3")
     for name in ("model", "control"):
         prefix = channels[name].split("/", 3)[3]
@@ -158,7 +170,7 @@ def test_a_network_isolated_job_gets_no_secret_and_its_local_channels_go_up(
 
 
 def test_s3_model_and_control_go_to_the_job_as_given_with_the_secret_id(
-    aws: dict[str, Any], export: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    aws: dict[str, Any], export: Path, launch: Launch
 ) -> None:
     """docs/launcher.md: "S3 URIs there go to the job as they are"
     Not isolated, with the W&B secret stored: the job gets WANDB_SECRET_ID and the region, and the s3:// model
@@ -167,9 +179,9 @@ def test_s3_model_and_control_go_to_the_job_as_given_with_the_secret_id(
     boto3.client("secretsmanager").create_secret(Name=secret_id, SecretString="k" * 40)
     model, control = "s3://elsewhere/hub/", "s3://elsewhere/stories/"
     argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--model", model]
-    code = submit.main([*argv, "--control", control, "--prompts", str(export), "--dry-run"])
-    assert code == 0, caplog.text
-    [request], _ = _requests(capsys.readouterr().out)
+    code, out = launch(*argv, "--control", control, "--prompts", str(export), "--dry-run")
+    assert code == 0, launch.log
+    [request], _ = _requests(out)
     assert request["Environment"] == {"WANDB_SECRET_ID": secret_id, "AWS_DEFAULT_REGION": "us-east-1"}
     channels = _channels(request)
     assert (channels["model"], channels["control"]) == (model, control)
@@ -194,11 +206,7 @@ def _on_create(monkeypatch: pytest.MonkeyPatch, before: Any) -> None:
 
 
 def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
-    aws: dict[str, Any],
-    export: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
 ) -> None:
     """docs/launcher.md: "130 Ctrl-C (what was written stays whole; jobs already submitted run on)"
     Ctrl-C as the third of four jobs is sent: status 130, the two created named with the commands to follow or
@@ -211,32 +219,26 @@ def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
 
     _on_create(monkeypatch, ctrl_c_at_third)
     argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export)]
-    code = submit.main([*argv, "--sweep", "k=4,8,16,32"])
-    assert (code, capsys.readouterr().out) == (130, "")
+    assert launch(*argv, "--sweep", "k=4,8,16,32") == (130, "")
     jobs = boto3.client("sagemaker").list_training_jobs(NameContains="sae-train-")["TrainingJobSummaries"]
     started = sorted(j["TrainingJobName"] for j in jobs if j["TrainingJobName"].endswith(("-1-k4", "-2-k8")))
     assert len(started) == 2 and not [j for j in jobs if j["TrainingJobName"].endswith("-3-k16")]
-    assert f"2 of 4 jobs were submitted before the error below and run on: {', '.join(started)}. " in caplog.text
-    assert "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job" in caplog.text
-    assert "interrupted (Ctrl-C); jobs already submitted run on" in caplog.text
+    assert f"2 of 4 jobs were submitted before the error below and run on: {', '.join(started)}. " in launch.log
+    assert "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job" in launch.log
+    assert "interrupted (Ctrl-C); jobs already submitted run on" in launch.log
 
     def quota(n: int, name: str) -> None:
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "CreateTrainingJob")
 
-    caplog.clear()
     _on_create(monkeypatch, quota)
-    assert submit.main(argv) == 1
+    assert launch(*argv) == (1, "")
     message = "ClientError: An error occurred (ThrottlingException) when calling the CreateTrainingJob operation"
-    assert f"{message}: slow down" in caplog.text
-    assert "were submitted before the error" not in caplog.text  # the one job's own error says it all
+    assert f"{message}: slow down" in launch.log
+    assert "were submitted before the error" not in launch.log  # the one job's own error says it all
 
 
 def test_wait_streams_a_single_jobs_log_and_tabulates_every_job(
-    aws: dict[str, Any],
-    export: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
 ) -> None:
     """docs/launcher.md: "streams the job's CloudWatch log (a sweep: status only) and prints a table of the"
     Each job writes three log lines as soon as it is created (moto completes it at once): `--wait` on one job
@@ -255,8 +257,9 @@ def test_wait_streams_a_single_jobs_log_and_tabulates_every_job(
     _on_create(monkeypatch, write_log)
     argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export), "--wait"]
     for sweep, count in (([], 1), (["--sweep", "k=4,8"], 2)):
-        assert submit.main([*argv, "--poll-seconds", "0", *sweep]) == 0, caplog.text
-        out = capsys.readouterr().out.splitlines()
+        code, printed = launch(*argv, "--poll-seconds", "0", *sweep)
+        assert code == 0, launch.log
+        out = printed.splitlines()
         names = [line.split()[0] for line in out if line.startswith("sae-") and " line " not in line]
         names = list(dict.fromkeys(names))
         assert len(names) == count
