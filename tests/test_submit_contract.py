@@ -271,3 +271,60 @@ def test_wait_streams_a_single_jobs_log_and_tabulates_every_job(
         assert [row.split() for row in table[1:]] == [
             [n, "Completed", j["ModelArtifacts"]["S3ModelArtifacts"]] for n, j in zip(names, jobs, strict=True)
         ]
+
+
+def test_an_unreachable_bucket_fails_before_the_push_naming_the_setting(
+    aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "`the bucket setting` (the bucket's check and creation, and the uploads)"
+    S3 cannot be reached (its endpoint is a closed port): status 1, the message names the bucket setting, and
+    nothing was built or pushed (the bucket's check comes before the push)."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert launch("--mode", "train", "--set", "preset=smoke", "--prompts", str(export)) == (1, "")
+    assert f"the `bucket` setting s3://{aws['bucket']}: cannot talk to S3 (" in launch.log
+    assert not Path(aws["env"]["FAKE_DOCKER_LOG"]).exists()
+
+
+def test_an_export_written_again_during_the_push_is_not_uploaded(
+    aws: dict[str, Any], export: Path, tmp_path: Path, launch: Launch
+) -> None:
+    """docs/launcher.md: "the check is repeated just before the upload"
+    The export is written again (other rows, a manifest of its own) while the image is built: the upload refuses
+    it, naming what happened, with status 2; nothing goes under prompts/ and no job is created."""
+    from datasets import Dataset, load_from_disk
+
+    from launcher.prompt_rows import fingerprint
+
+    source = load_from_disk(str(export))
+    assert isinstance(source, Dataset)
+    rows = Dataset.from_list(source.to_list()[:40], features=source.features)
+    again = tmp_path / "exported-again"
+    rows.save_to_disk(str(again))
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["fingerprint"] = fingerprint(rows.to_list(), rows.column_names)
+    (again / "manifest.json").write_text(json.dumps(manifest))
+    docker = tmp_path / "exporting" / "docker"  # the docker stub, and the export written again at `docker build`
+    docker.parent.mkdir()
+    stub = shutil.which("docker")
+    docker.write_text(
+        f'#!/bin/sh\n[ "$1" = build ] && rm -r "{export}" && cp -r "{again}" "{export}"\nexec "{stub}" "$@"\n'
+    )
+    docker.chmod(0o755)
+    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--docker", str(docker)]
+    planned, written = _fingerprint(export), manifest["fingerprint"]
+    assert launch(*argv) == (2, "")
+    assert [c["argv"][0] for c in map(json.loads, Path(aws["env"]["FAKE_DOCKER_LOG"]).read_text().splitlines())] == [
+        "build", "tag", "login", "push"
+    ]  # fmt: skip
+    assert (
+        f"{export} was exported again while the launcher ran (fingerprint {planned[:12]}… became {written[:12]}…); "
+        "nothing was uploaded. Run the command again." in launch.log
+    )
+    listed = boto3.client("s3").list_objects_v2(Bucket=aws["bucket"], Prefix="sae-censorship/prompts/")
+    assert listed["KeyCount"] == 0
