@@ -42,6 +42,11 @@ class Launch:
     def log(self) -> str:
         return self.caplog.text
 
+    @property
+    def messages(self) -> list[str]:
+        """Each logged message whole: a message's words are checked as they are, nothing around them."""
+        return [record.getMessage() for record in self.caplog.records]
+
 
 @pytest.fixture
 def launch(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Launch:
@@ -98,9 +103,10 @@ def test_a_plain_submit_gets_the_documented_defaults_and_tags(
         "prompts-fingerprint": fingerprint,
     }
     secret_id = aws["env"]["SAE_WANDB_SECRET_ID"]
-    assert f"WANDB_API_KEY is set here but not stored as secret {secret_id}; run `submit.py secret` first" in (
-        launch.log
-    )
+    assert (
+        f"WANDB_API_KEY is set here but not stored as secret {secret_id}; run `submit.py secret` first. "
+        "Jobs log W&B offline (the key is never sent with the job)."
+    ) in launch.messages
     assert not request.get("Environment") and test_launcher.PLANTED_KEY not in out + launch.log
     widths = [len(name), len("instance"), len("spot"), len("dry run")]
     assert table == [
@@ -149,7 +155,7 @@ def test_a_network_isolated_job_gets_no_secret_and_its_local_channels_go_up(
     code, out = launch(*argv, "--dry-run")
     assert code == 0, launch.log
     [request], _ = _requests(out)
-    assert "network isolation: the job cannot reach Secrets Manager or W&B, so W&B logs offline" in launch.log
+    assert "network isolation: the job cannot reach Secrets Manager or W&B, so W&B logs offline" in launch.messages
     assert request["EnableNetworkIsolation"] is True
     assert not request.get("Environment")
     channels = _channels(request)
@@ -223,9 +229,11 @@ def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
     jobs = boto3.client("sagemaker").list_training_jobs(NameContains="sae-train-")["TrainingJobSummaries"]
     started = sorted(j["TrainingJobName"] for j in jobs if j["TrainingJobName"].endswith(("-1-k4", "-2-k8")))
     assert len(started) == 2 and not [j for j in jobs if j["TrainingJobName"].endswith("-3-k16")]
-    assert f"2 of 4 jobs were submitted before the error below and run on: {', '.join(started)}. " in launch.log
-    assert "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job" in launch.log
-    assert "interrupted (Ctrl-C); jobs already submitted run on" in launch.log
+    assert launch.messages[-2:] == [
+        f"2 of 4 jobs were submitted before the error below and run on: {', '.join(started)}. Follow them with "
+        "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job --training-job-name JOB`",
+        "interrupted (Ctrl-C); jobs already submitted run on",
+    ]
 
     def quota(n: int, name: str) -> None:
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "CreateTrainingJob")
@@ -233,7 +241,7 @@ def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
     _on_create(monkeypatch, quota)
     assert launch(*argv) == (1, "")
     message = "ClientError: An error occurred (ThrottlingException) when calling the CreateTrainingJob operation"
-    assert f"{message}: slow down" in launch.log
+    assert launch.messages[-1] == f"{message}: slow down"
     assert "were submitted before the error" not in launch.log  # the one job's own error says it all
 
 
