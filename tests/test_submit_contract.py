@@ -21,6 +21,7 @@ from tests.conftest import SAMPLE_PROMPTS
 # The launcher tests' moto-backed AWS (own bucket and repository) and docker stub, and the sample prompt export.
 aws = test_launcher.aws
 export = test_launcher.export
+jobs_in_progress = test_launcher.jobs_in_progress  # SageMaker reports every job as still running
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sae"
 DIGEST = "sha256:" + "5e" * 32
@@ -96,6 +97,8 @@ def test_a_plain_submit_gets_the_documented_defaults_and_tags(
     fingerprint = _fingerprint(export)
     assert _channels(request) == {"prompts": f"s3://{aws['bucket']}/sae-censorship/prompts/{fingerprint[:16]}/"}
     assert request["CheckpointConfig"]["S3Uri"] == f"s3://{aws['bucket']}/sae-censorship/checkpoints/{name}/"
+    # the artifacts too stay under the prefix, where the job role's policy lets the job write
+    assert request["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{aws['bucket']}/sae-censorship/")
     assert _tags(request) == {
         "git-commit": "unknown",
         "image-digest": DIGEST,
@@ -336,3 +339,40 @@ def test_an_export_written_again_during_the_push_is_not_uploaded(
     )
     listed = boto3.client("s3").list_objects_v2(Bucket=aws["bucket"], Prefix="sae-censorship/prompts/")
     assert listed["KeyCount"] == 0
+
+
+@pytest.mark.parametrize("mode", [["--mode", "viz"], ["--mode=viz"]])
+def test_an_action_name_as_an_options_value_is_not_taken_for_the_action(
+    mode: list[str], aws: dict[str, Any], export: Path, launch: Launch
+) -> None:
+    """Pins: with --mode given, `follow` as a value (here a job's name) is that value, not a misplaced action
+    The job named follow is looked up, and that look-up's refusal is what the user reads."""
+    assert launch(*mode, "--from-job", "follow", "--prompts", str(export)) == (2, "")
+    assert launch.messages[-1].startswith("--from-job follow: no such training job")
+
+
+@pytest.mark.usefixtures("jobs_in_progress")
+def test_follow_of_a_running_job_refuses_a_taken_folder_at_once_and_repeats_the_settings(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "the message names it with the exact `submit.py follow` command to take it up again"
+    A job still running: `follow --download DIR` where DIR already holds the job is refused before any wait (a wait
+    here is a Ctrl-C, status 130); Ctrl-C while following says the command again with its --settings file."""
+    from launcher import follow
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    code, out = launch("--mode", "bench", "--image", f"{IMAGE}:v1")
+    assert code == 0, launch.log
+    [name] = [line.split()[0] for line in out.splitlines() if line.startswith("sae-bench-")]
+    monkeypatch.setattr(follow.time, "sleep", ctrl_c)
+    (tmp_path / "fetched" / name).mkdir(parents=True)
+    settings = aws["env"]["SAE_SETTINGS"]
+    assert launch("follow", name, "--settings", settings, "--download", str(tmp_path / "fetched")) == (2, "")
+    assert launch.messages[-1].startswith(f"--download: {tmp_path / 'fetched' / name} already exists")
+    assert launch("follow", name, "--settings", settings, "--no-logs") == (130, "")
+    assert (
+        f"Follow again with: python launcher/submit.py follow {name} --settings {settings} --no-logs ("
+        in launch.messages[-1]
+    )
