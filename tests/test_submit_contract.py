@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,8 @@ def test_wait_streams_a_single_jobs_log_and_tabulates_every_job(
         names = [line.split()[0] for line in out if line.startswith("sae-") and " line " not in line]
         names = list(dict.fromkeys(names))
         assert len(names) == count
+        if not sweep:  # the submit's own table first: the job is submitted, not only planned
+            assert out[1].split() == [names[0], "ml.g5.xlarge", "no", "submitted"]
         streamed = [line for line in out if " line " in line]
         assert streamed == ([f"{names[0]} line {i}" for i in range(3)] if not sweep else [])
         table = out[out.index(next(line for line in out if line.startswith("job ") and "artifact" in line)) :]
@@ -375,4 +378,58 @@ def test_follow_of_a_running_job_refuses_a_taken_folder_at_once_and_repeats_the_
     assert (
         f"Follow again with: python launcher/submit.py follow {name} --settings {settings} --no-logs ("
         in launch.messages[-1]
+    )
+
+
+@pytest.mark.parametrize("action", [["push"], ["secret"], ["follow", "sae-train-x"]])
+def test_each_action_reads_the_settings_file_it_is_given(
+    action: list[str], aws: dict[str, Any], tmp_path: Path, launch: Launch
+) -> None:
+    """docs/launcher.md: "a settings file given with `--settings` or `SAE_SETTINGS` that does not exist"
+    Each action reads the file its --settings names (not the default one): a missing file is refused, named."""
+    missing = tmp_path / "nowhere.toml"
+    assert launch(*action, "--settings", str(missing)) == (2, "")
+    assert launch.messages == [f"settings file {missing} does not exist"]
+
+
+def test_a_request_that_holds_the_wandb_key_is_refused_whole(
+    aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "the launcher refuses a hyperparameter, or a request, that contains it"
+    The key inside a channel's URI: refused with the launcher's whole message, before the bucket is created."""
+    key = "0123456789abcdef" * 2 + "01234567"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    argv = ["--mode", "viz", "--sae", f"s3://b/{key}/model.tar.gz", "--image", f"{IMAGE}:v1"]
+    assert launch(*argv, "--prompts", str(export)) == (2, "")
+    assert launch.messages[-1] == "the W&B key appears in the job request; remove it (jobs get only WANDB_SECRET_ID)"
+    assert aws["bucket"] not in [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+
+
+def test_no_credentials_is_one_line_that_says_what_to_do(export: Path, tmp_path: Path) -> None:
+    """docs/launcher.md: "Credentials come the usual AWS ways (`aws configure`, `AWS_PROFILE`, the `AWS_*` variables)"
+    As a user runs it, with no credentials anywhere: status 2, and stderr's last line is the launcher's whole
+    message, in its log format."""
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAE_"))}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    env |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        'region = "us-east-1"\nbucket = "b-1"\nrole_arn = "arn:aws:iam::123456789012:role/r"\n'
+        'image_repository = "sae"\n'
+    )
+    argv = ["--mode", "train", "--set", "preset=smoke", "--dry-run", "--prompts", str(export)]
+    result = subprocess.run(
+        [sys.executable, "launcher/submit.py", *argv, "--settings", str(settings)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "ERROR launcher: no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID "
+        "and AWS_SECRET_ACCESS_KEY). --dry-run needs them too: it reads the W&B secret's existence, the image's "
+        "repository, any --from-job or --resume-from job and an S3 export's manifest, and only sends nothing"
     )
