@@ -363,7 +363,10 @@ def test_follow_of_a_running_job_refuses_a_taken_folder_at_once_and_repeats_the_
     here is a Ctrl-C, status 130); Ctrl-C while following says the command again with its --settings file."""
     from launcher import follow
 
+    waits: list[float] = []
+
     def ctrl_c(seconds: float) -> None:
+        waits.append(seconds)
         raise KeyboardInterrupt
 
     code, out = launch("--mode", "bench", "--image", f"{IMAGE}:v1")
@@ -374,7 +377,8 @@ def test_follow_of_a_running_job_refuses_a_taken_folder_at_once_and_repeats_the_
     settings = aws["env"]["SAE_SETTINGS"]
     assert launch("follow", name, "--settings", settings, "--download", str(tmp_path / "fetched")) == (2, "")
     assert launch.messages[-1].startswith(f"--download: {tmp_path / 'fetched' / name} already exists")
-    assert launch("follow", name, "--settings", settings, "--no-logs") == (130, "")
+    assert launch("follow", name, "--settings", settings, "--no-logs", "--poll-seconds", "7") == (130, "")
+    assert waits == [7.0]  # it polled at the interval asked for
     assert (
         f"Follow again with: python launcher/submit.py follow {name} --settings {settings} --no-logs ("
         in launch.messages[-1]
@@ -433,3 +437,30 @@ def test_no_credentials_is_one_line_that_says_what_to_do(export: Path, tmp_path:
         "and AWS_SECRET_ACCESS_KEY). --dry-run needs them too: it reads the W&B secret's existence, the image's "
         "repository, any --from-job or --resume-from job and an S3 export's manifest, and only sends nothing"
     )
+
+
+def test_every_call_goes_to_the_settings_region(
+    aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "fill in `region`, `role_arn`, `bucket` and `image_repository`"
+    The settings' region differs from the shell's default region: the secret is looked up, the bucket created, the
+    prompts uploaded and the job created and followed there, and the job's environment names that region."""
+    region = "eu-west-1"
+    monkeypatch.setenv("SAE_REGION", region)
+    secret_id = aws["env"]["SAE_WANDB_SECRET_ID"]
+    boto3.client("secretsmanager", region_name=region).create_secret(Name=secret_id, SecretString="k" * 40)
+    argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export)]
+    code, out = launch(*argv, "--dry-run")
+    assert code == 0, launch.log
+    [request], _ = _requests(out)
+    assert request["Environment"] == {"WANDB_SECRET_ID": secret_id, "AWS_DEFAULT_REGION": region}
+    code, out = launch(*argv, "--wait", "--poll-seconds", "0")
+    assert code == 0, launch.log
+    name = out.split()[out.split().index("state") + 1]
+    job = boto3.client("sagemaker", region_name=region).describe_training_job(TrainingJobName=name)
+    assert out.splitlines()[-1].split() == [name, "Completed", job["ModelArtifacts"]["S3ModelArtifacts"]]
+    s3 = boto3.client("s3", region_name=region)
+    assert s3.get_bucket_location(Bucket=aws["bucket"])["LocationConstraint"] == region
+    assert s3.list_objects_v2(Bucket=aws["bucket"], Prefix="sae-censorship/prompts/")["KeyCount"] > 0
+    local = boto3.client("sagemaker", region_name="us-east-1")
+    assert not local.list_training_jobs(NameContains=name)["TrainingJobSummaries"]
