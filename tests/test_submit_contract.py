@@ -305,6 +305,16 @@ def test_an_unreachable_bucket_fails_before_the_push_naming_the_setting(
     assert not Path(aws["env"]["FAKE_DOCKER_LOG"]).exists()
 
 
+def _docker_doing(tmp_path: Path, at_build: str) -> Path:
+    """A docker CLI (the tests' stub) that first runs the shell command ``at_build`` when it builds: what happens
+    meanwhile, while the image builds."""
+    docker = tmp_path / "meanwhile" / "docker"
+    docker.parent.mkdir()
+    docker.write_text(f'#!/bin/sh\n[ "$1" = build ] && {at_build}\nexec "{shutil.which("docker")}" "$@"\n')
+    docker.chmod(0o755)
+    return docker
+
+
 def test_an_export_written_again_during_the_push_is_not_uploaded(
     aws: dict[str, Any], export: Path, tmp_path: Path, launch: Launch
 ) -> None:
@@ -323,13 +333,7 @@ def test_an_export_written_again_during_the_push_is_not_uploaded(
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["fingerprint"] = fingerprint(rows.to_list(), rows.column_names)
     (again / "manifest.json").write_text(json.dumps(manifest))
-    docker = tmp_path / "exporting" / "docker"  # the docker stub, and the export written again at `docker build`
-    docker.parent.mkdir()
-    stub = shutil.which("docker")
-    docker.write_text(
-        f'#!/bin/sh\n[ "$1" = build ] && rm -r "{export}" && cp -r "{again}" "{export}"\nexec "{stub}" "$@"\n'
-    )
-    docker.chmod(0o755)
+    docker = _docker_doing(tmp_path, f'rm -r "{export}" && cp -r "{again}" "{export}"')
     argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export), "--docker", str(docker)]
     planned, written = _fingerprint(export), manifest["fingerprint"]
     assert launch(*argv) == (2, "")
@@ -464,3 +468,16 @@ def test_every_call_goes_to_the_settings_region(
     assert s3.list_objects_v2(Bucket=aws["bucket"], Prefix="sae-censorship/prompts/")["KeyCount"] > 0
     local = boto3.client("sagemaker", region_name="us-east-1")
     assert not local.list_training_jobs(NameContains=name)["TrainingJobSummaries"]
+
+
+def test_an_upload_that_s3_refuses_names_the_bucket_setting(
+    aws: dict[str, Any], export: Path, tmp_path: Path, launch: Launch
+) -> None:
+    """docs/launcher.md: "`the bucket setting` (the bucket's check and creation, and the uploads)"
+    The bucket is removed while the image builds: the prompts' upload is refused by S3 (status 1), and the
+    message names the bucket setting as where the URI came from."""
+    remove = f"{sys.executable} -c \"import boto3; boto3.client('s3').delete_bucket(Bucket='{aws['bucket']}')\""
+    argv = ["--mode", "train", "--set", "preset=smoke", "--prompts", str(export)]
+    assert launch(*argv, "--docker", str(_docker_doing(tmp_path, remove))) == (1, "")
+    prefix = f"s3://{aws['bucket']}/sae-censorship/prompts/{_fingerprint(export)[:16]}/"
+    assert launch.messages[-1].startswith(f"the `bucket` setting {prefix}: S3 refused the request (NoSuchBucket")
