@@ -447,12 +447,15 @@ def test_every_call_goes_to_the_settings_region(
     aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
 ) -> None:
     """docs/launcher.md: "fill in `region`, `role_arn`, `bucket` and `image_repository`"
-    The settings' region differs from the shell's default region: the secret is looked up, the bucket created, the
-    prompts uploaded and the job created and followed there, and the job's environment names that region."""
+    The settings' region differs from the shell's default region: the secret is stored and looked up, the bucket
+    created, the prompts uploaded and the job created and followed there, and the job's environment names it."""
     region = "eu-west-1"
     monkeypatch.setenv("SAE_REGION", region)
     secret_id = aws["env"]["SAE_WANDB_SECRET_ID"]
-    boto3.client("secretsmanager", region_name=region).create_secret(Name=secret_id, SecretString="k" * 40)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert launch("secret")[0] == 0, launch.log
+    stored = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
+    assert stored["SecretString"] == "k" * 40
     argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export)]
     code, out = launch(*argv, "--dry-run")
     assert code == 0, launch.log
@@ -481,3 +484,19 @@ def test_an_upload_that_s3_refuses_names_the_bucket_setting(
     assert launch(*argv, "--docker", str(_docker_doing(tmp_path, remove))) == (1, "")
     prefix = f"s3://{aws['bucket']}/sae-censorship/prompts/{_fingerprint(export)[:16]}/"
     assert launch.messages[-1].startswith(f"the `bucket` setting {prefix}: S3 refused the request (NoSuchBucket")
+
+
+@pytest.mark.parametrize("action", [["secret"], ["follow", "sae-train-x"]])
+def test_an_action_without_a_region_is_refused_naming_the_setting(
+    action: list[str], aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "a missing setting stops the launcher before any AWS call, naming it"
+    No region in the settings nor the shell: `secret` (with a well-formed key) and `follow` stop with status 2."""
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SAE_REGION", "")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert launch(*action) == (2, "")
+    message = "missing setting(s): region (or SAE_REGION). Put them in launcher/settings.toml"
+    assert launch.messages[-1].startswith(message)
