@@ -500,3 +500,14 @@ def test_an_action_without_a_region_is_refused_naming_the_setting(
     assert launch(*action) == (2, "")
     message = "missing setting(s): region (or SAE_REGION). Put them in launcher/settings.toml"
     assert launch.messages[-1].startswith(message)
+
+
+def test_sweep_together_plans_one_job_that_lists_every_sae(aws: dict[str, Any], export: Path, launch: Launch) -> None:
+    """docs/launcher.md: "`--sweep-together` (train) turns the sweep into one job instead"
+    A dry run: one request, its `saes` hyperparameter the sweep's combinations, and a table of one row."""
+    argv = ["--mode", "train", "--set", "preset=smoke", "--sweep", "k=4,8", "--image", f"{IMAGE}:v1", "--dry-run"]
+    code, out = launch(*argv, "--sweep-together", "--prompts", str(export))
+    assert code == 0, launch.log
+    [request], table = _requests(out)
+    assert json.loads(request["HyperParameters"]["saes"]) == [{"k": "4"}, {"k": "8"}]
+    assert len(table) == 2 and table[1].startswith(request["TrainingJobName"])
