@@ -261,6 +261,7 @@ def _create(args: argparse.Namespace, plan: Plan, specs: list[jobs.JobSpec], ima
     sagemaker = client_for("sagemaker", plan.settings.region)
     rows = [["job", *(plan.runs[0].keys()), "instance", "spot", "state"]]
     submitted: list[str] = []
+    sending = None  # a job whose request went out unanswered (Ctrl-C mid-call) may exist all the same
     try:
         for spec, run in zip(specs, plan.runs, strict=True):
             tags = {"git-commit": image.commit, "image-digest": image.digest or "unknown", **spec.tags}
@@ -270,7 +271,9 @@ def _create(args: argparse.Namespace, plan: Plan, specs: list[jobs.JobSpec], ima
                 _write(json.dumps(request, indent=2, default=str) + "\n")
                 state = "dry run"
             else:
+                sending = spec.name
                 sagemaker.create_training_job(**request)
+                sending = None
                 submitted.append(spec.name)
                 logger.info("submitted %s", spec.name)
                 state = "submitted"
@@ -283,6 +286,13 @@ def _create(args: argparse.Namespace, plan: Plan, specs: list[jobs.JobSpec], ima
                 len(submitted),
                 len(specs),
                 ", ".join(submitted),
+            )
+        if sending:
+            logger.error(
+                "%s was being sent when the error below came, so it may have been created too: check with "
+                "`aws sagemaker describe-training-job --training-job-name %s`",
+                sending,
+                sending,
             )
         raise
     return rows

@@ -218,7 +218,7 @@ def _on_create(monkeypatch: pytest.MonkeyPatch, before: Any) -> None:
 def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
     aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
 ) -> None:
-    """docs/launcher.md: "130 Ctrl-C (what was written stays whole; jobs already submitted run on)"
+    """docs/launcher.md: "130 Ctrl-C (what was written stays whole; jobs already submitted run on"
     Ctrl-C as the third of four jobs is sent: status 130, the two created named with the commands to follow or
     stop them, no table. An AWS error of no known kind keeps its class name, with status 1."""
     from botocore.exceptions import ClientError
@@ -233,9 +233,12 @@ def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
     jobs = boto3.client("sagemaker").list_training_jobs(NameContains="sae-train-")["TrainingJobSummaries"]
     started = sorted(j["TrainingJobName"] for j in jobs if j["TrainingJobName"].endswith(("-1-k4", "-2-k8")))
     assert len(started) == 2 and not [j for j in jobs if j["TrainingJobName"].endswith("-3-k16")]
-    assert launch.messages[-2:] == [
+    third = started[0].removesuffix("-1-k4") + "-3-k16"  # its request was going out when Ctrl-C came
+    assert launch.messages[-3:] == [
         f"2 of 4 jobs were submitted before the error below and run on: {', '.join(started)}. Follow them with "
         "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job --training-job-name JOB`",
+        f"{third} was being sent when the error below came, so it may have been created too: check with "
+        f"`aws sagemaker describe-training-job --training-job-name {third}`",
         "interrupted (Ctrl-C); jobs already submitted run on",
     ]
 
@@ -247,6 +250,40 @@ def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
     message = "ClientError: An error occurred (ThrottlingException) when calling the CreateTrainingJob operation"
     assert launch.messages[-1] == f"{message}: slow down"
     assert "were submitted before the error" not in launch.log  # the one job's own error says it all
+
+
+def test_ctrl_c_while_a_request_is_out_names_that_job_as_maybe_created(
+    aws: dict[str, Any], export: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "the job whose request was out when it came is named as perhaps created"
+    Ctrl-C after SageMaker has taken the second request but before its answer is read (played here by raising it
+    once the call returns): that job exists, so the launcher names it beside the one it knows was submitted."""
+    from botocore.client import BaseClient
+
+    sent = BaseClient._make_api_call  # pyright: ignore[reportPrivateUsage]
+    created: list[str] = []
+
+    def call(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        answer = sent(client, operation, params)
+        if operation == "CreateTrainingJob":
+            created.append(params["TrainingJobName"])
+            if len(created) == 2:
+                raise KeyboardInterrupt
+        return answer
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+    argv = ["--mode", "train", "--set", "preset=smoke", "--image", f"{IMAGE}:v1", "--prompts", str(export)]
+    assert launch(*argv, "--sweep", "k=4,8,16") == (130, "")
+    names = {j["TrainingJobName"] for j in boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]}
+    assert len(created) == 2 and set(created) <= names  # both exist, the second though its answer was never read
+    first, second = created
+    assert launch.messages[-3:] == [
+        f"1 of 3 jobs were submitted before the error below and run on: {first}. Follow them with "
+        "`submit.py follow JOB`, or stop them with `aws sagemaker stop-training-job --training-job-name JOB`",
+        f"{second} was being sent when the error below came, so it may have been created too: check with "
+        f"`aws sagemaker describe-training-job --training-job-name {second}`",
+        "interrupted (Ctrl-C); jobs already submitted run on",
+    ]
 
 
 def test_wait_streams_a_single_jobs_log_and_tabulates_every_job(
