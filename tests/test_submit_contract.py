@@ -548,3 +548,20 @@ def test_sweep_together_plans_one_job_that_lists_every_sae(aws: dict[str, Any], 
     [request], table = _requests(out)
     assert json.loads(request["HyperParameters"]["saes"]) == [{"k": "4"}, {"k": "8"}]
     assert len(table) == 2 and table[1].startswith(request["TrainingJobName"])
+
+
+def test_secret_without_a_secret_id_is_refused_naming_the_setting(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch: Launch
+) -> None:
+    """docs/launcher.md: "a missing setting stops the launcher before any AWS call, naming it"
+    `secret` with the secret's id emptied in the settings file: status 2, the setting named, and no secret stored."""
+    settings = tmp_path / "settings.toml"
+    settings.write_text('region = "us-east-1"\nwandb_secret_id = ""\n')
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.delenv("SAE_WANDB_SECRET_ID", raising=False)
+    secrets = boto3.client("secretsmanager")
+    before = secrets.list_secrets()["SecretList"]
+    assert launch("secret", "--settings", str(settings)) == (2, "")
+    message = "missing setting(s): wandb_secret_id (or SAE_WANDB_SECRET_ID). Put them in launcher/settings.toml"
+    assert launch.messages[-1].startswith(message)
+    assert secrets.list_secrets()["SecretList"] == before
