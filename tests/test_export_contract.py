@@ -479,3 +479,32 @@ def test_warnings_and_the_manifest_record_what_was_asked(
     assert "1 rows have a `censored` value that is not true/false; left empty" in logged(caplog)
     assert "column 'category' is empty (map it with --field category=KEY)" in logged(caplog)
     assert "column 'subject' is empty" in logged(caplog) and "'thought'" not in logged(caplog)
+
+
+def test_a_numeric_metadata_value_is_its_text_and_a_bracketed_number_an_embedding() -> None:
+    """docs/export.md: "a metadata value of numbers is text like any other"
+    A finite float is written as Python writes it; NaN, infinity and booleans are no text (the row lacks that
+    value). Brackets on both ends make a single number an embedding; on one end only, it is text."""
+    from launcher.prompt_rows import _text, is_number_list  # pyright: ignore[reportPrivateUsage]
+
+    assert [_text(v) for v in (3.5, 0.0, 7, " 1.25 ")] == ["3.5", "0.0", "7", "1.25"]
+    assert [_text(v) for v in (float("nan"), float("inf"), True, None, "  ")] == [None] * 5
+    assert [is_number_list(t) for t in ("[5]", "(5)", "5", "(5", "5]", "[1, 2X]")] == [
+        True, True, False, False, False, False,
+    ]  # fmt: skip
+
+
+def test_a_template_refusal_lists_every_field_it_may_use() -> None:
+    """docs/export.md: "`--template '{question}\\n\\n{response}'` sets it, from `{question}`, `{response}`,"
+    An unknown field names the fields there are, each in braces; a template with none says why it is refused."""
+    from launcher.errors import LauncherError
+    from launcher.prompt_rows import TEMPLATE_FIELDS, check_template
+
+    with pytest.raises(LauncherError) as unknown:
+        check_template("{question} {answer}")
+    assert str(unknown.value) == "--template: unknown field(s) answer; a template may use " + ", ".join(
+        "{" + f + "}" for f in TEMPLATE_FIELDS
+    )
+    with pytest.raises(LauncherError) as none:
+        check_template("always the same")
+    assert str(none.value) == "--template has no {field}: every row would get the same text"
