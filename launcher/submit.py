@@ -29,7 +29,7 @@ from typing import Any
 if not __package__:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from botocore.exceptions import NoCredentialsError
+from botocore.exceptions import ClientError, NoCredentialsError
 
 from launcher import ecr, jobs
 from launcher.aws import client_for, ensure_bucket
@@ -278,7 +278,7 @@ def _create(args: argparse.Namespace, plan: Plan, specs: list[jobs.JobSpec], ima
                 logger.info("submitted %s", spec.name)
                 state = "submitted"
             rows.append([spec.name, *run.values(), args.instance_type, "yes" if args.spot else "no", state])
-    except BaseException:
+    except BaseException as exc:
         if submitted:
             logger.error(
                 "%d of %d jobs were submitted before the error below and run on: %s. Follow them with "
@@ -287,7 +287,7 @@ def _create(args: argparse.Namespace, plan: Plan, specs: list[jobs.JobSpec], ima
                 len(specs),
                 ", ".join(submitted),
             )
-        if sending:
+        if sending and not isinstance(exc, ClientError):  # SageMaker's refusal is an answer: nothing was created
             logger.error(
                 "%s was being sent when the error below came, so it may have been created too: check with "
                 "`aws sagemaker describe-training-job --training-job-name %s`",

@@ -254,6 +254,7 @@ def test_ctrl_c_part_way_through_a_sweep_names_the_jobs_that_run_on(
     message = "ClientError: An error occurred (ThrottlingException) when calling the CreateTrainingJob operation"
     assert launch.messages[-1] == f"{message}: slow down"
     assert "were submitted before the error" not in launch.log  # the one job's own error says it all
+    assert "was being sent" not in launch.log  # SageMaker answered: the job was not created
 
 
 def test_ctrl_c_while_a_request_is_out_names_that_job_as_maybe_created(
